@@ -1,0 +1,1 @@
+"""Backends realise a precision plan as a runnable candidate (ONNX Runtime on the CPU here)."""

@@ -1,0 +1,241 @@
+"""Run the reference, the candidate and the exploded graph with tensors exposed, and reduce every tensor
+to metrics as soon as it arrives. Only summaries are kept.
+
+Layers are taken in chunks (one chunk unless a memory budget is given). For each chunk: the reference
+exposes the chunk's float outputs, the candidate exposes its values of those tensors and of every input
+of the chunk's layers, and the exploded graph recomputes the chunk's layers in FP32 from the candidate's
+inputs (local error). Chunks run outermost, samples inside, so each session is built once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from layerdiff.backends.ort import Session, make_session
+from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types, serialize
+from layerdiff.inputs import Samples
+from layerdiff.match import Pair
+from layerdiff.metrics import TensorMetrics, diff_metrics
+
+Progress = Callable[[str, int, int], None]  # (what is running, steps done, steps in all)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    layers: tuple[Layer, ...]
+    compared: tuple[str, ...]  # reference tensors compared in this chunk
+    local_layers: tuple[Layer, ...]  # layers recomputed on the candidate's inputs
+    estimated_bytes: int
+
+
+@dataclass
+class CaptureResult:
+    tensors: dict[str, list[TensorMetrics]] = field(default_factory=lambda: defaultdict(list))
+    local: dict[str, list[TensorMetrics]] = field(default_factory=lambda: defaultdict(list))
+    outputs: dict[str, list[TensorMetrics]] = field(default_factory=lambda: defaultdict(list))
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    unpaired: dict[str, str] = field(default_factory=dict)  # tensor -> reason (found at run time)
+    non_float: set[str] = field(default_factory=set)
+    no_local: dict[str, str] = field(default_factory=dict)  # layer -> why no local error
+    exposed_vs_plain_max_abs: float = 0.0
+    chunks: int = 0
+    samples_done: int = 0
+    interrupted: bool = False
+    reference_provider: str = ""
+    candidate_provider: str = ""
+
+
+def plan_chunks(model: LoadedModel, pairs: dict[str, Pair], sizes: dict[str, int], budget: int | None,
+                no_local: dict[str, str]) -> list[Chunk]:
+    """Greedy chunks in topological order whose captured bytes (reference + candidate + local copies of
+    each output, plus candidate inputs from earlier chunks) stay under `budget`."""
+    default = max(sizes.values(), default=4)
+    chunks: list[Chunk] = []
+    cur_layers: list[Layer] = []
+    cur_bytes = 0
+
+    def flush():
+        nonlocal cur_layers, cur_bytes
+        if cur_layers:
+            compared = tuple(t for lay in cur_layers for t in lay.outputs if _compared(model, pairs, t))
+            local = tuple(lay for lay in cur_layers if lay.name not in no_local)
+            chunks.append(Chunk(tuple(cur_layers), compared, local, cur_bytes))
+        cur_layers, cur_bytes = [], 0
+
+    for layer in model.layers:
+        produced_here = {t for lay in cur_layers for t in lay.outputs}
+        cost = sum(3 * sizes.get(t, default) for t in layer.outputs if _compared(model, pairs, t))
+        cost += sum(sizes.get(t, default) for t in layer.inputs
+                    if t not in model.initializers and t not in produced_here)
+        if budget is not None and cur_layers and cur_bytes + cost > budget:
+            flush()
+        cur_layers.append(layer)
+        cur_bytes += cost
+    flush()
+    return chunks
+
+
+def _compared(model: LoadedModel, pairs: dict[str, Pair], tensor: str) -> bool:
+    known = tensor in model.tensor_types
+    return (model.is_float(tensor) or not known) and pairs.get(tensor, Pair(tensor, None)).candidate is not None
+
+
+def local_eligibility(model: LoadedModel, pairs: dict[str, Pair]) -> dict[str, str]:
+    """{layer: reason} for layers whose local error cannot be computed."""
+    out = {}
+    for layer in model.layers:
+        if not any(_compared(model, pairs, t) for t in layer.outputs):
+            out[layer.name] = "no float output paired with the candidate"
+            continue
+        missing = [t for t in layer.inputs if t not in model.initializers and pairs.get(t, Pair(t, None)).candidate is None]
+        if missing:
+            out[layer.name] = f"the candidate's value of input '{missing[0]}' is not available"
+        elif any(t not in model.initializers and t not in model.tensor_types for t in layer.inputs):
+            out[layer.name] = "an input's type is unknown"
+    return out
+
+
+def tensor_sizes(model: LoadedModel, feed: dict[str, np.ndarray]) -> dict[str, int]:
+    shapes = fixed_shape_types(model, {k: v.shape for k, v in feed.items()})
+    return {t: int(np.prod(s, dtype=np.int64)) * 4 for t, s in shapes.items()}
+
+
+def capture(
+    model: LoadedModel,
+    candidate: onnx.ModelProto,
+    pairs: dict[str, Pair],
+    samples: Samples,
+    *,
+    budget: int | None = None,
+    reference_providers: list | None = None,
+    progress: Progress | None = None,
+) -> CaptureResult:
+    """Compare every paired tensor over all samples. Ctrl-C stops early and keeps what was finished."""
+    run = _Capture(model, candidate, pairs, samples, reference_providers, progress)
+    return run.go(budget)
+
+
+class _Capture:
+    def __init__(self, model, candidate, pairs, samples, providers, progress):
+        self.model, self.candidate, self.pairs, self.samples = model, candidate, pairs, samples
+        self.providers, self.progress = providers, progress
+        self.result = CaptureResult()
+        self.ref_outputs: list[dict[str, np.ndarray]] = [{} for _ in samples.feeds]
+        self.cand_outputs: list[dict[str, np.ndarray]] = [{} for _ in samples.feeds]
+        self.graph_inputs = {s.name for s in model.inputs}
+        self.done = self.steps = 0
+
+    def tick(self, what: str) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(what, self.done, self.steps)
+
+    def go(self, budget: int | None) -> CaptureResult:
+        model, res = self.model, self.result
+        res.no_local = local_eligibility(model, self.pairs)
+        res.non_float = {t for lay in model.layers for t in lay.outputs
+                         if t in model.tensor_types and not model.is_float(t)}
+        sizes = tensor_sizes(model, self.samples.feeds[0]) if budget is not None else {}
+        chunks = plan_chunks(model, self.pairs, sizes, budget, res.no_local)
+        res.chunks = len(chunks)
+        self.steps = (len(chunks) + 1) * len(self.samples)
+        finished = [0] * len(chunks)
+        try:
+            for ci, chunk in enumerate(chunks):
+                for _ in self._run_chunk(chunk, last=ci == len(chunks) - 1):
+                    finished[ci] += 1
+                    self.tick(f"layers {chunk.layers[0].index}-{chunk.layers[-1].index}")
+            self._final_outputs()
+        except KeyboardInterrupt:
+            res.interrupted = True
+        res.samples_done = min(finished, default=0)
+        return res
+
+    def _run_chunk(self, chunk: Chunk, last: bool):
+        model, pairs, res = self.model, self.pairs, self.result
+        cand_graph_outputs = [o.name for o in self.candidate.graph.output] if last else []
+        feeds_needed = {t for lay in chunk.local_layers for t in lay.inputs
+                        if t not in model.initializers and t not in self.graph_inputs}
+        cand_names = sorted({pairs[t].candidate for t in chunk.compared}
+                            | {pairs[t].candidate for t in feeds_needed} | set(cand_graph_outputs))
+        ref_names = list(chunk.compared)
+        ref = make_session(expose_tensors(model.proto, ref_names, model.tensor_types), self.providers,
+                           "reference", low_memory=True)
+        cand = make_session(expose_tensors(self.candidate, cand_names, {}), None, "candidate", low_memory=True)
+        local_sess, local_out = None, {}
+        if chunk.local_layers:
+            blob, local_out = explode(model, list(chunk.local_layers))
+            local_sess = make_session(blob, None, "exploded reference", low_memory=True)
+        res.reference_provider, res.candidate_provider = ref.provider, cand.provider
+        for si, feed in enumerate(self.samples.feeds):
+            r = ref.run(ref_names, feed)
+            c = cand.run(cand_names, feed)
+            for o in cand_graph_outputs:
+                self.cand_outputs[si][o] = c[o]
+            for t in chunk.compared:
+                self._compare(si, t, r[t], c[pairs[t].candidate])
+            del r
+            if local_sess is not None:
+                self._local(feed, c, local_sess, local_out)
+            del c
+            yield si
+
+    def _compare(self, si: int, t: str, ref: np.ndarray, cand: np.ndarray) -> None:
+        res = self.result
+        if t in self.model.outputs:
+            self.ref_outputs[si][t] = ref
+        if ref.shape != cand.shape:
+            res.unpaired[t] = f"shapes differ: reference {ref.shape}, candidate {cand.shape}"
+        elif ref.dtype.kind != "f" or cand.dtype.kind != "f":
+            res.non_float.add(t)
+        else:
+            res.shapes[t] = ref.shape
+            res.tensors[t].append(diff_metrics(ref, cand))
+
+    def _local(self, feed, cand_values, sess: Session, local_out) -> None:
+        model, pairs, res = self.model, self.pairs, self.result
+        wanted = [t for t in local_out if t in pairs and pairs[t].candidate in cand_values
+                  and t not in res.unpaired and t not in res.non_float]
+        feeds = {}
+        for name in sess.input_names:
+            value = feed[name] if name in feed else cand_values[pairs[name].candidate]
+            want = model.tensor_types.get(name)
+            if want:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(want)
+                if value.dtype != dtype:
+                    value = value.astype(dtype)
+            feeds[name] = value
+        values = sess.run([local_out[t] for t in wanted], feeds)
+        for t in wanted:
+            lv, cv = values[local_out[t]], cand_values[pairs[t].candidate]
+            if lv.shape == cv.shape and lv.dtype.kind == "f":
+                res.local[t].append(diff_metrics(lv, cv))
+
+    def _final_outputs(self) -> None:
+        """Final outputs from a plain run of the candidate: nothing exposed, the model as deployed. The
+        exposed run's outputs are checked against it (exposing tensors can change fusions)."""
+        res = self.result
+        cand_outputs = {o.name for o in self.candidate.graph.output}
+        names = [o for o in self.model.outputs if o in cand_outputs]
+        for o in self.model.outputs:
+            if o not in cand_outputs:
+                res.unpaired.setdefault(o, "the candidate has no graph output of this name")
+        plain = make_session(serialize(self.candidate), None, "candidate")
+        for si, feed in enumerate(self.samples.feeds):
+            c = plain.run(names, feed)
+            for o in names:
+                ref = self.ref_outputs[si].get(o)
+                if ref is not None and ref.shape == c[o].shape:
+                    res.outputs[o].append(diff_metrics(ref, c[o]))
+                exposed = self.cand_outputs[si].get(o)
+                if exposed is not None and exposed.shape == c[o].shape:
+                    diff = np.abs(exposed.astype(np.float64) - c[o].astype(np.float64))
+                    finite = diff[np.isfinite(diff)]
+                    if finite.size:
+                        res.exposed_vs_plain_max_abs = max(res.exposed_vs_plain_max_abs, float(finite.max()))
+            self.tick("final outputs")

@@ -1,0 +1,343 @@
+"""The ONNX graph: load a model, infer shapes, list its layers in topological order, and rewrite it
+so that tensors become outputs (`expose_tensors`) or so that every layer reads its inputs from graph
+inputs (`explode`).
+
+A *layer* is one ONNX node of the main graph. Nodes with subgraphs (If, Loop, Scan) are one layer; the
+tensors their bodies read from the outer scope count as inputs of that layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper
+
+from layerdiff.errors import ModelError
+
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+LOCAL_SUFFIX = "::local"
+_PROTO_LIMIT = 1_900_000_000  # protobuf cannot serialise 2 GiB; above this, models go through files
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int
+    name: str
+    op: str
+    inputs: tuple[str, ...]  # data inputs, initializers and (for subgraph nodes) outer-scope reads; '' dropped
+    outputs: tuple[str, ...]
+    has_subgraph: bool
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    elem_type: int
+    shape: tuple[int | str | None, ...] | None  # None: rank unknown; str: a named dynamic dimension
+
+    @property
+    def dtype(self) -> np.dtype:
+        return helper.tensor_dtype_to_np_dtype(self.elem_type)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    path: Path
+    sha256: str
+    proto: onnx.ModelProto  # shape-inferred
+    layers: tuple[Layer, ...]
+    tensor_types: dict[str, int]  # every tensor whose element type is known
+    initializers: frozenset[str]
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+
+    def is_float(self, tensor: str) -> bool:
+        return self.tensor_types.get(tensor) in FLOAT_TYPES
+
+    @property
+    def producers(self) -> dict[str, Layer]:
+        return {out: layer for layer in self.layers for out in layer.outputs}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load an ONNX model (external data included), check ONNX Runtime can read it, infer shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model not found: {path} (give the path of an .onnx file)")
+    try:
+        proto = onnx.load(str(path), load_external_data=True)
+    except DecodeError as err:
+        raise ModelError(f"{path} is not an ONNX model (protobuf could not parse it)") from err
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read {path} as an ONNX model: {str(err).splitlines()[0]}") from err
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{path} is not an ONNX model (it holds no graph)")
+    check_ir_version(proto, path)
+    return from_proto(proto, path, _sha256(path))
+
+
+def check_ir_version(proto: onnx.ModelProto, path: Path | str) -> None:
+    limit = max_ir_version()
+    if proto.ir_version > limit:
+        raise ModelError(
+            f"{path} has ONNX IR version {proto.ir_version}, but this ONNX Runtime reads at most {limit}: "
+            f"re-save it with ir_version={limit} (model.ir_version = {limit}; onnx.save(model, path)) "
+            "or upgrade onnxruntime"
+        )
+
+
+_MAX_IR: int | None = None
+
+
+def max_ir_version() -> int:
+    """The newest IR version the installed ONNX Runtime accepts, found by asking it (cached)."""
+    global _MAX_IR
+    if _MAX_IR is None:
+        import onnxruntime as ort
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        for ir in range(onnx.IR_VERSION, 6, -1):
+            model.ir_version = ir
+            try:
+                ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors here
+                if "IR version" in str(err):
+                    continue
+                raise
+            _MAX_IR = ir
+            break
+        else:
+            _MAX_IR = 7
+    return _MAX_IR
+
+
+def from_proto(proto: onnx.ModelProto, path: Path | str = "<memory>", sha256: str = "") -> LoadedModel:
+    proto = _infer_shapes(proto)
+    graph = proto.graph
+    initializers = frozenset(t.name for t in graph.initializer)
+    types = proto_tensor_types(proto, infer=False)
+    inputs = tuple(
+        InputSpec(vi.name, vi.type.tensor_type.elem_type, _shape_of(vi))
+        for vi in graph.input
+        if vi.name not in initializers
+    )
+    layers = tuple(_layers(graph, initializers))
+    _name_nodes(graph, layers)
+    return LoadedModel(
+        path=Path(path), sha256=sha256, proto=proto, layers=layers, tensor_types=types,
+        initializers=initializers, inputs=inputs, outputs=tuple(o.name for o in graph.output),
+    )
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        if proto.ByteSize() < _PROTO_LIMIT:
+            return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        pass  # custom or unusual ops: keep what the model states; unknown types are found at run time
+    return proto
+
+
+def proto_tensor_types(model: onnx.ModelProto, infer: bool = True) -> dict[str, int]:
+    """Element types of a model's main-graph tensors (after shape inference, where it succeeds)."""
+    if infer:
+        model = _infer_shapes(model)
+    g = model.graph
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.input) + list(g.value_info) + list(g.output)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+    types.update({t.name: t.data_type for t in g.initializer})
+    for n in g.node:
+        if n.op_type == "Cast":
+            types[n.output[0]] = next(a.i for a in n.attribute if a.name == "to")
+        elif n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            types.update({n.output[0]: a.t.data_type for a in n.attribute if a.name == "value"})
+    return types
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraph bodies read from the enclosing scope."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for g in graphs:
+            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for inner in g.node:
+                defined.update(inner.output)
+            for inner in g.node:
+                reads.update(n for n in inner.input if n and n not in defined)
+                reads.update(r for r in subgraph_reads(inner) if r not in defined)
+    return reads
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def _layers(graph: onnx.GraphProto, initializers: frozenset[str]) -> list[Layer]:
+    nodes = list(graph.node)
+    node_inputs = []
+    for node in nodes:
+        names = [n for n in node.input if n]
+        if _has_subgraph(node):
+            names += sorted(r for r in subgraph_reads(node) if r not in names)
+        node_inputs.append(tuple(names))
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    # Kahn's algorithm, keeping file order among ready nodes
+    indegree = [0] * len(nodes)
+    consumers: dict[int, list[int]] = defaultdict(list)
+    for i, names in enumerate(node_inputs):
+        deps = {producer[n] for n in names if n in producer and producer[n] != i}
+        indegree[i] = len(deps)
+        for d in deps:
+            consumers[d].append(i)
+    ready = deque(i for i in range(len(nodes)) if indegree[i] == 0)
+    order: list[int] = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for c in sorted(consumers[i]):
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    if len(order) != len(nodes):
+        raise ModelError("the model's graph has a cycle; it is not a valid ONNX model")
+    seen: set[str] = set()
+    layers = []
+    for index, i in enumerate(order):
+        node = nodes[i]
+        name = node.name if node.name and node.name not in seen else f"{node.op_type}_{index}"
+        seen.add(name)
+        layers.append(Layer(index, name, node.op_type, node_inputs[i], tuple(o for o in node.output if o),
+                            _has_subgraph(node)))
+    return layers
+
+
+def _name_nodes(graph: onnx.GraphProto, layers: tuple[Layer, ...]) -> None:
+    """Give every node its layer name (unnamed or duplicate names get `<Op>_<index>`), so that tools
+    that rewrite the model (quantizers, FP16 converters) carry the names into the candidate."""
+    by_output = {layer.outputs[0]: layer.name for layer in layers if layer.outputs}
+    for node in graph.node:
+        outs = [o for o in node.output if o]
+        if outs and by_output.get(outs[0], node.name) != node.name:
+            node.name = by_output[outs[0]]
+
+
+def _value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
+    if elem_type:
+        return helper.make_tensor_value_info(name, elem_type, None)
+    return helper.make_empty_tensor_value_info(name)
+
+
+def expose_tensors(proto: onnx.ModelProto, names: list[str], types: dict[str, int]) -> bytes:
+    """Serialise `proto` with `names` as its outputs (original outputs first). The model is restored
+    afterwards, so no copy of the weights is made beyond the serialised bytes."""
+    graph = proto.graph
+    saved = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
+    present = {o.name for o in graph.output}
+    extra = [_value_info(n, types.get(n)) for n in dict.fromkeys(names) if n not in present]
+    graph.output.extend(extra)
+    try:
+        return serialize(proto)
+    finally:
+        del graph.output[:]
+        graph.output.extend(saved)
+
+
+def serialize(proto: onnx.ModelProto) -> bytes:
+    if proto.ByteSize() >= _PROTO_LIMIT:
+        raise ModelError("models over 2 GB are not supported yet: protobuf cannot serialise them in memory")
+    return proto.SerializeToString()
+
+
+def explode(model: LoadedModel, layers: list[Layer]) -> tuple[bytes, dict[str, str]]:
+    """A graph holding `layers`, each reading every non-constant input from a graph input of the same
+    name. Outputs are renamed `<tensor>::local`. Returns the serialised model and {tensor: local output}."""
+    graph = model.proto.graph
+    by_output = {o: n for n in graph.node for o in n.output if o}
+    inits = {t.name: t for t in graph.initializer}
+    nodes, feeds, outputs, used_inits = [], {}, {}, set()
+    for layer in layers:
+        node = onnx.NodeProto()
+        node.CopyFrom(by_output[layer.outputs[0]])
+        for name in layer.inputs:
+            if name in inits:
+                used_inits.add(name)
+            else:
+                feeds[name] = model.tensor_types.get(name)
+        renamed = []
+        for out in node.output:
+            if out:
+                outputs[out] = out + LOCAL_SUFFIX
+            renamed.append(out + LOCAL_SUFFIX if out else "")
+        del node.output[:]
+        node.output.extend(renamed)
+        nodes.append(node)
+    new_graph = helper.make_graph(
+        nodes, "layerdiff_exploded",
+        [_value_info(n, t) for n, t in feeds.items()],
+        [_value_info(outputs[o], model.tensor_types.get(o)) for o in outputs],
+        [inits[n] for n in sorted(used_inits)],
+    )
+    out = helper.make_model(new_graph, opset_imports=model.proto.opset_import)
+    out.ir_version = model.proto.ir_version
+    return serialize(out), outputs
+
+
+def fixed_shape_types(model: LoadedModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Static shapes of tensors once the inputs have `shapes` (shape inference, no run). Tensors whose
+    shape still depends on data are left out."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for vi in proto.graph.input:
+        if vi.name in shapes:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    del proto.graph.value_info[:]
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        return {}
+    out = {}
+    for vi in list(proto.graph.value_info) + list(proto.graph.output):
+        s = _shape_of(vi)
+        if s is not None and all(isinstance(d, int) for d in s):
+            out[vi.name] = tuple(s)  # type: ignore[arg-type]
+    return out
+

@@ -1,0 +1,132 @@
+"""Per-tensor error metrics, accumulated in float64 over blocks so that no full-size float64 copy of a
+tensor is ever made.
+
+Definitions (r = reference, c = candidate, d = c - r, over elements finite in both runs):
+  cosine    r·c / (|r| |c|);  1.0 when both are all-zero, 0.0 when exactly one is
+  max_abs   max |d|;  mean_abs  mean |d|
+  rel_rms   |d| / |r|;  0.0 when d is all-zero, +inf when r is all-zero and d is not
+  sqnr_db   10 log10(|r|² / |d|²);  +inf when d is all-zero
+  nonfinite NaN/Inf counts in each run;  ref_absmax  max |r|
+A tensor with no element finite in both runs has NaN metrics. Infinities and NaNs become null in JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+FP16_MAX = 65504.0
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    cosine: float
+    max_abs: float
+    mean_abs: float
+    rel_rms: float
+    sqnr_db: float
+    ref_nonfinite: int
+    cand_nonfinite: int
+    ref_absmax: float
+    count: int
+
+    @property
+    def exceeds_fp16(self) -> bool:
+        return self.ref_absmax > FP16_MAX
+
+
+def cosine(rr: float, cc: float, rc: float) -> float:
+    if rr == 0.0 and cc == 0.0:
+        return 1.0
+    if rr == 0.0 or cc == 0.0:
+        return 0.0
+    return float(np.clip(rc / math.sqrt(rr * cc), -1.0, 1.0))
+
+
+def rel_rms(rr: float, dd: float) -> float:
+    if dd == 0.0:
+        return 0.0
+    return math.inf if rr == 0.0 else math.sqrt(dd / rr)
+
+
+def sqnr_db(rr: float, dd: float) -> float:
+    if dd == 0.0:
+        return math.inf
+    return -math.inf if rr == 0.0 else 10.0 * math.log10(rr / dd)
+
+
+def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
+    """Compare two arrays of the same shape (any float dtype)."""
+    if ref.shape != cand.shape:
+        raise ValueError(f"shapes differ: {ref.shape} vs {cand.shape}")
+    r_flat, c_flat = ref.reshape(-1), cand.reshape(-1)
+    rr = cc = rc = dd = sad = 0.0
+    mx = rmax = 0.0
+    n = ref_bad = cand_bad = 0
+    for start in range(0, r_flat.size, _BLOCK):
+        r = r_flat[start:start + _BLOCK].astype(np.float64)
+        c = c_flat[start:start + _BLOCK].astype(np.float64)
+        r_ok, c_ok = np.isfinite(r), np.isfinite(c)
+        if not (r_ok.all() and c_ok.all()):
+            ref_bad += int(r.size - r_ok.sum())
+            cand_bad += int(c.size - c_ok.sum())
+            both = r_ok & c_ok
+            r, c = r[both], c[both]
+        if r.size == 0:
+            continue
+        d = c - r
+        rr += float(r @ r)
+        cc += float(c @ c)
+        rc += float(r @ c)
+        dd += float(d @ d)
+        ad = np.abs(d)
+        sad += float(ad.sum())
+        mx = max(mx, float(ad.max()))
+        rmax = max(rmax, float(np.abs(r).max()))
+        n += r.size
+    if n == 0:
+        nan = math.nan
+        return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, nan, 0)
+    return TensorMetrics(
+        cosine=cosine(rr, cc, rc), max_abs=mx, mean_abs=sad / n, rel_rms=rel_rms(rr, dd),
+        sqnr_db=sqnr_db(rr, dd), ref_nonfinite=ref_bad, cand_nonfinite=cand_bad, ref_absmax=rmax, count=n,
+    )
+
+
+_LOWER_IS_WORSE = {"cosine", "sqnr_db"}
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A tensor's metrics over all samples: `worst` (per metric, the worst sample) and `mean`."""
+
+    worst: TensorMetrics
+    mean: TensorMetrics
+    samples: int
+
+
+def aggregate(per_sample: list[TensorMetrics]) -> Aggregate:
+    if not per_sample:
+        raise ValueError("no samples to aggregate")
+    worst, mean = {}, {}
+    for f in fields(TensorMetrics):
+        values = [getattr(m, f.name) for m in per_sample]
+        if f.name in ("ref_nonfinite", "cand_nonfinite", "count"):
+            worst[f.name] = sum(values)
+            mean[f.name] = sum(values) // len(values)
+            continue
+        arr = np.array(values, dtype=np.float64)
+        if np.isnan(arr).all():
+            worst[f.name] = mean[f.name] = math.nan
+            continue
+        worst[f.name] = float(np.nanmin(arr) if f.name in _LOWER_IS_WORSE else np.nanmax(arr))
+        with np.errstate(invalid="ignore"):
+            mean[f.name] = float(np.nanmean(arr))
+    return Aggregate(TensorMetrics(**worst), TensorMetrics(**mean), len(per_sample))
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
