@@ -6,7 +6,7 @@ Definitions (r = reference, c = candidate, d = c - r, over elements finite in bo
   max_abs   max |d|;  mean_abs  mean |d|
   rel_rms   |d| / |r|;  0.0 when d is all-zero, +inf when r is all-zero and d is not
   sqnr_db   10 log10(|r|² / |d|²);  +inf when d is all-zero
-  nonfinite NaN/Inf counts in each run;  ref_absmax  max |r|
+  nonfinite NaN/Inf counts in each run;  ref_absmax  max |r| over the reference's finite elements
 A tensor with no element finite in both runs has NaN metrics. Infinities and NaNs become null in JSON.
 """
 
@@ -73,6 +73,8 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
         if not (r_ok.all() and c_ok.all()):
             ref_bad += int(r.size - r_ok.sum())
             cand_bad += int(c.size - c_ok.sum())
+            if r_ok.any():
+                rmax = max(rmax, float(np.abs(r[r_ok]).max()))
             both = r_ok & c_ok
             r, c = r[both], c[both]
         if r.size == 0:
@@ -89,7 +91,7 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
         n += r.size
     if n == 0:
         nan = math.nan
-        return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, nan, 0)
+        return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, rmax if ref_bad < r_flat.size else nan, 0)
     return TensorMetrics(
         cosine=cosine(rr, cc, rc), max_abs=mx, mean_abs=sad / n, rel_rms=rel_rms(rr, dd),
         sqnr_db=sqnr_db(rr, dd), ref_nonfinite=ref_bad, cand_nonfinite=cand_bad, ref_absmax=rmax, count=n,
