@@ -1,0 +1,149 @@
+"""Each bad input: one line on stderr naming what was wrong and what to do, exit 2, nothing written."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.conftest import FIXTURES
+
+CNN = FIXTURES / "cnn.onnx"
+
+
+def _expect(cli, tmp_path, args, message):
+    report = tmp_path / "report.json"
+    code, out, err = cli("compare", *args, "-o", report, "-q")
+    assert code == 2
+    assert err == f"layerdiff: error: {message}\n"
+    assert "Traceback" not in err and not report.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []
+
+
+def test_missing_model(cli, tmp_path):
+    _expect(cli, tmp_path, [tmp_path / "nope.onnx", "--candidate", "ort-int8"],
+            f"model not found: {tmp_path / 'nope.onnx'} (give the path of an .onnx file)")
+
+
+def test_not_onnx(cli, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01 this is not a model \xff" * 10)
+    _expect(cli, tmp_path, [bad, "--candidate", "ort-int8"],
+            f"{bad} is not an ONNX model (protobuf could not parse it)")
+
+
+def test_ir_version_too_new(cli, tmp_path):
+    from layerdiff.graph import max_ir_version
+
+    model = onnx.load(CNN)
+    model.ir_version = max_ir_version() + 1
+    path = tmp_path / "new.onnx"
+    onnx.save(model, path)
+    limit = max_ir_version()
+    _expect(cli, tmp_path, [path, "--candidate", "ort-int8"],
+            f"{path} has ONNX IR version {limit + 1}, but this ONNX Runtime reads at most {limit}: re-save it "
+            f"with ir_version={limit} (model.ir_version = {limit}; onnx.save(model, path)) or upgrade onnxruntime")
+
+
+def test_input_missing_from_npz(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, image=np.zeros((1, 3, 32, 32), np.float32))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            "--inputs sample 0 (s.npz) has no array for model input 'input'; it holds: ['image']")
+
+
+def test_wrong_shape(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, input=np.zeros((1, 3, 16, 16), np.float32))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            "--inputs sample 0 (s.npz): input 'input' has shape 1x3x16x16 but the model expects 1x3x32x32")
+
+
+def test_wrong_dtype(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, input=np.zeros((1, 3, 32, 32), np.float64))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            "--inputs sample 0 (s.npz): input 'input' is float64 but the model expects float32; save it as float32")
+
+
+def test_unparseable_shape(cli, tmp_path):
+    _expect(cli, tmp_path, [FIXTURES / "dynamic_batch.onnx", "--candidate", "ort-int8", "--shape", "images:2by3"],
+            "cannot parse --shape 'images:2by3': expected NAME:DIMxDIM..., e.g. input:1x3x224x224")
+
+
+def test_shape_for_unknown_input(cli, tmp_path):
+    _expect(cli, tmp_path, [FIXTURES / "dynamic_batch.onnx", "--candidate", "ort-int8", "--shape", "x:1x3x16x16"],
+            "--shape names 'x', which is not a model input; inputs are: ['images']")
+
+
+def test_empty_calibration_set(cli, tmp_path):
+    empty = tmp_path / "calib"
+    empty.mkdir()
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--calib", empty],
+            f"--calib directory {empty} holds no .npz files (one sample per file)")
+
+
+def test_corrupt_npz(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, input=np.zeros((1, 3, 32, 32), np.float32))
+    f.write_bytes(f.read_bytes()[:100])
+    code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "--inputs", f, "-q")
+    assert code == 2 and err.startswith(f"layerdiff: error: --inputs file {f} is not a readable .npz file")
+    assert err.count("\n") == 1
+
+
+def test_npz_with_python_objects_is_refused(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    np.savez(f, input=np.array([{"a": 1}], dtype=object))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            f"--inputs file {f} holds Python objects, not numeric arrays: refused, because inputs are data, "
+            "never code; save plain numpy arrays (np.savez)")
+
+
+def test_output_directory_missing(cli, tmp_path):
+    out = tmp_path / "no" / "r.json"
+    code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "-o", out, "-q")
+    assert code == 2
+    assert err == f"layerdiff: error: cannot write {out}: directory {out.parent} does not exist\n"
+
+
+def test_save_candidate_directory_missing(cli, tmp_path):
+    out = tmp_path / "no" / "c.onnx"
+    code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "--save-candidate", out, "-q")
+    assert (code, err) == (2, f"layerdiff: error: cannot write {out}: directory {out.parent} does not exist\n")
+
+
+def test_unknown_candidate(cli, tmp_path):
+    _expect(cli, tmp_path, [CNN, "--candidate", "int4-magic"],
+            "unknown --candidate 'int4-magic': use ort-int8, ort-fp16 or the path of an ONNX model")
+
+
+def test_tensorrt_candidate_without_tensorrt(cli, tmp_path):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    _expect(cli, tmp_path, [CNN, "--candidate", "trt-fp16"],
+            "--candidate trt-fp16 needs TensorRT and an NVIDIA GPU, which are not available here; install them "
+            "with pip install 'layerdiff[tensorrt]' on a GPU machine, or use ort-int8 / ort-fp16")
+
+
+def test_candidate_from_another_model(cli, tmp_path):
+    _expect(cli, tmp_path, [CNN, "--candidate", FIXTURES / "transformer.onnx"],
+            f"candidate {FIXTURES / 'transformer.onnx'} has no input 'input' of the model; it must be derived "
+            "from the FP32 model (its inputs are: ['x'])")
+
+
+def test_bad_max_memory(cli, tmp_path):
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--max-memory", "lots"],
+            "Invalid value for --max-memory: cannot parse size 'lots': expected a number with a unit, "
+            "e.g. 2GiB or 512MB")
+
+
+def test_polygraphy_json_that_is_not_inputs(cli, tmp_path):
+    f = tmp_path / "in.json"
+    f.write_text(json.dumps({"not": "feeds"}))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            f"--inputs file {f}: input 'not' is not an array")
