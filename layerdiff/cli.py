@@ -77,6 +77,11 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
                              save_candidate=save_candidate, progress=progress)
     if output:
         write_report(report, output)
+    if report.capture.get("interrupted"):
+        done = report.capture.get("samples_done", 0)
+        print(f"layerdiff: interrupted after {done} of {report.inputs['samples']} sample(s) in every chunk"
+              + (f"; the partial report is in {output}" if output else ""), file=sys.stderr)
+        return 130
     if not quiet:
         print_summary(report, out, top)
         if output:

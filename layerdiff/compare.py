@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import onnx
 import onnxruntime
 
 from layerdiff._version import __version__
@@ -15,7 +14,7 @@ from layerdiff.backends.int8 import build_int8
 from layerdiff.backends.ort import providers_for
 from layerdiff.capture import CaptureResult, Progress, capture
 from layerdiff.errors import BadInput, ModelError
-from layerdiff.graph import LoadedModel, check_ir_version, load_model, serialize
+from layerdiff.graph import LoadedModel, load_model, serialize
 from layerdiff.inputs import RANDOM_WARNING, Samples, load_samples, parse_shapes
 from layerdiff.match import Pair, match_tensors
 from layerdiff.metrics import aggregate
@@ -91,14 +90,9 @@ def _candidate(model: LoadedModel, spec: str, samples: Samples, calib, shape_map
     if missing:
         raise ModelError(f"candidate {path} has no input '{missing[0]}' of the model; it must be derived "
                          f"from the FP32 model (its inputs are: {[c.name for c in cand.inputs]})")
-    check_ir_version(cand.proto, path)
-    return _raw_proto(path), {"spec": spec, "kind": "onnx", "runtime": "onnxruntime (CPU)",
+    return cand.proto, {"spec": spec, "kind": "onnx", "runtime": "onnxruntime (CPU)",
                               "path": str(path), "sha256": cand.sha256,
                               "fp16_emulated": sorted(emulated_nodes(cand.proto))}
-
-
-def _raw_proto(path: Path) -> onnx.ModelProto:
-    return onnx.load(str(path), load_external_data=True)
 
 
 def _report(model: LoadedModel, cand_proto, cand_info, samples: Samples, pairs: dict[str, Pair],

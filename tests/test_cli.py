@@ -117,3 +117,33 @@ def test_console_script_entry_point():
 
 def test_shared_dir_constant_points_beside_project():
     assert SHARED.name == "shared"
+
+
+def test_interrupt_keeps_what_finished(cli, tmp_path, monkeypatch):
+    """Ctrl-C during the third model run: the report keeps the first sample, says so, exit 130."""
+    from layerdiff.backends import ort as ort_backend
+
+    real_run, calls = ort_backend.Session.run, []
+
+    def run(self, names, feed):
+        calls.append(1)
+        if len(calls) == 4:  # sample 0: reference, candidate, exploded graph; then Ctrl-C in sample 1
+            raise KeyboardInterrupt
+        return real_run(self, names, feed)
+
+    monkeypatch.setattr(ort_backend.Session, "run", run)
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-fp16", "--inputs",
+                       FIXTURES / "cnn_inputs", "-o", out, "-q")
+    assert code == 130
+    assert err == f"layerdiff: interrupted after 1 of 4 sample(s) in every chunk; the partial report is in {out}\n"
+    d = json.loads(out.read_text())
+    assert d["capture"]["interrupted"] and d["capture"]["samples_done"] == 1
+    assert all(o["samples"] == 1 for lay in d["layers"] for o in lay["outputs"])
+    assert d["outputs"][0]["paired"] is False  # the final plain run never happened
+
+
+def test_debug_shows_the_traceback(cli, tmp_path):
+    code, _, err = cli("compare", tmp_path / "nope.onnx", "--candidate", "ort-int8", "--debug")
+    assert code == 2 and "Traceback" in err and err.rstrip().endswith(
+        f"layerdiff: error: model not found: {tmp_path / 'nope.onnx'} (give the path of an .onnx file)")
