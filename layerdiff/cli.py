@@ -3,6 +3,7 @@ stderr, no traceback unless --debug); 130: interrupted before anything finished.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import traceback
@@ -12,7 +13,7 @@ from rich.console import Console
 
 from layerdiff._version import __version__
 from layerdiff.compare import compare as run_compare
-from layerdiff.console import print_summary, progress_bar
+from layerdiff.console import print_engine_info, print_summary, progress_bar
 from layerdiff.errors import LayerdiffError
 from layerdiff.report import check_writable, write_report
 
@@ -93,6 +94,25 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
         if failed:
             err.print(f"tolerance failed: final output cosine below {min_cosine} for {', '.join(failed)}")
             return 1
+    return 0
+
+
+@cli.command()
+@click.argument("engine_info")
+@click.option("--model", metavar="MODEL.onnx", help="resolve layer names against this model's nodes")
+@click.option("--json", "as_json", is_flag=True, help='print {"layers": [...]} as JSON')
+def inspect(engine_info, model, as_json) -> int:
+    """Show each TensorRT engine layer: realised precision and the ONNX nodes it came from."""
+    from layerdiff.engine_info import parse_engine_info
+    from layerdiff.graph import load_model
+
+    info = parse_engine_info(engine_info, load_model(model) if model else None)
+    if as_json:
+        click.echo(json.dumps({"kind": info.kind, "bindings": list(info.bindings),
+                               "layers": [layer.to_dict() for layer in info.layers]}, indent=1))
+    else:
+        out = Console()
+        print_engine_info(info, out if out.is_terminal else Console(width=160))
     return 0
 
 

@@ -86,3 +86,21 @@ def print_summary(report: Report, console: Console, top: int) -> None:
     console.print(table)
     if any(layer.precision_emulated for layer in ranked):
         console.print("* FP16 emulated by rounding through float16 (no FP16 kernel on this provider)")
+
+
+def print_engine_info(info, console: Console) -> None:
+    from collections import Counter
+
+    counts = Counter(layer.precision for layer in info.layers)
+    console.print(f"[bold]{info.path}[/] ({info.kind}): {len(info.layers)} engine layers; precisions: "
+                  + ", ".join(f"{p} {n}" for p, n in counts.most_common()))
+    table = Table()
+    for col, just in [("#", "right"), ("layer", "left"), ("type", "left"), ("precision", "left"),
+                      ("ONNX nodes", "left"), ("from", "left")]:
+        table.add_column(col, justify=just, overflow="fold")
+    for layer in info.layers:
+        nodes = ", ".join(layer.onnx_nodes[:4]) + (f" (+{len(layer.onnx_nodes) - 4})" if len(layer.onnx_nodes) > 4 else "")
+        if layer.serves:
+            nodes = f"(serves {layer.serves})"
+        table.add_row(str(layer.index), layer.name, layer.type, layer.precision, nodes, layer.origin)
+    console.print(table)

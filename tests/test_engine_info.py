@@ -1,0 +1,231 @@
+"""Engine layer information, tested on every real file in ../shared/fixtures/trt_engine_info/."""
+
+import json
+
+import pytest
+from onnx import TensorProto, helper
+
+from layerdiff.engine_info import EngineInfoError, format_precision, parse_engine_info
+from layerdiff.engine_info.origin import metadata_nodes, split_name
+from layerdiff.graph import from_proto
+from tests.conftest import FIXTURES, SHARED
+
+INFO_DIR = SHARED / "fixtures" / "trt_engine_info"
+LAYER_FILES = {
+    "cookbook_mnist_fp32_trt10161.layerinfo.json": 9,
+    "fuzzylabs_alexnet_fp16_trt10x.graph.json": 14,
+    "fuzzylabs_resnet18_fp16_trt10x.graph.json": 26,
+    "fuzzylabs_resnet18_onnx_pyapi_fp32_trt101.engine_info.json": 29,
+    "fuzzylabs_resnet18_torchtrt_fp16_trt10x.engine_layer_information.json": 26,
+    "trex_mobilenet_qat_int8_trt84.graph.json": 73,
+    "trex_resnet18_a100_fp16_trt84.graph.json": 36,
+    "trex_resnet18_a100_fp32_trt84.graph.json": 32,
+    "trex_resnet18_a100_qat_int8_trt84.graph.json": 37,
+    "trex_tf_resnet50_rtx3090_qat_int8_trt84ea.graph.json": 63,
+    "trex_v010_mobilenet_qat_int8_trt82.graph.json": 85,
+    "trt2023_controlnet_fp16_trt86.layerinfo.json": 388,
+}
+KNOWN = {"fp32", "tf32", "fp16", "bf16", "int8", "fp8", "int32", "int64"}
+
+
+@pytest.fixture
+def info_dir(shared_dir):
+    return INFO_DIR
+
+
+def _layer(info, name):
+    return next(layer for layer in info.layers if layer.name == name)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_FILES))
+def test_every_real_file_parses_with_known_precisions_and_onnx_nodes(info_dir, name):
+    info = parse_engine_info(info_dir / name)
+    raw = json.loads((info_dir / name).read_text())
+    assert info.kind == "detailed-json" and len(info.layers) == LAYER_FILES[name]
+    for layer, rec in zip(info.layers, raw["Layers"], strict=True):
+        if layer.type == "shape_call":
+            assert layer.precision == "unknown"  # explicitly unknown: it computes shapes, no tensor data
+        else:
+            assert layer.precision in KNOWN, (layer.name, layer.precision)
+        recorded, _ = metadata_nodes(rec.get("Metadata"))
+        if recorded:  # the file records ONNX nodes for this layer: all of them are found
+            assert list(layer.onnx_nodes) == list(dict.fromkeys(recorded)) and layer.origin == "metadata"
+
+
+def test_trt84_qat_int8_conv_fuses_quantize_and_keeps_int8(info_dir):
+    info = parse_engine_info(info_dir / "trex_resnet18_a100_qat_int8_trt84.graph.json")
+    conv = _layer(info, "conv1.weight + QuantizeLinear_7 + Conv_9")
+    assert conv.precision == "int8" and conv.onnx_nodes == ("QuantizeLinear_7", "Conv_9")
+    assert conv.outputs[0].precision == "fp32"  # Int8 in -> FP32 out, as the file says
+    copy = _layer(info, "Reformatting CopyNode for Output Tensor 0 to MaxPool_12")
+    assert copy.serves == "MaxPool_12" and copy.onnx_nodes == () and copy.is_reformat
+
+
+def test_fp32_engine_on_ampere_runs_tf32(info_dir):
+    info = parse_engine_info(info_dir / "trex_resnet18_a100_fp32_trt84.graph.json")
+    convs = [layer for layer in info.layers if layer.type == "CaskConvolution"]
+    assert convs and {layer.precision for layer in convs} <= {"tf32", "fp32"}
+    assert any(layer.precision == "tf32" for layer in convs)
+
+
+def test_fp16_bindings_with_fp32_compute(info_dir):
+    info = parse_engine_info(info_dir / "fuzzylabs_resnet18_onnx_pyapi_fp32_trt101.engine_info.json")
+    convs = [layer for layer in info.layers if layer.type == "CaskConvolution"]
+    assert {layer.precision for layer in convs} <= {"fp32", "tf32"}
+    assert info.layers[0].inputs[0].precision == "fp16"  # the FP16 binding, reformatted to FP32
+
+
+def test_myelin_records_and_bare_type_names(info_dir):
+    alex = parse_engine_info(info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json")
+    gemm = _layer(alex, "/classifier/classifier_1/Gemm_myl9_2")
+    assert gemm.onnx_nodes == ("/classifier/classifier.1/Gemm", "/classifier/classifier.2/Relu")
+    assert gemm.precision == "fp16"  # the Float alpha/beta constants do not make it FP32
+    mnist = parse_engine_info(info_dir / "cookbook_mnist_fp32_trt10161.layerinfo.json")
+    assert _layer(mnist, "node_conv2d + node_relu").precision == "fp32"
+    assert _layer(mnist, "node_conv2d + node_relu").onnx_nodes == ("node_conv2d", "node_relu")
+
+
+def test_trt86_horizontal_merge_trailing_separator_and_myelin_regions(info_dir):
+    info = parse_engine_info(info_dir / "trt2023_controlnet_fp16_trt86.layerinfo.json")
+    merged = next(layer for layer in info.layers if layer.type == "CaskGemmConvolution" and " || " in layer.name)
+    assert len(merged.onnx_nodes) == 10 and all(n.endswith("/Gemm") for n in merged.onnx_nodes)
+    raw = json.loads((info_dir / "trt2023_controlnet_fp16_trt86.layerinfo.json").read_text())["Layers"]
+    trailing = [r for r in raw if r.get("Metadata", "").endswith("\x1e")]
+    assert len(trailing) == 27
+    for rec in trailing:
+        assert "" not in _layer(info, rec["Name"]).onnx_nodes
+    regions = [layer for layer in info.layers if layer.type == "Myelin"]
+    assert len(regions) == 7 and all(layer.origin == "name" and layer.onnx_nodes for layer in regions)
+
+
+def test_torch_tensorrt_engine_has_no_onnx_nodes(info_dir):
+    info = parse_engine_info(info_dir / "fuzzylabs_resnet18_torchtrt_fp16_trt10x.engine_layer_information.json")
+    assert all(layer.onnx_nodes == () for layer in info.layers)
+    assert {layer.precision for layer in info.layers} == {"fp16"}
+
+
+def test_profile_and_metadata_files_are_refused(info_dir):
+    with pytest.raises(EngineInfoError, match="is a trtexec --exportProfile timing file, not layer information"):
+        parse_engine_info(info_dir / "trex_mobilenet_qat_int8_trt84.profile.json")
+    for side in ("trex_mobilenet_qat_int8_trt84.build.metadata.json",
+                 "trex_mobilenet_qat_int8_trt84.profile.metadata.json"):
+        with pytest.raises(EngineInfoError, match="metadata file"):
+            parse_engine_info(info_dir / side)
+
+
+def test_truncated_file_is_refused(info_dir, tmp_path):
+    cut = tmp_path / "cut.json"
+    cut.write_text((info_dir / "trex_resnet18_a100_fp16_trt84.graph.json").read_text()[:5000])
+    with pytest.raises(EngineInfoError, match="it may be truncated"):
+        parse_engine_info(cut)
+
+
+def test_per_layer_dumps_with_separators(info_dir, tmp_path):
+    """Layer objects of a real file, dumped one by one as get_layer_information(i) users write them."""
+    layers = json.loads((info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json").read_text())["Layers"]
+    dump = "".join(f"--- Layer {i} ---\n{json.dumps(layer, indent=2)}\n" for i, layer in enumerate(layers))
+    (tmp_path / "dump.txt").write_text(dump)
+    info = parse_engine_info(tmp_path / "dump.txt")
+    whole = parse_engine_info(info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json")
+    assert info.kind == "per-layer-json"
+    assert [(x.name, x.precision, x.onnx_nodes) for x in info.layers] == \
+        [(x.name, x.precision, x.onnx_nodes) for x in whole.layers]
+    (tmp_path / "one.json").write_text(json.dumps(layers[1]))
+    assert parse_engine_info(tmp_path / "one.json").layers[0].precision == "fp16"
+
+
+def test_names_only_json(tmp_path):
+    """Variant B (trtexec without detailed verbosity): names, no types."""
+    names = ["Reformatting CopyNode for Input Tensor 0 to conv1 + relu1", "conv1 + relu1",
+             "PWN(PWN(/act/Sigmoid), /act/Mul)", "{ForeignNode[/fc1/MatMul.../fc2/Add]}"]
+    (tmp_path / "names.json").write_text(json.dumps({"Layers": names, "Bindings": ["x", "y"]}))
+    info = parse_engine_info(tmp_path / "names.json")
+    assert info.kind == "names-only-json" and info.bindings == ("x", "y")
+    assert [layer.precision for layer in info.layers] == ["unknown"] * 4
+    assert [layer.onnx_nodes for layer in info.layers] == [
+        (), ("conv1", "relu1"), ("/act/Sigmoid", "/act/Mul"), ("/fc1/MatMul", "/fc2/Add")]
+
+
+def test_trtexec_verbose_log(tmp_path):
+    """Variant H, in the two line shapes trtexec has printed (TRT 8.x and later)."""
+    log = "\n".join([
+        "[11/20/2026-10:00:00] [V] [TRT] Engine Layer Information:",
+        "[11/20/2026-10:00:00] [V] [TRT] Layer(CaskConvolution): conv1_h + conv1_relu, Tactic: 1062367460111450758, "
+        "data_bn[Float(-2,3,300,300)] -> conv1_h[Half(-2,32,150,150)]",
+        "[11/20/2026-10:00:00] [V] [TRT] Layer(Reformat): Reformatting CopyNode for Output Tensor 0 to conv1_pool, "
+        "Tactic: 0x0000000000000000, Reformatted Output Tensor 0 to conv1_pool (Float[1,32,75,75]) -> conv1_pool "
+        "(Half[1,32:8,75,75])",
+        "[11/20/2026-10:00:00] [V] [TRT] Layer(CaskConvolution): l1_conv2 + l1_sum, Tactic: 0x00000000000003ea, "
+        "l1_conv1 (Int8[1,32:32,75,75]), conv1_pool (Int8[1,32:32,75,75]) -> l1_sum (Int8[1,32:32,75,75])",
+        "[11/20/2026-10:00:01] [I] [TRT] [MemUsageChange] done",
+    ])
+    (tmp_path / "build.log").write_text(log)
+    info = parse_engine_info(tmp_path / "build.log")
+    assert info.kind == "verbose-log" and len(info.layers) == 3
+    conv, copy, add = info.layers
+    assert conv.onnx_nodes == ("conv1_h", "conv1_relu") and conv.precision == "fp32"
+    assert conv.inputs[0].dims == (-2, 3, 300, 300) and conv.outputs[0].precision == "fp16"
+    assert copy.serves == "conv1_pool" and copy.precision == "fp16"
+    assert [t.name for t in add.inputs] == ["l1_conv1", "conv1_pool"] and add.precision == "int8"
+    assert add.inputs[0].dims == (1, 32, 75, 75)
+
+
+@pytest.mark.parametrize("fmt,want", [
+    ("Row major linear FP32", "fp32"), ("Channel major FP16 format where channel % 8 == 0", "fp16"),
+    ("Thirty-two wide channel vectorized row major Int8 format", "int8"), ("Float", "fp32"), ("Half", "fp16"),
+    ("Row major linear BFloat16 format", "bf16"), ("BFloat16", "bf16"), ("Row major linear FP8 format", "fp8"),
+    ("Row major linear UInt8 format", "uint8"), ("Channel major INT8 format where channel % 16 == 0", "int8"),
+    ("Int32", "int32"), ("Row major linear BOOL", "bool"), ("N/A due to dynamic shapes", "unknown"), ("", "unknown"),
+])
+def test_format_precision(fmt, want):
+    assert format_precision(fmt) == want
+
+
+def test_name_grammar():
+    assert split_name("/conv/Conv + PWN(PWN(/act/Sigmoid), /act/Mul)") == ["/conv/Conv", "/act/Sigmoid", "/act/Mul"]
+    assert split_name("a || b || c") == ["a", "b", "c"]
+    assert split_name("(Unnamed Layer* 58) [ElementWise] + x") == ["(Unnamed Layer* 58) [ElementWise]", "x"]
+
+
+def _chain_model(names):
+    nodes, prev = [], "x"
+    for i, name in enumerate(names):
+        nodes.append(helper.make_node("Relu", [prev], [f"t{i}"], name=name))
+        prev = f"t{i}"
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return from_proto(m)
+
+
+def test_with_model_myelin_names_and_foreign_node_ranges(tmp_path):
+    model = _chain_model(["/fc1/MatMul", "/fc1/Relu", "/classifier/classifier.1/Gemm", "/fc2/Add"])
+    names = ["{ForeignNode[/fc1/MatMul + conv.weight.../fc2/Add]}", "/classifier/classifier_1/Gemm_myl9_2"]
+    (tmp_path / "n.json").write_text(json.dumps({"Layers": names}))
+    info = parse_engine_info(tmp_path / "n.json", model)
+    assert info.layers[0].onnx_nodes == ("/fc1/MatMul", "/fc1/Relu", "/classifier/classifier.1/Gemm", "/fc2/Add")
+    assert info.layers[1].onnx_nodes == ("/classifier/classifier.1/Gemm",)
+
+
+def test_engine_info_from_another_model(info_dir, cli):
+    code, _, err = cli("inspect", info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json", "--model", FIXTURES / "cnn.onnx")
+    assert code == 2
+    assert err == (f"layerdiff: error: engine info {info_dir / 'fuzzylabs_alexnet_fp16_trt10x.graph.json'} names 19 "
+                   f"ONNX node(s) that {FIXTURES / 'cnn.onnx'} does not have (/features/features.0/Conv, "
+                   "/features/features.1/Relu, /features/features.2/MaxPool, ...): it was built from another "
+                   "model; give the ONNX model the engine was built from\n")
+
+
+def test_inspect_json(info_dir, cli):
+    code, out, _ = cli("inspect", info_dir / "trex_resnet18_a100_qat_int8_trt84.graph.json", "--json")
+    assert code == 0
+    d = json.loads(out)
+    layer = d["layers"][1]
+    assert set(layer) >= {"name", "type", "precision", "onnx_nodes", "inputs", "outputs"}
+    assert layer["precision"] == "int8" and layer["onnx_nodes"] == ["QuantizeLinear_7", "Conv_9"]
+
+
+def test_inspect_table(info_dir, cli):
+    code, out, _ = cli("inspect", info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json")
+    assert code == 0 and "14 engine layers; precisions: fp16 13, unknown 1" in out
