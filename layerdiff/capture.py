@@ -1,18 +1,19 @@
 """Run the reference, the candidate and the exploded graph with tensors exposed, and reduce every tensor
 to metrics as soon as it arrives. Only summaries are kept.
 
-Layers are taken in chunks (one chunk unless a memory budget is given). For each chunk: the reference
-exposes the chunk's float outputs, the candidate exposes its values of those tensors and of every input
-of the chunk's layers, and the exploded graph recomputes the chunk's layers in FP32 from the candidate's
-inputs (local error). Chunks run outermost, samples inside, so each session is built once.
+The unit of comparison is a *unit*: one layer, or the group of layers TensorRT fused into one engine
+layer. Units are taken in chunks (one chunk unless a memory budget is given). For each chunk: the
+reference exposes the chunk's float outputs, the candidate gives its values of those tensors and of
+every input of the chunk's units, and the exploded graph recomputes the chunk's units in FP32 from the
+candidate's inputs (local error). Chunks run outermost, samples inside, so each session is built once.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,20 +21,37 @@ import onnx
 from threadpoolctl import threadpool_limits
 
 from layerdiff.backends.ort import Session, make_session
-from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types, serialize
+from layerdiff.candidates import ImportedCandidate, OrtCandidate
+from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types
 from layerdiff.inputs import Samples
 from layerdiff.match import Pair
 from layerdiff.metrics import TensorMetrics, diff_metrics
 
 Progress = Callable[[str, int, int], None]  # (what is running, steps done, steps in all)
+Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
 
 
 @dataclass(frozen=True)
 class Chunk:
-    layers: tuple[Layer, ...]
+    units: tuple[Unit, ...]
     compared: tuple[str, ...]  # reference tensors compared in this chunk
-    local_layers: tuple[Layer, ...]  # layers recomputed on the candidate's inputs
+    local_units: tuple[Unit, ...]  # units recomputed on the candidate's inputs
     estimated_bytes: int
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(lay for unit in self.units for lay in unit)
+
+
+def unit_name(unit: Unit) -> str:
+    return unit[0].name
+
+
+def unit_inputs(model: LoadedModel, unit: Unit) -> list[str]:
+    """Non-constant tensors a unit reads that it does not produce itself."""
+    inside = {t for lay in unit for t in lay.outputs}
+    return list(dict.fromkeys(t for lay in unit for t in lay.inputs
+                              if t not in model.initializers and t not in inside))
 
 
 @dataclass
@@ -53,31 +71,30 @@ class CaptureResult:
     candidate_provider: str = ""
 
 
-def plan_chunks(model: LoadedModel, pairs: dict[str, Pair], sizes: dict[str, int], budget: int | None,
-                no_local: dict[str, str]) -> list[Chunk]:
-    """Greedy chunks in topological order whose captured bytes (reference + candidate + local copies of
-    each output, plus candidate inputs from earlier chunks) stay under `budget`."""
+def plan_chunks(model: LoadedModel, units: list[Unit], pairs: dict[str, Pair], sizes: dict[str, int],
+                budget: int | None, no_local: dict[str, str]) -> list[Chunk]:
+    """Greedy chunks of units in topological order whose captured bytes (reference + candidate + local
+    copies of each output, plus candidate inputs from earlier chunks) stay under `budget`."""
     default = max(sizes.values(), default=4)
     chunks: list[Chunk] = []
-    cur_layers: list[Layer] = []
+    cur: list[Unit] = []
     cur_bytes = 0
 
     def flush():
-        nonlocal cur_layers, cur_bytes
-        if cur_layers:
-            compared = tuple(t for lay in cur_layers for t in lay.outputs if _compared(model, pairs, t))
-            local = tuple(lay for lay in cur_layers if lay.name not in no_local)
-            chunks.append(Chunk(tuple(cur_layers), compared, local, cur_bytes))
-        cur_layers, cur_bytes = [], 0
+        nonlocal cur, cur_bytes
+        if cur:
+            compared = tuple(t for unit in cur for lay in unit for t in lay.outputs if _compared(model, pairs, t))
+            local = tuple(unit for unit in cur if unit_name(unit) not in no_local)
+            chunks.append(Chunk(tuple(cur), compared, local, cur_bytes))
+        cur, cur_bytes = [], 0
 
-    for layer in model.layers:
-        produced_here = {t for lay in cur_layers for t in lay.outputs}
-        cost = sum(3 * sizes.get(t, default) for t in layer.outputs if _compared(model, pairs, t))
-        cost += sum(sizes.get(t, default) for t in layer.inputs
-                    if t not in model.initializers and t not in produced_here)
-        if budget is not None and cur_layers and cur_bytes + cost > budget:
+    for unit in units:
+        produced_here = {t for u in cur for lay in u for t in lay.outputs}
+        cost = sum(3 * sizes.get(t, default) for lay in unit for t in lay.outputs if _compared(model, pairs, t))
+        cost += sum(sizes.get(t, default) for t in unit_inputs(model, unit) if t not in produced_here)
+        if budget is not None and cur and cur_bytes + cost > budget:
             flush()
-        cur_layers.append(layer)
+        cur.append(unit)
         cur_bytes += cost
     flush()
     return chunks
@@ -88,18 +105,20 @@ def _compared(model: LoadedModel, pairs: dict[str, Pair], tensor: str) -> bool:
     return (model.is_float(tensor) or not known) and pairs.get(tensor, Pair(tensor, None)).candidate is not None
 
 
-def local_eligibility(model: LoadedModel, pairs: dict[str, Pair]) -> dict[str, str]:
-    """{layer: reason} for layers whose local error cannot be computed."""
+def local_eligibility(model: LoadedModel, units: list[Unit], pairs: dict[str, Pair]) -> dict[str, str]:
+    """{unit name: reason} for units whose local error cannot be computed."""
     out = {}
-    for layer in model.layers:
-        if not any(_compared(model, pairs, t) for t in layer.outputs):
-            out[layer.name] = "no float output paired with the candidate"
+    for unit in units:
+        name = unit_name(unit)
+        if not any(_compared(model, pairs, t) for lay in unit for t in lay.outputs):
+            out[name] = "no float output paired with the candidate"
             continue
-        missing = [t for t in layer.inputs if t not in model.initializers and pairs.get(t, Pair(t, None)).candidate is None]
+        inputs = unit_inputs(model, unit)
+        missing = [t for t in inputs if pairs.get(t, Pair(t, None)).candidate is None]
         if missing:
-            out[layer.name] = f"the candidate's value of input '{missing[0]}' is not available"
-        elif any(t not in model.initializers and t not in model.tensor_types for t in layer.inputs):
-            out[layer.name] = "an input's type is unknown"
+            out[name] = f"the candidate's value of input '{missing[0]}' is not available"
+        elif any(t not in model.tensor_types for t in inputs):
+            out[name] = "an input's type is unknown"
     return out
 
 
@@ -110,17 +129,18 @@ def tensor_sizes(model: LoadedModel, feed: dict[str, np.ndarray]) -> dict[str, i
 
 def capture(
     model: LoadedModel,
-    candidate: onnx.ModelProto,
+    candidate: OrtCandidate | ImportedCandidate,
     pairs: dict[str, Pair],
     samples: Samples,
     *,
+    units: list[Unit] | None = None,
     budget: int | None = None,
     reference_providers: list | None = None,
     progress: Progress | None = None,
 ) -> CaptureResult:
     """Compare every paired tensor over all samples. Ctrl-C stops early and keeps what was finished."""
     run = _Capture(model, candidate, pairs, samples, reference_providers, progress)
-    return run.go(budget)
+    return run.go(units or [(lay,) for lay in model.layers], budget)
 
 
 class _Capture:
@@ -138,20 +158,20 @@ class _Capture:
         if self.progress:
             self.progress(what, self.done, self.steps)
 
-    def go(self, budget: int | None) -> CaptureResult:
+    def go(self, units: list[Unit], budget: int | None) -> CaptureResult:
         model, res = self.model, self.result
-        res.no_local = local_eligibility(model, self.pairs)
+        res.no_local = local_eligibility(model, units, self.pairs)
         res.non_float = {t for lay in model.layers for t in lay.outputs
                          if t in model.tensor_types and not model.is_float(t)}
         sizes = tensor_sizes(model, self.samples.feeds[0]) if budget is not None else {}
-        chunks = plan_chunks(model, self.pairs, sizes, budget, res.no_local)
+        chunks = plan_chunks(model, units, self.pairs, sizes, budget, res.no_local)
         res.chunks = len(chunks)
         self.steps = (len(chunks) + 1) * len(self.samples)
         finished = [0] * len(chunks)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         try:
             for ci, chunk in enumerate(chunks):
-                for _ in self._run_chunk(chunk, last=ci == len(chunks) - 1):
+                for _ in self._run_chunk(chunk, units, last=ci == len(chunks) - 1):
                     finished[ci] += 1
                     self.tick(f"layers {chunk.layers[0].index}-{chunk.layers[-1].index}")
             self._final_outputs()
@@ -162,25 +182,27 @@ class _Capture:
         res.samples_done = min(finished, default=0)
         return res
 
-    def _run_chunk(self, chunk: Chunk, last: bool):
+    def _run_chunk(self, chunk: Chunk, units: list[Unit], last: bool):
         model, pairs, res = self.model, self.pairs, self.result
-        cand_graph_outputs = [o.name for o in self.candidate.graph.output] if last else []
-        feeds_needed = {t for lay in chunk.local_layers for t in lay.inputs
-                        if t not in model.initializers and t not in self.graph_inputs}
+        cand_graph_outputs = [o for o in self.candidate.graph_outputs if o in self.candidate.tensors] if last else []
+        feeds_needed = {t for unit in chunk.local_units for t in unit_inputs(model, unit)
+                        if t not in self.graph_inputs}
         cand_names = sorted({pairs[t].candidate for t in chunk.compared}
                             | {pairs[t].candidate for t in feeds_needed} | set(cand_graph_outputs))
         ref_names = list(chunk.compared)
         ref = make_session(expose_tensors(model.proto, ref_names, model.tensor_types), self.providers,
                            "reference", low_memory=True)
-        cand = make_session(expose_tensors(self.candidate, cand_names, {}), None, "candidate", low_memory=True)
+        cand = self.candidate.open(cand_names)
         local_sess, local_out = None, {}
-        if chunk.local_layers:
-            blob, local_out = explode(model, list(chunk.local_layers))
+        if chunk.local_units:
+            blob, local_out = explode(model, [lay for unit in chunk.local_units for lay in unit],
+                                      list(chunk.local_units))
             local_sess = make_session(blob, None, "exploded reference", low_memory=True)
-        res.reference_provider, res.candidate_provider = ref.provider, cand.provider
+        res.reference_provider = ref.provider
         for si, feed in enumerate(self.samples.feeds):
             r = ref.run(ref_names, feed)
-            c = cand.run(cand_names, feed)
+            c = cand(si, feed)
+            res.candidate_provider = self.candidate.provider
             for o in cand_graph_outputs:
                 self.cand_outputs[si][o] = c[o]
             jobs = [job for t in chunk.compared if (job := self._pair(si, t, r[t], c[pairs[t].candidate]))]
@@ -216,7 +238,7 @@ class _Capture:
     def _local(self, feed, cand_values, sess: Session, local_out) -> None:
         model, pairs, res = self.model, self.pairs, self.result
         wanted = [t for t in local_out if t in pairs and pairs[t].candidate in cand_values
-                  and t not in res.unpaired and t not in res.non_float]
+                  and t not in res.unpaired and t not in res.non_float and t in res.tensors]
         feeds = {}
         for name in sess.input_names:
             value = feed[name] if name in feed else cand_values[pairs[name].candidate]
@@ -235,15 +257,14 @@ class _Capture:
     def _final_outputs(self) -> None:
         """Final outputs from a plain run of the candidate: nothing exposed, the model as deployed. The
         exposed run's outputs are checked against it (exposing tensors can change fusions)."""
-        res = self.result
-        cand_outputs = {o.name for o in self.candidate.graph.output}
-        names = [o for o in self.model.outputs if o in cand_outputs]
+        res, cand = self.result, self.candidate
+        names = [o for o in self.model.outputs if o in cand.graph_outputs]
         for o in self.model.outputs:
-            if o not in cand_outputs:
+            if o not in cand.graph_outputs:
                 res.unpaired.setdefault(o, "the candidate has no graph output of this name")
-        plain = make_session(serialize(self.candidate), None, "candidate")
+        plain = cand.plain(names)
         for si, feed in enumerate(self.samples.feeds):
-            c = plain.run(names, feed)
+            c = plain(si, feed)
             for o in names:
                 ref = self.ref_outputs[si].get(o)
                 if ref is not None and ref.shape == c[o].shape:

@@ -39,9 +39,9 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--candidate", required=True, metavar="ort-int8|ort-fp16|CANDIDATE.onnx",
-              help="what to compare with the FP32 model: a built-in ONNX Runtime candidate, or an ONNX "
-                   "model derived from MODEL (QDQ or FP16)")
+@click.option("--candidate", required=True, metavar="ort-int8|ort-fp16|CANDIDATE.onnx|polygraphy:RESULTS.json",
+              help="what to compare with the FP32 model: a built-in ONNX Runtime candidate, an ONNX model "
+                   "derived from MODEL (QDQ or FP16), or outputs saved by polygraphy run --trt --save-outputs")
 @click.option("--inputs", metavar="PATH", help="an .npz (one sample), a directory of .npz files, or a "
               "Polygraphy --save-inputs JSON file; without it, seeded random inputs are used")
 @click.option("--calib", metavar="PATH", help="calibration samples for ort-int8 (same formats; default: the inputs)")
@@ -53,6 +53,8 @@ def cli() -> None:
 @click.option("--top", type=click.IntRange(min=0), default=15, show_default=True, help="rows in the worst-layers table")
 @click.option("-o", "--output", metavar="REPORT.json", help="write the JSON report here (atomically)")
 @click.option("--save-candidate", metavar="CAND.onnx", help="save the candidate model that was built")
+@click.option("--engine-info", metavar="LAYERS.json", help="TensorRT layer information of the engine whose "
+              "results are imported (trtexec --exportLayerInfo): compare fused layers as one row")
 @click.option("--max-memory", metavar="SIZE", help="capture tensors in chunks so they stay under SIZE (e.g. 2GiB)")
 @click.option("--min-cosine", type=float, help="exit 1 when a final output's cosine (worst sample) is below this")
 @click.option("--divergence-cosine", type=float, default=0.99, show_default=True,
@@ -62,8 +64,8 @@ def cli() -> None:
 @click.option("--cache-dir", metavar="DIR", help="keep calibration ranges here, to reuse them in later runs")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, max_memory,
-            min_cosine, divergence_cosine, reference_provider, cache_dir, quiet, debug) -> int:
+def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, engine_info,
+            max_memory, min_cosine, divergence_cosine, reference_provider, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     budget = parse_size(max_memory) if max_memory else None
     if output:
@@ -75,7 +77,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
         report = run_compare(model, candidate, inputs=inputs, calib=calib, shapes=shapes, seed=seed,
                              calibration=calibration, max_memory=budget, divergence_cosine=divergence_cosine,
                              reference_provider=reference_provider, cache_dir=cache_dir,
-                             save_candidate=save_candidate, progress=progress)
+                             save_candidate=save_candidate, engine_info=engine_info, progress=progress)
     if output:
         write_report(report, output)
     if report.capture.get("interrupted"):

@@ -3,27 +3,29 @@ layer over this function."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import onnxruntime
-
-from layerdiff._version import __version__
+from layerdiff.assemble import RowInfo, assemble_report
 from layerdiff.backends.fp16 import build_fp16, emulated_nodes
 from layerdiff.backends.int8 import build_int8
 from layerdiff.backends.ort import providers_for
-from layerdiff.capture import CaptureResult, Progress, capture
+from layerdiff.candidates import ImportedCandidate, OrtCandidate, load_polygraphy_results
+from layerdiff.capture import Progress, Unit, capture
+from layerdiff.engine_info import parse_engine_info
 from layerdiff.errors import BadInput, ModelError
 from layerdiff.graph import LoadedModel, load_model, serialize
-from layerdiff.inputs import RANDOM_WARNING, Samples, load_samples, parse_shapes
+from layerdiff.groups import fused_units
+from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.match import Pair, match_tensors
-from layerdiff.metrics import aggregate
 from layerdiff.plan import PrecisionPlan
 from layerdiff.precision import realised_precisions
-from layerdiff.report import LayerDiff, Report, TensorDiff, check_writable, write_atomic
+from layerdiff.report import Report, check_writable, write_atomic
+
+__all__ = ["Progress", "compare"]
 
 BUILT_IN = ("ort-int8", "ort-fp16")
 TENSORRT = ("trt-fp16", "trt-int8", "trt-bf16", "ort-trt-fp16", "ort-trt-int8", "ort-cuda")
+IMPORTED = "polygraphy:"
 
 
 def compare(
@@ -36,6 +38,7 @@ def compare(
     seed: int = 1,
     calibration: str = "minmax",
     plan: PrecisionPlan | None = None,
+    engine_info: str | Path | None = None,
     max_memory: int | None = None,
     divergence_cosine: float = 0.99,
     reference_provider: str = "auto",
@@ -43,26 +46,43 @@ def compare(
     save_candidate: str | Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Diff `candidate` ('ort-int8', 'ort-fp16' or the path of an ONNX model derived from `model`)
-    against `model` run in FP32 by ONNX Runtime, layer by layer, over every sample of `inputs`."""
+    """Diff `candidate` against `model` run in FP32 by ONNX Runtime, layer by layer, over every sample of
+    `inputs`. `candidate`: 'ort-int8', 'ort-fp16', the path of an ONNX model derived from `model`, or
+    'polygraphy:RESULTS' for outputs saved by `polygraphy run --trt ... --save-outputs` on a GPU machine
+    (then `inputs` must be that run's --save-inputs file; `engine_info` groups fused layers)."""
     if save_candidate is not None:
         check_writable(save_candidate)
     loaded = load_model(model)
     shape_map = parse_shapes(tuple(shapes), loaded.inputs)
     samples = load_samples(inputs, loaded.inputs, shape_map, seed)
     providers = providers_for(reference_provider)
-    cand_proto, cand_info = _candidate(loaded, candidate, samples, calib, shape_map, seed, calibration,
-                                       plan, cache_dir)
-    if save_candidate is not None:
-        write_atomic(save_candidate, serialize(cand_proto))
-        cand_info["saved_to"] = str(save_candidate)
-    pairs = match_tensors(loaded, cand_proto)
-    result = capture(loaded, cand_proto, pairs, samples, budget=max_memory, reference_providers=providers,
-                     progress=progress)
-    return _report(loaded, cand_proto, cand_info, samples, pairs, result, divergence_cosine, max_memory)
+    if candidate.startswith(IMPORTED):
+        if inputs is None:
+            raise BadInput("importing Polygraphy results needs the inputs of that run: pass its --save-inputs "
+                           "file with --inputs")
+        source = load_polygraphy_results(candidate[len(IMPORTED):], loaded.outputs, len(samples))
+        units, rows, cand_info = _imported(loaded, source, engine_info)
+        pairs = {t: Pair(t, t) if t in source.tensors or t in {i.name for i in loaded.inputs} else
+                 Pair(t, None, "not in the results: fused inside an engine layer, or not marked as an output")
+                 for t in [i.name for i in loaded.inputs] + [t for lay in loaded.layers for t in lay.outputs]}
+    else:
+        if engine_info is not None:
+            raise BadInput("--engine-info describes a TensorRT engine: use it with --candidate polygraphy:RESULTS")
+        proto, cand_info = _build(loaded, candidate, samples, calib, shape_map, seed, calibration, plan, cache_dir)
+        if save_candidate is not None:
+            write_atomic(save_candidate, serialize(proto))
+            cand_info["saved_to"] = str(save_candidate)
+        source = OrtCandidate(proto)
+        pairs = match_tensors(loaded, proto)
+        units = [(lay,) for lay in loaded.layers]
+        rows = _ort_rows(loaded, proto, pairs, plan)
+    result = capture(loaded, source, pairs, samples, units=units, budget=max_memory,
+                     reference_providers=providers, progress=progress)
+    return assemble_report(loaded, units, rows, cand_info, samples, pairs, result,
+                           divergence_cosine=divergence_cosine, max_memory=max_memory, mode=source.mode)
 
 
-def _candidate(model: LoadedModel, spec: str, samples: Samples, calib, shape_map, seed, method, plan, cache_dir):
+def _build(model: LoadedModel, spec: str, samples: Samples, calib, shape_map, seed, method, plan, cache_dir):
     if spec == "ort-int8":
         plan = plan or PrecisionPlan.uniform("int8")
         calib_samples = load_samples(calib, model.inputs, shape_map, seed, what="--calib") if calib else samples
@@ -84,93 +104,45 @@ def _candidate(model: LoadedModel, spec: str, samples: Samples, calib, shape_map
         )
     path = Path(spec)
     if path.suffix != ".onnx" and not path.exists():
-        raise BadInput(f"unknown --candidate '{spec}': use ort-int8, ort-fp16 or the path of an ONNX model")
+        raise BadInput(f"unknown --candidate '{spec}': use ort-int8, ort-fp16, polygraphy:RESULTS.json or the "
+                       "path of an ONNX model")
     cand = load_model(path)
     missing = [i.name for i in model.inputs if i.name not in {c.name for c in cand.inputs}]
     if missing:
         raise ModelError(f"candidate {path} has no input '{missing[0]}' of the model; it must be derived "
                          f"from the FP32 model (its inputs are: {[c.name for c in cand.inputs]})")
-    return cand.proto, {"spec": spec, "kind": "onnx", "runtime": "onnxruntime (CPU)",
-                              "path": str(path), "sha256": cand.sha256,
-                              "fp16_emulated": sorted(emulated_nodes(cand.proto))}
+    return cand.proto, {"spec": spec, "kind": "onnx", "runtime": "onnxruntime (CPU)", "path": str(path),
+                        "sha256": cand.sha256, "fp16_emulated": sorted(emulated_nodes(cand.proto))}
 
 
-def _report(model: LoadedModel, cand_proto, cand_info, samples: Samples, pairs: dict[str, Pair],
-            res: CaptureResult, divergence_cosine: float, max_memory: int | None) -> Report:
-    realised = realised_precisions(cand_proto)
-    producer_name = {o: n.name for n in cand_proto.graph.node for o in n.output if o}
-    layers, first = [], None
+def _ort_rows(model: LoadedModel, proto, pairs: dict[str, Pair], plan: PrecisionPlan | None) -> dict[str, RowInfo]:
+    realised = realised_precisions(proto)
+    producer = {o: n.name for n in proto.graph.node for o in n.output if o}
+    rows = {}
     for layer in model.layers:
-        outs = []
-        for t in layer.outputs:
-            pair = pairs.get(t, Pair(t, None, "not matched"))
-            if t in res.non_float or (t in model.tensor_types and not model.is_float(t)):
-                continue
-            acc = aggregate(res.tensors[t]) if res.tensors.get(t) else None
-            reason = res.unpaired.get(t) or pair.reason
-            if acc is None and not reason:
-                reason = "not captured (run interrupted)" if res.interrupted else "not compared"
-            loc = aggregate(res.local[t]) if res.local.get(t) else None
-            outs.append(TensorDiff(t, res.shapes.get(t), pair.candidate, acc, loc, reason if acc is None else ""))
-        cand_node = producer_name.get(pairs[layer.outputs[0]].candidate or "", "") if layer.outputs else ""
+        cand_node = producer.get(pairs[layer.outputs[0]].candidate or "", "") if layer.outputs else ""
         r = realised.get(layer.name) or realised.get(cand_node)
-        diverges = any(_diverges(o, divergence_cosine) for o in outs)
-        diff = LayerDiff(layer.index, layer.name, layer.op, r.precision if r else "unknown", tuple(outs),
-                         precision_emulated=bool(r and r.emulated), diverges=diverges,
-                         local_unavailable=res.no_local.get(layer.name, ""))
-        layers.append(diff)
-        if diverges and first is None:
-            first = _divergence(diff, divergence_cosine)
-    outputs = tuple((o, aggregate(res.outputs[o]) if res.outputs.get(o) else None) for o in model.outputs)
-    compared = sum(1 for lay in layers for o in lay.outputs if o.paired)
-    float_tensors = sum(len(lay.outputs) for lay in layers)
-    overflow = [o.tensor for lay in layers for o in lay.outputs if o.paired and o.accumulated.worst.exceeds_fp16]
-    warnings = []
-    if samples.random:
-        warnings.append(RANDOM_WARNING)
-    if res.interrupted:
-        warnings.append(f"interrupted: the report holds what finished ({res.samples_done} of {len(samples)} "
-                        "samples in every chunk)")
-    if overflow:
-        warnings.append(f"{len(overflow)} reference tensors exceed the FP16 range (65504), first: {overflow[0]}")
-    if res.exposed_vs_plain_max_abs > 1e-3:
-        warnings.append("exposing tensors changed the candidate's outputs (max abs difference "
-                        f"{res.exposed_vs_plain_max_abs:.3g}): ONNX Runtime fused differently")
-    return Report(
-        model={"path": str(model.path), "sha256": model.sha256, "layers": len(model.layers),
-               "opset": max((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), default=0)},
-        inputs={"source": samples.source, "samples": len(samples), "random": samples.random},
-        reference={"runtime": f"onnxruntime {onnxruntime.__version__}", "precision": "fp32",
-                   "provider": res.reference_provider},
-        candidate={**cand_info, "provider": res.candidate_provider},
-        capture={"mode": "mark-outputs", "chunks": res.chunks, "max_memory": max_memory,
-                 "exposed_vs_plain_max_abs": res.exposed_vs_plain_max_abs, "interrupted": res.interrupted,
-                 "samples_done": res.samples_done, "layerdiff": __version__},
-        layers=tuple(layers),
-        outputs=outputs,
-        first_divergence=first,
-        thresholds={"divergence_cosine": divergence_cosine},
-        counts={"layers": len(layers), "float_tensors": float_tensors, "compared": compared,
-                "unpaired": float_tensors - compared, "non_float_tensors": len(res.non_float),
-                "exceeds_fp16": len(overflow), "local_errors": sum(1 for lay in layers if any(o.local is not None for o in lay.outputs))},
-        warnings=tuple(warnings),
-    )
+        rows[layer.name] = RowInfo(layer.name, layer.op, r.precision if r else "unknown", bool(r and r.emulated),
+                                   requested=plan.precision_of(layer.name) if plan else None)
+    return rows
 
 
-def _diverges(t: TensorDiff, threshold: float) -> bool:
-    if t.local is None:
-        return False
-    w = t.local.worst
-    return w.cand_nonfinite > w.ref_nonfinite or (not math.isnan(w.cosine) and w.cosine < threshold)
-
-
-def _divergence(layer: LayerDiff, threshold: float) -> dict:
-    worst = min((o for o in layer.outputs if o.local is not None), key=lambda o: o.local.worst.cosine
-                if not math.isnan(o.local.worst.cosine) else -2.0)
-    w = worst.local.worst
-    if w.cand_nonfinite > w.ref_nonfinite:
-        why = f"the candidate produced {w.cand_nonfinite} non-finite values the FP32 recomputation did not"
+def _imported(model: LoadedModel, source: ImportedCandidate, engine_info):
+    info = parse_engine_info(engine_info, model) if engine_info is not None else None
+    if info is None:
+        units: list[Unit] = [(lay,) for lay in model.layers]
+        engine_of = {}
     else:
-        why = f"local cosine {w.cosine:.6f} < {threshold}"
-    return {"layer": layer.name, "index": layer.index, "op": layer.op, "precision": layer.precision,
-            "tensor": worst.tensor, "local_cosine": w.cosine if math.isfinite(w.cosine) else None, "reason": why}
+        units, engine_of = fused_units(model, info)
+    rows = {}
+    for unit in units:
+        el = engine_of.get(unit[0].name)
+        if el is not None:
+            rows[unit[0].name] = RowInfo(el.name, el.type, el.precision, engine_layers=(el.name,))
+        else:
+            rows[unit[0].name] = RowInfo(unit[0].name, unit[0].op, "unknown")
+    cand_info = {"spec": f"{IMPORTED}{source.path}", "kind": "polygraphy-results", "runner": source.runner,
+                 "runtime": "TensorRT (results imported; not run here)", "path": source.path,
+                 "engine_info": {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers)}
+                 if info else None}
+    return units, rows, cand_info

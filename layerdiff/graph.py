@@ -284,20 +284,32 @@ def serialize(proto: onnx.ModelProto) -> bytes:
     return proto.SerializeToString()
 
 
-def explode(model: LoadedModel, layers: list[Layer]) -> tuple[bytes, dict[str, str]]:
-    """A graph holding `layers`, each reading every non-constant input from a graph input of the same
-    name. Outputs are renamed `<tensor>::local`. Returns the serialised model and {tensor: local output}."""
+def explode(model: LoadedModel, layers: list[Layer], units: list[tuple[Layer, ...]] | None = None
+            ) -> tuple[bytes, dict[str, str]]:
+    """A graph recomputing `layers` from graph inputs. Without `units`, every layer reads every
+    non-constant input from a graph input of the same name. With `units` (groups of layers fused into
+    one engine layer), a layer reads the outputs of its own unit's layers from their recomputation,
+    and only the unit's inputs from graph inputs. Outputs are renamed `<tensor>::local`.
+    Returns the serialised model and {tensor: local output}."""
     graph = model.proto.graph
     by_output = {o: n for n in graph.node for o in n.output if o}
     inits = {t.name: t for t in graph.initializer}
+    unit_of = {lay.name: k for k, unit in enumerate(units or [(lay,) for lay in layers]) for lay in unit}
+    producer = model.producers
     nodes, feeds, outputs, used_inits = [], {}, {}, set()
-    for layer in layers:
+    for layer in sorted(layers, key=lambda lay: lay.index):
         node = onnx.NodeProto()
         node.CopyFrom(by_output[layer.outputs[0]])
+        internal = set()
+        for i, name in enumerate(node.input):
+            src = producer.get(name)
+            if name and src is not None and src is not layer and unit_of.get(src.name) == unit_of[layer.name]:
+                node.input[i] = name + LOCAL_SUFFIX
+                internal.add(name)
         for name in layer.inputs:
             if name in inits:
                 used_inits.add(name)
-            else:
+            elif name not in internal:
                 feeds[name] = model.tensor_types.get(name)
         renamed = []
         for out in node.output:

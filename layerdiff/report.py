@@ -72,6 +72,9 @@ class LayerDiff:
     precision_emulated: bool = False
     diverges: bool = False
     local_unavailable: str = ""
+    onnx_nodes: tuple[str, ...] = ()  # the ONNX nodes of this row (several for a fused engine layer)
+    engine_layers: tuple[str, ...] = ()
+    requested_precision: str | None = None
 
     @property
     def local_rel_rms(self) -> float | None:
@@ -94,6 +97,8 @@ class LayerDiff:
 
     def to_dict(self) -> dict[str, Any]:
         d = {"index": self.index, "name": self.name, "op": self.op, "precision": self.precision,
+             "realised_precision": self.precision, "requested_precision": self.requested_precision,
+             "onnx_nodes": list(self.onnx_nodes or (self.name,)), "engine_layers": list(self.engine_layers),
              "outputs": [o.to_dict() for o in self.outputs], "diverges": self.diverges}
         if self.precision_emulated:
             d["precision_emulated"] = True

@@ -115,7 +115,8 @@ def test_save_candidate_directory_missing(cli, tmp_path):
 
 def test_unknown_candidate(cli, tmp_path):
     _expect(cli, tmp_path, [CNN, "--candidate", "int4-magic"],
-            "unknown --candidate 'int4-magic': use ort-int8, ort-fp16 or the path of an ONNX model")
+            "unknown --candidate 'int4-magic': use ort-int8, ort-fp16, polygraphy:RESULTS.json or the path of an "
+            "ONNX model")
 
 
 def test_tensorrt_candidate_without_tensorrt(cli, tmp_path):

@@ -160,9 +160,10 @@ def test_chunks_respect_the_budget():
     pairs = match_tensors(model, model.proto)
     sizes = tensor_sizes(model, {"input": np.zeros((1, 3, 32, 32), np.float32)})
     assert sizes["conv1_out"] == 8 * 32 * 32 * 4
-    total = plan_chunks(model, pairs, sizes, None, {})[0].estimated_bytes
+    units = [(lay,) for lay in model.layers]
+    total = plan_chunks(model, units, pairs, sizes, None, {})[0].estimated_bytes
     budget = total // 4
-    chunks = plan_chunks(model, pairs, sizes, budget, {})
+    chunks = plan_chunks(model, units, pairs, sizes, budget, {})
     assert sum(len(c.layers) for c in chunks) == len(model.layers)
     assert all(c.estimated_bytes <= budget for c in chunks)
 

@@ -1,0 +1,182 @@
+"""Import of runs saved elsewhere: `polygraphy run ... --save-outputs` results, optionally grouped by the
+engine's layer information. The results here are written by the real `polygraphy` tool (ONNX Runtime
+runner on an FP16 candidate, since TensorRT cannot run here); what differs on a GPU is only which
+runner produced them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx.utils import Extractor
+
+from layerdiff import compare
+from layerdiff.metrics import diff_metrics
+from tests.conftest import FIXTURES, run_plain
+
+POLYGRAPHY = str(Path(sys.executable).parent / "polygraphy")
+CNN = FIXTURES / "cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """An FP16 candidate of the CNN, run by `polygraphy run` with every tensor marked, two samples."""
+    from polygraphy.json import save_json
+
+    tmp = tmp_path_factory.mktemp("polygraphy")
+    cand = tmp / "cand.onnx"
+    compare(CNN, "ort-fp16", inputs=FIXTURES / "cnn_inputs", save_candidate=cand)
+    feeds = []
+    for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))[:2]:
+        with np.load(f) as d:
+            feeds.append({"input": d["input"]})
+    save_json(feeds, str(tmp / "inputs.json"))
+    for out in ("outputs.json", "outputs_dir"):
+        subprocess.run([POLYGRAPHY, "run", str(cand), "--onnxrt", "--onnx-outputs", "mark", "all", "--load-inputs",
+                        str(tmp / "inputs.json"), "--save-outputs", str(tmp / out)], check=True, capture_output=True)
+    return tmp, cand, feeds
+
+
+def _tensor(report, name):
+    return next(o for lay in report.layers for o in lay.outputs if o.tensor == name)
+
+
+def test_imported_results_match_running_the_candidate_here(saved_run):
+    tmp, cand, _ = saved_run
+    imported = compare(CNN, f"polygraphy:{tmp / 'outputs.json'}", inputs=tmp / "inputs.json")
+    direct = compare(CNN, str(cand), inputs=tmp / "inputs.json")
+    assert imported.capture["mode"] == "imported" and imported.candidate["kind"] == "polygraphy-results"
+    for name in ("conv1_out", "relu2", "residual", "logits"):
+        a, b = _tensor(imported, name), _tensor(direct, name)
+        assert a.accumulated.worst.cosine == pytest.approx(b.accumulated.worst.cosine, abs=1e-9)
+        assert a.accumulated.worst.max_abs == pytest.approx(b.accumulated.worst.max_abs, rel=1e-6, abs=1e-9)
+        assert a.local.worst.max_abs == pytest.approx(b.local.worst.max_abs, rel=1e-5, abs=1e-7)
+    assert imported.output_metrics("probs").cosine == pytest.approx(direct.output_metrics("probs").cosine, abs=1e-9)
+    assert {lay.precision for lay in imported.layers} == {"unknown"}  # no engine info given
+
+
+def test_per_iteration_directory_form(saved_run):
+    tmp, _, _ = saved_run
+    assert sorted(p.suffix for p in (tmp / "outputs_dir").iterdir()) == [".json", ".json"]
+    a = compare(CNN, f"polygraphy:{tmp / 'outputs.json'}", inputs=tmp / "inputs.json")
+    b = compare(CNN, f"polygraphy:{tmp / 'outputs_dir'}", inputs=tmp / "inputs.json")
+    assert a.output_metrics("probs") == b.output_metrics("probs")
+
+
+def _engine_info(path):
+    """Layer information in TensorRT's detailed JSON shape for a CNN engine that fused Conv+BN+ReLU and
+    Conv+BN+Add (made by hand for the fixture model: no TensorRT here)."""
+    def layer(name, nodes, ins, outs, fmt="Row major linear FP16 format", weights="Half"):
+        d = {"Name": name, "LayerType": "CaskConvolution",
+             "Inputs": [{"Name": t, "Dimensions": [], "Format/Datatype": fmt} for t in ins],
+             "Outputs": [{"Name": t, "Dimensions": [], "Format/Datatype": fmt} for t in outs],
+             "Metadata": "\x1e".join(f"[ONNX Layer: {n}]" for n in nodes)}
+        if weights:
+            d["Weights"] = {"Type": weights, "Count": 1}
+        return d
+    layers = [
+        layer("conv1 + conv1_bn + relu1", ["conv1", "conv1_bn", "relu1"], ["input"], ["relu1"]),
+        layer("conv2 + conv2_bn + relu2", ["conv2", "conv2_bn", "relu2"], ["relu1"], ["relu2"]),
+        layer("conv3 + conv3_bn + residual_add + relu3", ["conv3", "conv3_bn", "residual_add", "relu3"],
+              ["relu2", "relu1"], ["relu3"]),
+        layer("maxpool", ["maxpool"], ["relu3"], ["pool"], weights=None),
+        layer("conv4 + conv4_bn + relu4", ["conv4", "conv4_bn", "relu4"], ["pool"], ["relu4"]),
+        layer("{ForeignNode[gap...softmax]}", ["gap", "flatten", "fc", "softmax"], ["relu4"], ["probs"],
+              fmt="Row major linear FP32", weights=None),
+    ]
+    path.write_text(json.dumps({"Layers": layers, "Bindings": ["input", "probs"]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine_run(saved_run):
+    """The same results, reduced to the tensors such an engine has (fused intermediates do not exist)."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+
+    tmp, _, _ = saved_run
+    keep = {"relu1", "relu2", "relu3", "pool", "relu4", "probs"}
+    results = RunResults.load(str(tmp / "outputs.json"))
+    reduced = RunResults()
+    for runner, iterations in results.items():
+        reduced.append((runner, [IterationResult({k: v for k, v in it.items() if k in keep}, runner_name=runner)
+                                 for it in iterations]))
+    reduced.save(str(tmp / "engine_outputs.json"))
+    return tmp / "engine_outputs.json", _engine_info(tmp / "layers.json")
+
+
+def test_fused_groups_are_one_row_with_their_onnx_nodes(saved_run, engine_run):
+    tmp, _, _ = saved_run
+    results, layers = engine_run
+    report = compare(CNN, f"polygraphy:{results}", inputs=tmp / "inputs.json", engine_info=layers)
+    rows = {lay.name: lay for lay in report.layers}
+    assert len(report.layers) == 6 and report.counts["layers"] == 18
+    row = rows["conv3 + conv3_bn + residual_add + relu3"]
+    assert row.onnx_nodes == ("conv3", "conv3_bn", "residual_add", "relu3") and row.precision == "fp16"
+    assert row.engine_layers == ("conv3 + conv3_bn + residual_add + relu3",)
+    assert [o.tensor for o in row.outputs] == ["relu3"]  # fused intermediates are counted, not listed
+    assert rows["{ForeignNode[gap...softmax]}"].precision == "fp32"
+    assert report.counts["fused_away"] == 18 - 6
+    d = report.to_dict()
+    assert d["layers"][2]["onnx_nodes"] == ["conv3", "conv3_bn", "residual_add", "relu3"]
+    assert d["layers"][2]["realised_precision"] == "fp16" and d["capture"]["mode"] == "imported"
+
+
+def test_local_error_of_a_fused_group_is_its_subgraph_on_the_candidates_boundary(saved_run, engine_run):
+    """Group conv2+bn+relu recomputed in FP32 from the candidate's relu1, against the candidate's relu2;
+    checked with onnx.utils' extractor and a plain ONNX Runtime run."""
+    tmp, _, feeds = saved_run
+    results, layers = engine_run
+    report = compare(CNN, f"polygraphy:{results}", inputs=tmp / "inputs.json", engine_info=layers)
+    local = next(lay for lay in report.layers if lay.name == "conv2 + conv2_bn + relu2").outputs[0].local.worst
+    sub = Extractor(onnx.shape_inference.infer_shapes(onnx.load(CNN))).extract_model(["relu1"], ["relu2"])
+    from polygraphy.comparator import RunResults
+
+    iterations = next(iter(RunResults.load(str(results)).values()))
+    worst = 0.0
+    for it in iterations:
+        fp32 = run_plain(sub.SerializeToString(), {"relu1": it["relu1"].astype(np.float32)})["relu2"]
+        worst = max(worst, diff_metrics(fp32, it["relu2"]).max_abs)
+    assert local.max_abs == pytest.approx(worst, rel=1e-5)
+    first = next(lay for lay in report.layers if lay.name == "conv1 + conv1_bn + relu1").outputs[0]
+    # its input is exact, so local = accumulated, up to FP32 rounding of differently fused reference runs
+    assert first.local.worst.max_abs == pytest.approx(first.accumulated.worst.max_abs, rel=1e-3)
+
+
+def test_real_cookbook_results_from_another_model_are_refused(shared_dir, cli, tmp_path):
+    results = shared_dir / "fixtures" / "polygraphy_results" / "cookbook_runexample_trt861_output.json"
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", FIXTURES / "cnn_inputs", "-q")
+    assert code == 2
+    assert err == (f"layerdiff: error: results file {results} holds none of the model's outputs ['probs']; it holds: "
+                   "['A-V-12-Add', 'A-V-14-ArgMax']: were they saved from another model?\n")
+
+
+def test_real_cookbook_results_load_with_polygraphys_loader(shared_dir):
+    from layerdiff.candidates import load_polygraphy_results
+
+    results = shared_dir / "fixtures" / "polygraphy_results" / "cookbook_runexample_trt861_output.json"
+    source = load_polygraphy_results(results, ("A-V-12-Add",), 1)
+    assert source.runner.startswith("trt-runner") and len(source.iterations) == 1
+    assert source.iterations[0]["A-V-12-Add"].shape == (4, 10)
+    assert source.iterations[0]["A-V-14-ArgMax"].dtype == np.int32
+
+
+def test_import_errors(saved_run, cli, tmp_path):
+    tmp, _, _ = saved_run
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{tmp / 'outputs.json'}", "-q")
+    assert (code, err) == (2, "layerdiff: error: importing Polygraphy results needs the inputs of that run: pass its "
+                              "--save-inputs file with --inputs\n")
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{tmp / 'outputs.json'}", "--inputs",
+                       FIXTURES / "cnn_inputs", "-q")
+    assert (code, err) == (2, f"layerdiff: error: results file {tmp / 'outputs.json'} has 2 iteration(s) but --inputs "
+                              "has 4 sample(s): give the --save-inputs file of the same polygraphy run\n")
+    code, _, err = cli("compare", CNN, "--candidate", "ort-fp16", "--engine-info", tmp / "layers.json", "-q")
+    assert (code, err) == (2, "layerdiff: error: --engine-info describes a TensorRT engine: use it with --candidate "
+                              "polygraphy:RESULTS\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{bad}", "--inputs", tmp / "inputs.json", "-q")
+    assert code == 2 and err.startswith(f"layerdiff: error: {bad} is not a Polygraphy --save-outputs results file")
