@@ -80,7 +80,7 @@ def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowIn
                 "compared": compared, "unpaired": float_tensors - compared, "fused_away": fused_away,
                 "non_float_tensors": len(res.non_float), "exceeds_fp16": len(overflow),
                 "local_errors": sum(1 for lay in layers if any(o.local is not None for o in lay.outputs))},
-        warnings=tuple(_warnings(samples, res, overflow)),
+        warnings=tuple(_warnings(samples, res, overflow) + _audit_warnings(layers)),
     )
 
 
@@ -102,6 +102,14 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str]) -> list
         warnings.append("exposing tensors changed the candidate's outputs (max abs difference "
                         f"{res.exposed_vs_plain_max_abs:.3g}): ONNX Runtime fused differently")
     return warnings
+
+
+def _audit_warnings(layers: list[LayerDiff]) -> list[str]:
+    missed = [lay for lay in layers if lay.request_realised is False]
+    if not missed:
+        return []
+    shown = ", ".join(f"{lay.name} ({lay.requested_precision} requested, {lay.precision} realised)" for lay in missed[:3])
+    return [f"{len(missed)} requested precision(s) not realised: {shown}{', ...' if len(missed) > 3 else ''}"]
 
 
 def _diverges(t: TensorDiff, threshold: float) -> bool:

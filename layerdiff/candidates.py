@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from layerdiff.backends.ort import make_session
-from layerdiff.errors import BadInput
+from layerdiff.backends.ort import Session, make_session
+from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import expose_tensors, serialize
 
 Run = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (sample index, feed) -> values
@@ -22,20 +22,28 @@ Run = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]  # (sample i
 class OrtCandidate:
     mode = "mark-outputs"
 
-    def __init__(self, proto: onnx.ModelProto):
-        self.proto = proto
+    def __init__(self, proto: onnx.ModelProto, providers: list | None = None):
+        self.proto, self.providers = proto, providers
         self.provider = ""
         self.tensors = {o for n in proto.graph.node for o in n.output if o} | {i.name for i in proto.graph.input}
         self.graph_outputs = [o.name for o in proto.graph.output]
 
     def open(self, names: list[str]) -> Run:
-        sess = make_session(expose_tensors(self.proto, names, {}), None, "candidate", low_memory=True)
-        self.provider = sess.provider
+        sess = self._session(expose_tensors(self.proto, names, {}), low_memory=True)
         return lambda si, feed: sess.run(names, feed)
 
     def plain(self, names: list[str]) -> Run:
-        sess = make_session(serialize(self.proto), None, "candidate")
+        sess = self._session(serialize(self.proto))
         return lambda si, feed: sess.run(names, feed)
+
+    def _session(self, blob: bytes, low_memory: bool = False) -> Session:
+        sess = make_session(blob, self.providers, "candidate", low_memory=low_memory)
+        wanted = self.providers[0][0] if self.providers and isinstance(self.providers[0], tuple) else None
+        if wanted and sess.provider != wanted:
+            raise BackendError(f"ONNX Runtime fell back from {wanted} to {sess.provider} for the candidate; "
+                               "the report would not describe the GPU deployment, so it stops here")
+        self.provider = sess.provider
+        return sess
 
 
 class ImportedCandidate:

@@ -8,11 +8,11 @@ from pathlib import Path
 from layerdiff.assemble import RowInfo, assemble_report
 from layerdiff.backends.fp16 import build_fp16, emulated_nodes
 from layerdiff.backends.int8 import build_int8
-from layerdiff.backends.ort import providers_for
+from layerdiff.backends.ort import provider_loads, providers_for
 from layerdiff.candidates import ImportedCandidate, OrtCandidate, load_polygraphy_results
 from layerdiff.capture import Progress, Unit, capture
 from layerdiff.engine_info import parse_engine_info
-from layerdiff.errors import BadInput, ModelError
+from layerdiff.errors import BackendError, BadInput, ModelError
 from layerdiff.graph import LoadedModel, load_model, serialize
 from layerdiff.groups import fused_units
 from layerdiff.inputs import Samples, load_samples, parse_shapes
@@ -24,7 +24,13 @@ from layerdiff.report import Report, check_writable, write_atomic
 __all__ = ["Progress", "compare"]
 
 BUILT_IN = ("ort-int8", "ort-fp16")
-TENSORRT = ("trt-fp16", "trt-int8", "trt-bf16", "ort-trt-fp16", "ort-trt-int8", "ort-cuda")
+TENSORRT = ("trt-fp16", "trt-int8", "trt-bf16")
+# onnxruntime-gpu's own GPU providers, the deployment path many users take instead of raw TensorRT
+GPU_PROVIDERS = {
+    "ort-cuda": ("CUDAExecutionProvider", {}),
+    "ort-trt-fp16": ("TensorrtExecutionProvider", {"trt_fp16_enable": "True"}),
+    "ort-trt-int8": ("TensorrtExecutionProvider", {"trt_int8_enable": "True", "trt_fp16_enable": "True"}),
+}
 IMPORTED = "polygraphy:"
 
 
@@ -72,7 +78,7 @@ def compare(
         if save_candidate is not None:
             write_atomic(save_candidate, serialize(proto))
             cand_info["saved_to"] = str(save_candidate)
-        source = OrtCandidate(proto)
+        source = OrtCandidate(proto, _gpu_providers(candidate))
         pairs = match_tensors(loaded, proto)
         units = [(lay,) for lay in loaded.layers]
         rows = _ort_rows(loaded, proto, pairs, plan)
@@ -82,7 +88,28 @@ def compare(
                            divergence_cosine=divergence_cosine, max_memory=max_memory, mode=source.mode)
 
 
+def _gpu_providers(spec: str) -> list | None:
+    """Providers for an onnxruntime-gpu candidate; one clear line where the provider does not load."""
+    if spec not in GPU_PROVIDERS:
+        return None
+    provider, options = GPU_PROVIDERS[spec]
+    if not provider_loads(provider):
+        raise BackendError(
+            f"--candidate {spec} needs onnxruntime-gpu's {provider}, which does not load here (no NVIDIA GPU, or "
+            "no CUDA/TensorRT libraries); run it on a GPU machine, or use ort-int8 / ort-fp16"
+        )
+    return [(provider, options), "CPUExecutionProvider"]
+
+
 def _build(model: LoadedModel, spec: str, samples: Samples, calib, shape_map, seed, method, plan, cache_dir):
+    if spec in GPU_PROVIDERS:
+        _gpu_providers(spec)  # fail before any work where the provider cannot load
+        if spec == "ort-trt-int8":  # TensorRT's explicit quantization: the Q/DQ model ort-int8 builds
+            proto, info = _build(model, "ort-int8", samples, calib, shape_map, seed, method, plan, cache_dir)
+        else:
+            proto, info = model.proto, {"pinned_fp32": []}
+        return proto, {**info, "spec": spec, "kind": spec, "runtime": f"onnxruntime-gpu {GPU_PROVIDERS[spec][0]}",
+                       "provider_options": GPU_PROVIDERS[spec][1]}
     if spec == "ort-int8":
         plan = plan or PrecisionPlan.uniform("int8")
         calib_samples = load_samples(calib, model.inputs, shape_map, seed, what="--calib") if calib else samples
@@ -123,7 +150,7 @@ def _ort_rows(model: LoadedModel, proto, pairs: dict[str, Pair], plan: Precision
         cand_node = producer.get(pairs[layer.outputs[0]].candidate or "", "") if layer.outputs else ""
         r = realised.get(layer.name) or realised.get(cand_node)
         rows[layer.name] = RowInfo(layer.name, layer.op, r.precision if r else "unknown", bool(r and r.emulated),
-                                   requested=plan.precision_of(layer.name) if plan else None)
+                                   requested=plan.overrides.get(layer.name) if plan else None)
     return rows
 
 

@@ -64,6 +64,11 @@ def print_summary(report: Report, console: Console, top: int) -> None:
     console.print(f"{c['layers']} layers, {c['compared']} of {c['float_tensors']} float tensors compared "
                   f"({c['unpaired']} unpaired), {c['non_float_tensors']} integer/bool tensors not compared, "
                   f"{c['local_errors']} local errors")
+    audit = d["precision_audit"]
+    if audit:
+        missed = [a for a in audit if a["realised_as_requested"] is False]
+        console.print(f"precision audit: {len(audit)} requested, {len(audit) - len(missed)} realised as requested"
+                      + (f", [bold red]{len(missed)} not[/]" if missed else ""))
     ranked = rank_layers(report)[:top]
     if not ranked:
         return

@@ -84,6 +84,13 @@ class LayerDiff:
         return max(vals) if vals else None
 
     @property
+    def request_realised(self) -> bool | None:
+        """None when nothing was requested for this row; else whether the request was realised."""
+        if self.requested_precision is None:
+            return None
+        return _same_precision(self.requested_precision, self.precision)
+
+    @property
     def local_nonfinite(self) -> bool:
         """The candidate produced NaN/Inf where the FP32 recomputation of this layer did not."""
         return any(o.local is not None and o.local.worst.cand_nonfinite > o.local.worst.ref_nonfinite
@@ -102,6 +109,8 @@ class LayerDiff:
              "outputs": [o.to_dict() for o in self.outputs], "diverges": self.diverges}
         if self.precision_emulated:
             d["precision_emulated"] = True
+        if self.requested_precision is not None:
+            d["request_realised"] = self.request_realised
         if self.local_unavailable:
             d["local_unavailable"] = self.local_unavailable
         return d
@@ -145,8 +154,21 @@ class Report:
             "layers": [layer.to_dict() for layer in self.layers],
             "outputs": outputs,
             "first_divergence": self.first_divergence,
+            "precision_audit": precision_audit(self.layers),
             "warnings": list(self.warnings),
         }
+
+
+def _same_precision(requested: str, realised: str) -> bool:
+    # an FP32 request is met by TF32 math only if the user allowed it; TensorRT calls both "FP32" layers
+    return requested == realised or (requested == "fp32" and realised == "tf32")
+
+
+def precision_audit(layers: tuple[LayerDiff, ...]) -> list[dict[str, Any]]:
+    """Requested vs realised precision of every row whose precision was requested (a pinned node)."""
+    return [{"layer": lay.name, "index": lay.index, "requested": lay.requested_precision,
+             "realised": lay.precision, "realised_as_requested": lay.request_realised}
+            for lay in layers if lay.requested_precision is not None]
 
 
 def rank_layers(report: Report) -> list[LayerDiff]:

@@ -148,3 +148,17 @@ def test_polygraphy_json_that_is_not_inputs(cli, tmp_path):
     f.write_text(json.dumps({"not": "feeds"}))
     _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
             f"--inputs file {f}: input 'not' is not an array")
+
+
+@pytest.mark.parametrize("spec,provider", [("ort-cuda", "CUDAExecutionProvider"),
+                                           ("ort-trt-fp16", "TensorrtExecutionProvider"),
+                                           ("ort-trt-int8", "TensorrtExecutionProvider")])
+def test_onnxruntime_gpu_provider_that_does_not_load(cli, tmp_path, spec, provider):
+    """onnxruntime-gpu lists these providers even here; layerdiff tries them and says they do not load."""
+    from layerdiff.backends.ort import provider_loads
+
+    if provider_loads(provider):
+        pytest.skip(f"{provider} really loads on this machine")
+    _expect(cli, tmp_path, [CNN, "--candidate", spec],
+            f"--candidate {spec} needs onnxruntime-gpu's {provider}, which does not load here (no NVIDIA GPU, or "
+            "no CUDA/TensorRT libraries); run it on a GPU machine, or use ort-int8 / ort-fp16")

@@ -212,3 +212,16 @@ def test_report_json_contract(int8_cnn, tmp_path):
     assert set(d["outputs"][0]) >= {"tensor", "cosine", "max_abs"}
     assert "first_divergence" in d
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_precision_audit_flags_requests_not_realised():
+    """fc asks for FP16 in an INT8 plan; the ORT INT8 backend can only leave it unquantized (FP32)."""
+    plan = PrecisionPlan("int8", {"conv2": "fp32", "fc": "fp16"})
+    report = compare(FIXTURES / "cnn.onnx", "ort-int8", inputs=FIXTURES / "cnn_inputs", plan=plan)
+    audit = {a["layer"]: a for a in report.to_dict()["precision_audit"]}
+    assert set(audit) == {"conv2", "fc"}
+    assert audit["conv2"]["realised_as_requested"] is True and audit["conv2"]["realised"] == "fp32"
+    assert audit["fc"] == {"layer": "fc", "index": 16, "requested": "fp16", "realised": "fp32",
+                           "realised_as_requested": False}
+    assert "1 requested precision(s) not realised: fc (fp16 requested, fp32 realised)" in report.warnings
+    assert _layer(report, "conv1").requested_precision is None  # not pinned: nothing to audit

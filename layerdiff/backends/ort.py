@@ -10,15 +10,16 @@ import onnxruntime as ort
 
 from layerdiff.errors import BackendError, ModelError
 
-_CUDA_OK: bool | None = None
+_LOADS: dict[str, bool] = {}
 
 
-def cuda_loads() -> bool:
-    """Whether the CUDA execution provider really loads here (tried once, quietly, then cached)."""
-    global _CUDA_OK
-    if _CUDA_OK is None:
-        _CUDA_OK = False
-        if "CUDAExecutionProvider" in ort.get_available_providers():
+def provider_loads(provider: str) -> bool:
+    """Whether an execution provider really loads here (tried once on a one-node model, quietly, then
+    cached): onnxruntime-gpu lists CUDA and TensorRT even where their libraries or the GPU are missing,
+    and then silently falls back to the CPU."""
+    if provider not in _LOADS:
+        _LOADS[provider] = False
+        if provider in ort.get_available_providers():
             from onnx import TensorProto, helper
 
             x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
@@ -28,13 +29,17 @@ def cuda_loads() -> bool:
             m.ir_version = 8
             ort.set_default_logger_severity(4)
             try:
-                sess = ort.InferenceSession(
-                    m.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-                )
-                _CUDA_OK = sess.get_providers()[0] == "CUDAExecutionProvider"
+                sess = ort.InferenceSession(m.SerializeToString(), providers=[provider, "CPUExecutionProvider"])
+                _LOADS[provider] = sess.get_providers()[0] == provider
+            except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError):
+                _LOADS[provider] = False
             finally:
                 ort.set_default_logger_severity(2)
-    return _CUDA_OK
+    return _LOADS[provider]
+
+
+def cuda_loads() -> bool:
+    return provider_loads("CUDAExecutionProvider")
 
 
 def providers_for(choice: str) -> list:
