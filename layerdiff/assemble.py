@@ -30,7 +30,7 @@ class RowInfo:
 
 def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowInfo], cand_info: dict[str, Any],
                     samples: Samples, pairs: dict[str, Pair], res: CaptureResult, *, divergence_cosine: float,
-                    max_memory: int | None, mode: str) -> Report:
+                    max_memory: int | None, mode: str, matches_plain_engine: bool | None = None) -> Report:
     layers, first, fused_away = [], None, 0
     for unit in units:
         info = rows[unit_name(unit)]
@@ -70,7 +70,7 @@ def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowIn
                    "provider": res.reference_provider},
         candidate={**cand_info, "provider": res.candidate_provider},
         capture={"mode": mode, "chunks": res.chunks, "max_memory": max_memory,
-                 "exposed_vs_plain_max_abs": res.exposed_vs_plain_max_abs, "matches_plain_engine": None,
+                 "exposed_vs_plain_max_abs": res.exposed_vs_plain_max_abs, "matches_plain_engine": matches_plain_engine,
                  "interrupted": res.interrupted, "samples_done": res.samples_done, "layerdiff": __version__},
         layers=tuple(layers),
         outputs=outputs,

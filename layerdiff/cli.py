@@ -55,6 +55,8 @@ def cli() -> None:
 @click.option("--save-candidate", metavar="CAND.onnx", help="save the candidate model that was built")
 @click.option("--engine-info", metavar="LAYERS.json", help="TensorRT layer information of the engine whose "
               "results are imported (trtexec --exportLayerInfo): compare fused layers as one row")
+@click.option("--save-engine-info", metavar="LAYERS.json", help="trt-* candidates: write the engine inspector "
+              "JSON that was read")
 @click.option("--max-memory", metavar="SIZE", help="capture tensors in chunks so they stay under SIZE (e.g. 2GiB)")
 @click.option("--min-cosine", type=float, help="exit 1 when a final output's cosine (worst sample) is below this")
 @click.option("--divergence-cosine", type=float, default=0.99, show_default=True,
@@ -65,7 +67,7 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks")
 def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, engine_info,
-            max_memory, min_cosine, divergence_cosine, reference_provider, cache_dir, quiet, debug) -> int:
+            save_engine_info, max_memory, min_cosine, divergence_cosine, reference_provider, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     budget = parse_size(max_memory) if max_memory else None
     if output:
@@ -77,7 +79,8 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
         report = run_compare(model, candidate, inputs=inputs, calib=calib, shapes=shapes, seed=seed,
                              calibration=calibration, max_memory=budget, divergence_cosine=divergence_cosine,
                              reference_provider=reference_provider, cache_dir=cache_dir,
-                             save_candidate=save_candidate, engine_info=engine_info, progress=progress)
+                             save_candidate=save_candidate, engine_info=engine_info,
+                             save_engine_info=save_engine_info, progress=progress)
     if output:
         write_report(report, output)
     if report.capture.get("interrupted"):

@@ -9,7 +9,8 @@ from layerdiff.assemble import RowInfo, assemble_report
 from layerdiff.backends.fp16 import build_fp16, emulated_nodes
 from layerdiff.backends.int8 import build_int8
 from layerdiff.backends.ort import provider_loads, providers_for
-from layerdiff.candidates import ImportedCandidate, OrtCandidate, load_polygraphy_results
+from layerdiff.backends.trt import tensorrt_version
+from layerdiff.candidates import OrtCandidate, load_polygraphy_results
 from layerdiff.capture import Progress, Unit, capture
 from layerdiff.engine_info import parse_engine_info
 from layerdiff.errors import BackendError, BadInput, ModelError
@@ -45,6 +46,7 @@ def compare(
     calibration: str = "minmax",
     plan: PrecisionPlan | None = None,
     engine_info: str | Path | None = None,
+    save_engine_info: str | Path | None = None,
     max_memory: int | None = None,
     divergence_cosine: float = 0.99,
     reference_provider: str = "auto",
@@ -56,8 +58,9 @@ def compare(
     `inputs`. `candidate`: 'ort-int8', 'ort-fp16', the path of an ONNX model derived from `model`, or
     'polygraphy:RESULTS' for outputs saved by `polygraphy run --trt ... --save-outputs` on a GPU machine
     (then `inputs` must be that run's --save-inputs file; `engine_info` groups fused layers)."""
-    if save_candidate is not None:
-        check_writable(save_candidate)
+    for path in (save_candidate, save_engine_info):
+        if path is not None:
+            check_writable(path)
     loaded = load_model(model)
     shape_map = parse_shapes(tuple(shapes), loaded.inputs)
     samples = load_samples(inputs, loaded.inputs, shape_map, seed)
@@ -67,13 +70,22 @@ def compare(
             raise BadInput("importing Polygraphy results needs the inputs of that run: pass its --save-inputs "
                            "file with --inputs")
         source = load_polygraphy_results(candidate[len(IMPORTED):], loaded.outputs, len(samples))
-        units, rows, cand_info = _imported(loaded, source, engine_info)
-        pairs = {t: Pair(t, t) if t in source.tensors or t in {i.name for i in loaded.inputs} else
-                 Pair(t, None, "not in the results: fused inside an engine layer, or not marked as an output")
-                 for t in [i.name for i in loaded.inputs] + [t for lay in loaded.layers for t in lay.outputs]}
+        info = parse_engine_info(engine_info, loaded) if engine_info is not None else None
+        units, rows = _engine_rows(loaded, info, None)
+        cand_info = {"spec": candidate, "kind": "polygraphy-results", "runner": source.runner,
+                     "runtime": "TensorRT (results imported; not run here)", "path": source.path,
+                     "engine_info": {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers)}
+                     if info else None}
+        pairs = _pairs_by_name(loaded, source.tensors, "not in the results: fused inside an engine layer, or "
+                                                      "not marked as an output")
+    elif candidate in TENSORRT:
+        source, units, rows, cand_info = _tensorrt(loaded, candidate, samples, calib, shape_map, seed, calibration,
+                                                   plan, save_engine_info)
+        pairs = _pairs_by_name(loaded, source.tensors, "not an engine tensor: fused inside an engine layer")
     else:
-        if engine_info is not None:
-            raise BadInput("--engine-info describes a TensorRT engine: use it with --candidate polygraphy:RESULTS")
+        if engine_info is not None or save_engine_info is not None:
+            raise BadInput("--engine-info and --save-engine-info describe a TensorRT engine: use them with "
+                           "--candidate polygraphy:RESULTS or trt-*")
         proto, cand_info = _build(loaded, candidate, samples, calib, shape_map, seed, calibration, plan, cache_dir)
         if save_candidate is not None:
             write_atomic(save_candidate, serialize(proto))
@@ -84,8 +96,38 @@ def compare(
         rows = _ort_rows(loaded, proto, pairs, plan)
     result = capture(loaded, source, pairs, samples, units=units, budget=max_memory,
                      reference_providers=providers, progress=progress)
+    plain = source.matches_plain_engine() if hasattr(source, "matches_plain_engine") else None
     return assemble_report(loaded, units, rows, cand_info, samples, pairs, result,
-                           divergence_cosine=divergence_cosine, max_memory=max_memory, mode=source.mode)
+                           divergence_cosine=divergence_cosine, max_memory=max_memory, mode=source.mode,
+                           matches_plain_engine=plain)
+
+
+def _pairs_by_name(model: LoadedModel, available: set[str], reason: str) -> dict[str, Pair]:
+    inputs = [i.name for i in model.inputs]
+    return {t: Pair(t, t) if t in available or t in inputs else Pair(t, None, reason)
+            for t in inputs + [t for lay in model.layers for t in lay.outputs]}
+
+
+def _tensorrt(model: LoadedModel, spec, samples, calib, shape_map, seed, method, plan, save_engine_info):
+    """A TensorRT build of the plan (needs TensorRT and a GPU; never run on layerdiff's own machines)."""
+    if tensorrt_version() is None:
+        raise BadInput(
+            f"--candidate {spec} needs TensorRT and an NVIDIA GPU, which are not available here; "
+            "install them with pip install 'layerdiff[tensorrt]' on a GPU machine, or use ort-int8 / ort-fp16"
+        )
+    from layerdiff.backends.trt import TrtCandidate
+
+    plan = plan or PrecisionPlan.uniform(spec.split("-")[1])
+    calib_samples = load_samples(calib, model.inputs, shape_map, seed, what="--calib") if calib else samples
+    source = TrtCandidate(model, spec.split("-")[1], plan, calib_samples, method)
+    if save_engine_info is not None:
+        write_atomic(save_engine_info, source.engine_info_json.encode())
+    info = parse_engine_info(source.engine_info_path(), model)
+    units, rows = _engine_rows(model, info, plan)
+    cand_info = {"spec": spec, "kind": spec, "runtime": source.provider, "pinned_fp32": sorted(plan.pinned),
+                 "engine_info": {"kind": info.kind, "engine_layers": len(info.layers),
+                                 "saved_to": str(save_engine_info) if save_engine_info else None}}
+    return source, units, rows, cand_info
 
 
 def _gpu_providers(spec: str) -> list | None:
@@ -124,11 +166,6 @@ def _build(model: LoadedModel, spec: str, samples: Samples, calib, shape_map, se
         proto = build_fp16(model, plan)
         return proto, {"spec": spec, "kind": "ort-fp16", "runtime": "onnxruntime (CPU)",
                        "fp16_emulated": sorted(emulated_nodes(proto)), "pinned_fp32": sorted(plan.pinned)}
-    if spec in TENSORRT:
-        raise BadInput(
-            f"--candidate {spec} needs TensorRT and an NVIDIA GPU, which are not available here; "
-            "install them with pip install 'layerdiff[tensorrt]' on a GPU machine, or use ort-int8 / ort-fp16"
-        )
     path = Path(spec)
     if path.suffix != ".onnx" and not path.exists():
         raise BadInput(f"unknown --candidate '{spec}': use ort-int8, ort-fp16, polygraphy:RESULTS.json or the "
@@ -154,22 +191,17 @@ def _ort_rows(model: LoadedModel, proto, pairs: dict[str, Pair], plan: Precision
     return rows
 
 
-def _imported(model: LoadedModel, source: ImportedCandidate, engine_info):
-    info = parse_engine_info(engine_info, model) if engine_info is not None else None
-    if info is None:
-        units: list[Unit] = [(lay,) for lay in model.layers]
-        engine_of = {}
-    else:
-        units, engine_of = fused_units(model, info)
+def _engine_rows(model: LoadedModel, info, plan: PrecisionPlan | None) -> tuple[list[Unit], dict[str, RowInfo]]:
+    """Rows for a TensorRT candidate: one per fused engine layer (with its realised precision), one per
+    ONNX node no engine layer claims; without engine info, one per ONNX node of unknown precision."""
+    units, engine_of = fused_units(model, info) if info is not None else ([(lay,) for lay in model.layers], {})
     rows = {}
     for unit in units:
         el = engine_of.get(unit[0].name)
+        requested = [plan.overrides[lay.name] for lay in unit if plan and lay.name in plan.overrides]
+        req = requested[0] if requested else None
         if el is not None:
-            rows[unit[0].name] = RowInfo(el.name, el.type, el.precision, engine_layers=(el.name,))
+            rows[unit[0].name] = RowInfo(el.name, el.type, el.precision, engine_layers=(el.name,), requested=req)
         else:
-            rows[unit[0].name] = RowInfo(unit[0].name, unit[0].op, "unknown")
-    cand_info = {"spec": f"{IMPORTED}{source.path}", "kind": "polygraphy-results", "runner": source.runner,
-                 "runtime": "TensorRT (results imported; not run here)", "path": source.path,
-                 "engine_info": {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers)}
-                 if info else None}
-    return units, rows, cand_info
+            rows[unit[0].name] = RowInfo(unit[0].name, unit[0].op, "unknown", requested=req)
+    return units, rows

@@ -174,8 +174,8 @@ def test_import_errors(saved_run, cli, tmp_path):
     assert (code, err) == (2, f"layerdiff: error: results file {tmp / 'outputs.json'} has 2 iteration(s) but --inputs "
                               "has 4 sample(s): give the --save-inputs file of the same polygraphy run\n")
     code, _, err = cli("compare", CNN, "--candidate", "ort-fp16", "--engine-info", tmp / "layers.json", "-q")
-    assert (code, err) == (2, "layerdiff: error: --engine-info describes a TensorRT engine: use it with --candidate "
-                              "polygraphy:RESULTS\n")
+    assert (code, err) == (2, "layerdiff: error: --engine-info and --save-engine-info describe a TensorRT engine: "
+                              "use them with --candidate polygraphy:RESULTS or trt-*\n")
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
     code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{bad}", "--inputs", tmp / "inputs.json", "-q")

@@ -25,6 +25,18 @@ _ORT_UPCAST_PREFIX = "InsertedPrecisionFreeCast_"
 
 
 def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
+    """The FP16 candidate for ONNX Runtime's CPU provider: cast insertion, then FP16 emulation for the
+    nodes that provider has no FP16 kernel for."""
+    candidate = build_fp16_plain(model, plan)
+    upcast = nodes_without_fp16_kernel(candidate)
+    if upcast:
+        emulate_fp16(candidate, upcast)
+    helper.set_model_props(candidate, {EMULATED_KEY: json.dumps(sorted(upcast))})
+    return candidate
+
+
+def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
+    """FP16 by cast insertion alone (inputs and outputs stay FP32; nodes not planned FP16 stay FP32)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     source = onnx.ModelProto()
@@ -38,10 +50,6 @@ def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
     finally:
         root.setLevel(level)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
-    upcast = nodes_without_fp16_kernel(candidate)
-    if upcast:
-        emulate_fp16(candidate, upcast)
-    helper.set_model_props(candidate, {EMULATED_KEY: json.dumps(sorted(upcast))})
     return candidate
 
 
