@@ -90,7 +90,12 @@ def load_model(path: str | Path) -> LoadedModel:
     return from_proto(proto, path, _sha256(path))
 
 
+_ALWAYS_READ_IR = 10  # every ONNX Runtime layerdiff supports (>= 1.20) reads IR 10
+
+
 def check_ir_version(proto: onnx.ModelProto, path: Path | str) -> None:
+    if proto.ir_version <= _ALWAYS_READ_IR:
+        return
     limit = max_ir_version()
     if proto.ir_version > limit:
         raise ModelError(
