@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from layerdiff.backends.ort import Session, make_session
 from layerdiff.candidates import ImportedCandidate, OrtCandidate
-from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types
+from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types, serialize
 from layerdiff.inputs import Samples
 from layerdiff.match import Pair
 from layerdiff.metrics import TensorMetrics, diff_metrics
@@ -148,7 +148,6 @@ class _Capture:
         self.model, self.candidate, self.pairs, self.samples = model, candidate, pairs, samples
         self.providers, self.progress = providers, progress
         self.result = CaptureResult()
-        self.ref_outputs: list[dict[str, np.ndarray]] = [{} for _ in samples.feeds]
         self.cand_outputs: list[dict[str, np.ndarray]] = [{} for _ in samples.feeds]
         self.graph_inputs = {s.name for s in model.inputs}
         self.done = self.steps = 0
@@ -217,8 +216,6 @@ class _Capture:
     def _pair(self, si: int, t: str, ref: np.ndarray, cand: np.ndarray):
         """(t, ref, cand) when the two can be compared; else records why not and returns None."""
         res = self.result
-        if t in self.model.outputs:
-            self.ref_outputs[si][t] = ref
         if ref.shape != cand.shape:
             res.unpaired[t] = f"shapes differ: reference {ref.shape}, candidate {cand.shape}"
         elif ref.dtype.kind != "f" or cand.dtype.kind != "f":
@@ -255,20 +252,22 @@ class _Capture:
             res.local[t].append(m)
 
     def _final_outputs(self) -> None:
-        """Final outputs from a plain run of the candidate: nothing exposed, the model as deployed. The
-        exposed run's outputs are checked against it (exposing tensors can change fusions)."""
+        """Final outputs from plain runs of both models: nothing exposed, the models as deployed, so the
+        numbers do not depend on chunks or on what was exposed. The candidate's exposed run is checked
+        against its plain run (exposing tensors can change fusions)."""
         res, cand = self.result, self.candidate
         names = [o for o in self.model.outputs if o in cand.graph_outputs]
         for o in self.model.outputs:
             if o not in cand.graph_outputs:
                 res.unpaired.setdefault(o, "the candidate has no graph output of this name")
         plain = cand.plain(names)
+        reference = make_session(serialize(self.model.proto), self.providers, "reference")
         for si, feed in enumerate(self.samples.feeds):
             c = plain(si, feed)
+            r = reference.run(names, feed)
             for o in names:
-                ref = self.ref_outputs[si].get(o)
-                if ref is not None and ref.shape == c[o].shape:
-                    res.outputs[o].append(diff_metrics(ref, c[o]))
+                if r[o].shape == c[o].shape:
+                    res.outputs[o].append(diff_metrics(r[o], c[o]))
                 exposed = self.cand_outputs[si].get(o)
                 if exposed is not None and exposed.shape == c[o].shape:
                     diff = np.abs(exposed.astype(np.float64) - c[o].astype(np.float64))
