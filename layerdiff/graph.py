@@ -122,7 +122,9 @@ def max_ir_version() -> int:
             model.ir_version = ir
             try:
                 ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-            except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors here
+            except (ort.capi.onnxruntime_pybind11_state.Fail,
+                    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
                 if "IR version" in str(err):
                     continue
                 raise

@@ -227,3 +227,34 @@ def test_precision_audit_flags_requests_not_realised():
                            "realised_as_requested": False}
     assert "1 requested precision(s) not realised: fc (fp16 requested, fp32 realised)" in report.warnings
     assert _layer(report, "conv1").requested_precision is None  # not pinned: nothing to audit
+
+
+def test_model_with_external_data(tmp_path):
+    model = onnx.load(FIXTURES / "cnn.onnx")
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.data", size_threshold=64)
+    assert (tmp_path / "ext.data").stat().st_size > 1000
+    a = compare(tmp_path / "ext.onnx", "ort-fp16", inputs=FIXTURES / "cnn_inputs")
+    b = compare(FIXTURES / "cnn.onnx", "ort-fp16", inputs=FIXTURES / "cnn_inputs")
+    assert a.output_metrics("probs") == b.output_metrics("probs")
+
+
+MODELS = FIXTURES.parent / "models"
+
+
+@pytest.mark.skipif(not (MODELS / "ppocr_cls" / "model.onnx").is_file(),
+                    reason="real models not fetched: python scripts/get_models.py")
+def test_real_model_final_output_matches_plain_run_of_saved_candidate(tmp_path):
+    """PP-OCR's direction classifier (a real trained model from the rapidocr-onnxruntime wheel) on crops
+    of skimage's text photos."""
+    d = MODELS / "ppocr_cls"
+    saved = tmp_path / "int8.onnx"
+    report = compare(d / "model.onnx", "ort-int8", inputs=d / "inputs", calib=d / "calib", save_candidate=saved)
+    name = report.outputs[0][0]
+    cosines = []
+    for f in sorted((d / "inputs").glob("*.npz")):
+        with np.load(f) as data:
+            feed = {"x": data["x"]}
+        cosines.append(cosine64(run_plain(d / "model.onnx", feed)[name], run_plain(saved, feed)[name]))
+    assert report.output_metrics(name).cosine == pytest.approx(min(cosines), abs=1e-9)
+    assert report.counts["compared"] == report.counts["float_tensors"]
