@@ -229,3 +229,11 @@ def test_inspect_json(info_dir, cli):
 def test_inspect_table(info_dir, cli):
     code, out, _ = cli("inspect", info_dir / "fuzzylabs_alexnet_fp16_trt10x.graph.json")
     assert code == 0 and "14 engine layers; precisions: fp16 13, unknown 1" in out
+
+
+def test_missing_and_empty_engine_info(cli, tmp_path):
+    code, _, err = cli("inspect", tmp_path / "none.json")
+    assert (code, err) == (2, f"layerdiff: error: engine info not found: {tmp_path / 'none.json'}\n")
+    (tmp_path / "empty.json").write_text("  \n")
+    code, _, err = cli("inspect", tmp_path / "empty.json")
+    assert (code, err) == (2, f"layerdiff: error: engine info {tmp_path / 'empty.json'} is empty\n")

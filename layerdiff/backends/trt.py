@@ -73,10 +73,13 @@ class TrtCandidate:
                 net = SetLayerPrecisions(net, pins)
             return net
 
+        # a model that already holds Q/DQ nodes is quantized explicitly: TensorRT takes its scales
+        explicit = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
+        calibrator = Calibrator(list(calib.feeds)) if precision == "int8" and not strongly_typed and not explicit else None
         config = CreateConfig(
             tf32=False, fp16=not strongly_typed and precision in ("fp16", "int8"),
             int8=not strongly_typed and precision == "int8", bf16=not strongly_typed and precision == "bf16",
-            calibrator=Calibrator(list(calib.feeds)) if precision == "int8" and not strongly_typed else None,
+            calibrator=calibrator,
             precision_constraints="obey" if plan.pinned and not strongly_typed else None,
             profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
         )

@@ -1,0 +1,38 @@
+"""TensorRT candidates, for machines with TensorRT and an NVIDIA GPU. They skip cleanly elsewhere (and
+have never run on layerdiff's own machines, which have neither)."""
+
+import json
+
+import pytest
+
+from layerdiff.backends.trt import tensorrt_version
+from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.skipif(tensorrt_version() is None, reason="TensorRT is not installed here")
+
+
+@pytest.mark.parametrize("spec", ["trt-fp16", "trt-int8"])
+def test_tensorrt_candidate_end_to_end(spec, tmp_path):
+    from layerdiff import compare
+    from layerdiff.engine_info import parse_engine_info
+
+    layers = tmp_path / "layers.json"
+    report = compare(FIXTURES / "cnn.onnx", spec, inputs=FIXTURES / "cnn_inputs", save_engine_info=layers)
+    assert report.capture["mode"] in ("debug-tensors", "mark-outputs")
+    assert isinstance(report.capture["matches_plain_engine"], bool)
+    assert report.output_metrics("probs").cosine > 0.99
+    assert any(len(row.onnx_nodes) > 1 for row in report.layers)  # TensorRT fused something
+    assert all(row.engine_layers for row in report.layers if len(row.onnx_nodes) > 1)
+    info = parse_engine_info(layers)
+    assert info.kind == "detailed-json" and json.loads(layers.read_text())["Layers"]
+    convs = [row for row in report.layers if "conv1" in row.onnx_nodes]
+    assert convs and convs[0].precision in (("fp16",) if spec == "trt-fp16" else ("int8", "fp16"))
+
+
+def test_tensorrt_pins_are_obeyed_and_audited():
+    from layerdiff import PrecisionPlan, compare
+
+    plan = PrecisionPlan.uniform("fp16", pin_fp32={"conv2"})
+    report = compare(FIXTURES / "cnn.onnx", "trt-fp16", inputs=FIXTURES / "cnn_inputs", plan=plan)
+    audit = {a["layer"]: a for a in report.to_dict()["precision_audit"]}
+    assert any(a["requested"] == "fp32" for a in audit.values())
