@@ -15,7 +15,7 @@ from layerdiff.capture import Progress, Unit, capture
 from layerdiff.engine_info import parse_engine_info
 from layerdiff.errors import BackendError, BadInput, ModelError
 from layerdiff.graph import LoadedModel, load_model, serialize
-from layerdiff.groups import fused_units
+from layerdiff.groups import boundary_tensors, fused_units
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.match import Pair, match_tensors
 from layerdiff.plan import PrecisionPlan
@@ -24,7 +24,6 @@ from layerdiff.report import Report, check_writable, write_atomic
 
 __all__ = ["Progress", "compare"]
 
-BUILT_IN = ("ort-int8", "ort-fp16")
 TENSORRT = ("trt-fp16", "trt-int8", "trt-bf16")
 # onnxruntime-gpu's own GPU providers, the deployment path many users take instead of raw TensorRT
 GPU_PROVIDERS = {
@@ -74,8 +73,7 @@ def compare(
         units, rows = _engine_rows(loaded, info, None)
         cand_info = {"spec": candidate, "kind": "polygraphy-results", "runner": source.runner,
                      "runtime": "TensorRT (results imported; not run here)", "path": source.path,
-                     "engine_info": {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers)}
-                     if info else None}
+                     "engine_info": _engine_summary(loaded, info, source.tensors) if info else None}
         pairs = _pairs_by_name(loaded, source.tensors, "not in the results: fused inside an engine layer, or "
                                                       "not marked as an output")
     elif candidate in TENSORRT:
@@ -125,7 +123,7 @@ def _tensorrt(model: LoadedModel, spec, samples, calib, shape_map, seed, method,
     info = parse_engine_info(source.engine_info_path(), model)
     units, rows = _engine_rows(model, info, plan)
     cand_info = {"spec": spec, "kind": spec, "runtime": source.provider, "pinned_fp32": sorted(plan.pinned),
-                 "engine_info": {"kind": info.kind, "engine_layers": len(info.layers),
+                 "engine_info": {**_engine_summary(model, info, source.tensors),
                                  "saved_to": str(save_engine_info) if save_engine_info else None}}
     return source, units, rows, cand_info
 
@@ -189,6 +187,12 @@ def _ort_rows(model: LoadedModel, proto, pairs: dict[str, Pair], plan: Precision
         rows[layer.name] = RowInfo(layer.name, layer.op, r.precision if r else "unknown", bool(r and r.emulated),
                                    requested=plan.overrides.get(layer.name) if plan else None)
     return rows
+
+
+def _engine_summary(model: LoadedModel, info, available: set[str]) -> dict:
+    boundary = boundary_tensors(model, info)
+    return {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers),
+            "boundary_tensors": len(boundary), "boundary_tensors_captured": len(boundary & available)}
 
 
 def _engine_rows(model: LoadedModel, info, plan: PrecisionPlan | None) -> tuple[list[Unit], dict[str, RowInfo]]:

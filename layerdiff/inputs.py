@@ -87,7 +87,7 @@ def _read_npz(path: Path, what: str) -> Feed:
                 raise InputDataError(f"{what} file {path} is a single .npy array, not an .npz of named arrays")
             return {k: data[k] for k in data.files}
     except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+        if "Object arrays" in str(err):
             raise InputDataError(
                 f"{what} file {path} holds Python objects, not numeric arrays: refused, because inputs are "
                 "data, never code; save plain numpy arrays (np.savez)"

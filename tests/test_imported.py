@@ -120,6 +120,8 @@ def test_fused_groups_are_one_row_with_their_onnx_nodes(saved_run, engine_run):
     assert [o.tensor for o in row.outputs] == ["relu3"]  # fused intermediates are counted, not listed
     assert rows["{ForeignNode[gap...softmax]}"].precision == "fp32"
     assert report.counts["fused_away"] == 18 - 6
+    assert report.candidate["engine_info"]["boundary_tensors"] == 7  # input, relu1-4, pool, probs
+    assert report.candidate["engine_info"]["boundary_tensors_captured"] == 6  # the graph input is not an output
     d = report.to_dict()
     assert d["layers"][2]["onnx_nodes"] == ["conv3", "conv3_bn", "residual_add", "relu3"]
     assert d["layers"][2]["realised_precision"] == "fp16" and d["capture"]["mode"] == "imported"
