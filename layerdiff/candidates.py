@@ -51,11 +51,12 @@ class ImportedCandidate:
 
     mode = "imported"
 
-    def __init__(self, iterations: list[dict[str, np.ndarray]], runner: str, path: str):
+    def __init__(self, iterations: list[dict[str, np.ndarray]], runner: str, path: str,
+                 model_outputs: tuple[str, ...]):
         self.iterations, self.runner, self.path = iterations, runner, path
         self.provider = f"imported from {path} (runner {runner})"
         self.tensors = set().union(*(it.keys() for it in iterations)) if iterations else set()
-        self.graph_outputs = sorted(self.tensors)
+        self.graph_outputs = [o for o in model_outputs if o in self.tensors]
 
     def open(self, names: list[str]) -> Run:
         return lambda si, feed: {n: self.iterations[si][n] for n in names}
@@ -97,4 +98,4 @@ def load_polygraphy_results(path: str | Path, model_outputs: tuple[str, ...], sa
             f"results file {path} has {len(iterations)} iteration(s) but --inputs has {samples} sample(s): give "
             "the --save-inputs file of the same polygraphy run"
         )
-    return ImportedCandidate(iterations, runner, str(path))
+    return ImportedCandidate(iterations, runner, str(path), model_outputs)

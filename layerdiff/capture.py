@@ -170,7 +170,7 @@ class _Capture:
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         try:
             for ci, chunk in enumerate(chunks):
-                for _ in self._run_chunk(chunk, units, last=ci == len(chunks) - 1):
+                for _ in self._run_chunk(chunk, last=ci == len(chunks) - 1):
                     finished[ci] += 1
                     self.tick(f"layers {chunk.layers[0].index}-{chunk.layers[-1].index}")
             self._final_outputs()
@@ -181,7 +181,7 @@ class _Capture:
         res.samples_done = min(finished, default=0)
         return res
 
-    def _run_chunk(self, chunk: Chunk, units: list[Unit], last: bool):
+    def _run_chunk(self, chunk: Chunk, last: bool):
         model, pairs, res = self.model, self.pairs, self.result
         cand_graph_outputs = [o for o in self.candidate.graph_outputs if o in self.candidate.tensors] if last else []
         feeds_needed = {t for unit in chunk.local_units for t in unit_inputs(model, unit)
