@@ -56,7 +56,9 @@ def compare(
     """Diff `candidate` against `model` run in FP32 by ONNX Runtime, layer by layer, over every sample of
     `inputs`. `candidate`: 'ort-int8', 'ort-fp16', the path of an ONNX model derived from `model`, or
     'polygraphy:RESULTS' for outputs saved by `polygraphy run --trt ... --save-outputs` on a GPU machine
-    (then `inputs` must be that run's --save-inputs file; `engine_info` groups fused layers)."""
+    (then `inputs` must be that run's --save-inputs file; `engine_info` groups fused layers), 'trt-fp16',
+    'trt-int8', 'trt-bf16' (TensorRT and a GPU), or 'ort-cuda', 'ort-trt-fp16', 'ort-trt-int8'
+    (onnxruntime-gpu's GPU providers)."""
     for path in (save_candidate, save_engine_info):
         if path is not None:
             check_writable(path)
@@ -64,6 +66,9 @@ def compare(
     shape_map = parse_shapes(tuple(shapes), loaded.inputs)
     samples = load_samples(inputs, loaded.inputs, shape_map, seed)
     providers = providers_for(reference_provider)
+    if save_candidate is not None and (candidate.startswith(IMPORTED) or candidate in TENSORRT):
+        raise BadInput("--save-candidate saves the ONNX model of an ONNX Runtime candidate; for TensorRT use "
+                       "--save-engine-info")
     if candidate.startswith(IMPORTED):
         if inputs is None:
             raise BadInput("importing Polygraphy results needs the inputs of that run: pass its --save-inputs "

@@ -182,3 +182,11 @@ def test_import_errors(saved_run, cli, tmp_path):
     bad.write_text("[1, 2")
     code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{bad}", "--inputs", tmp / "inputs.json", "-q")
     assert code == 2 and err.startswith(f"layerdiff: error: {bad} is not a Polygraphy --save-outputs results file")
+
+
+def test_save_candidate_is_for_onnx_runtime_candidates(saved_run, cli, tmp_path):
+    tmp, _, _ = saved_run
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{tmp / 'outputs.json'}", "--inputs",
+                       tmp / "inputs.json", "--save-candidate", tmp_path / "c.onnx", "-q")
+    assert (code, err) == (2, "layerdiff: error: --save-candidate saves the ONNX model of an ONNX Runtime candidate; "
+                              "for TensorRT use --save-engine-info\n")
