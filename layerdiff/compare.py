@@ -125,10 +125,14 @@ def _tensorrt(model: LoadedModel, spec, samples, calib, shape_map, seed, method,
     source = TrtCandidate(model, spec.split("-")[1], plan, calib_samples, method)
     if save_engine_info is not None:
         write_atomic(save_engine_info, source.engine_info_json.encode())
-    info = parse_engine_info(source.engine_info_path(), model)
+    tmp = source.engine_info_path()
+    try:
+        info = parse_engine_info(tmp, model)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     units, rows = _engine_rows(model, info, plan)
     cand_info = {"spec": spec, "kind": spec, "runtime": source.provider, "pinned_fp32": sorted(plan.pinned),
-                 "engine_info": {**_engine_summary(model, info, source.tensors),
+                 "engine_info": {**_engine_summary(model, info, source.tensors), "path": "(read from the built engine)",
                                  "saved_to": str(save_engine_info) if save_engine_info else None}}
     return source, units, rows, cand_info
 
