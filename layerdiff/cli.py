@@ -39,9 +39,11 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--candidate", required=True, metavar="ort-int8|ort-fp16|CANDIDATE.onnx|polygraphy:RESULTS.json",
-              help="what to compare with the FP32 model: a built-in ONNX Runtime candidate, an ONNX model "
-                   "derived from MODEL (QDQ or FP16), or outputs saved by polygraphy run --trt --save-outputs")
+@click.option("--candidate", required=True, metavar="SPEC",
+              help="what to compare with the FP32 model: ort-int8 or ort-fp16 (built here, run on the CPU); "
+                   "CANDIDATE.onnx (a QDQ or FP16 model derived from MODEL); polygraphy:RESULTS.json (outputs "
+                   "saved by polygraphy run --trt --save-outputs); trt-fp16, trt-int8, trt-bf16 (TensorRT, GPU); "
+                   "ort-cuda, ort-trt-fp16, ort-trt-int8 (onnxruntime-gpu providers, GPU)")
 @click.option("--inputs", metavar="PATH", help="an .npz (one sample), a directory of .npz files, or a "
               "Polygraphy --save-inputs JSON file; without it, seeded random inputs are used")
 @click.option("--calib", metavar="PATH", help="calibration samples for ort-int8 (same formats; default: the inputs)")
