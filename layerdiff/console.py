@@ -61,9 +61,11 @@ def print_summary(report: Report, console: Console, top: int) -> None:
     else:
         console.print(f"first divergent layer: none (every local cosine >= {report.thresholds['divergence_cosine']})")
     c = report.counts
-    console.print(f"{c['layers']} layers, {c['compared']} of {c['float_tensors']} float tensors compared "
-                  f"({c['unpaired']} unpaired), {c['non_float_tensors']} integer/bool tensors not compared, "
-                  f"{c['local_errors']} local errors")
+    rows = f" in {c['rows']} rows (fused engine layers are one row)" if c["rows"] != c["layers"] else ""
+    fused = f", {c['fused_away']} fused away inside engine layers" if c["fused_away"] else ""
+    console.print(f"{c['layers']} layers{rows}, {c['compared']} of {c['float_tensors']} float tensors compared "
+                  f"({c['unpaired']} unpaired{fused}), {c['non_float_tensors']} integer/bool tensors not "
+                  f"compared, {c['local_errors']} local errors")
     audit = d["precision_audit"]
     if audit:
         missed = [a for a in audit if a["realised_as_requested"] is False]
