@@ -50,8 +50,8 @@ def unit_name(unit: Unit) -> str:
 def unit_inputs(model: LoadedModel, unit: Unit) -> list[str]:
     """Non-constant tensors a unit reads that it does not produce itself."""
     inside = {t for lay in unit for t in lay.outputs}
-    return list(dict.fromkeys(t for lay in unit for t in lay.inputs
-                              if t not in model.initializers and t not in inside))
+    fixed = model.initializers | model.constants
+    return list(dict.fromkeys(t for lay in unit for t in lay.inputs if t not in fixed and t not in inside))
 
 
 @dataclass

@@ -61,6 +61,12 @@ class LoadedModel:
         return self.tensor_types.get(tensor) in FLOAT_TYPES
 
     @property
+    def constants(self) -> frozenset[str]:
+        """Outputs of Constant nodes: weights in node form. A layer's local error treats them like
+        initializers (FP32 values), so the rounding of a weight counts against the layer that uses it."""
+        return frozenset(t for layer in self.layers if layer.op == "Constant" for t in layer.outputs)
+
+    @property
     def producers(self) -> dict[str, Layer]:
         return {out: layer for layer in self.layers for out in layer.outputs}
 
@@ -303,7 +309,8 @@ def explode(model: LoadedModel, layers: list[Layer], units: list[tuple[Layer, ..
     inits = {t.name: t for t in graph.initializer}
     unit_of = {lay.name: k for k, unit in enumerate(units or [(lay,) for lay in layers]) for lay in unit}
     producer = model.producers
-    nodes, feeds, outputs, used_inits = [], {}, {}, set()
+    constants = model.constants
+    nodes, feeds, outputs, used_inits, embedded = [], {}, {}, set(), set()
     for layer in sorted(layers, key=lambda lay: lay.index):
         node = onnx.NodeProto()
         node.CopyFrom(by_output[layer.outputs[0]])
@@ -316,6 +323,10 @@ def explode(model: LoadedModel, layers: list[Layer], units: list[tuple[Layer, ..
         for name in layer.inputs:
             if name in inits:
                 used_inits.add(name)
+            elif name in constants and name not in internal:
+                if name not in embedded:  # the Constant node itself, with its FP32 value
+                    nodes.append(by_output[name])
+                    embedded.add(name)
             elif name not in internal:
                 feeds[name] = model.tensor_types.get(name)
         renamed = []

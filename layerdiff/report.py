@@ -173,13 +173,15 @@ def precision_audit(layers: tuple[LayerDiff, ...]) -> list[dict[str, Any]]:
 
 def rank_layers(report: Report) -> list[LayerDiff]:
     """Layers by the error they introduce (local relative RMS error), worst first; layers whose
-    candidate produced non-finite values the reference did not come before all others."""
+    candidate produced non-finite values the reference did not come before all others. Constant nodes
+    compute nothing: their rounding counts in the local error of the layers that read them."""
 
     def key(layer: LayerDiff):
         err = layer.local_rel_rms
         return (not layer.local_nonfinite, -(err if err is not None else -1.0), layer.index)
 
-    return sorted((layer for layer in report.layers if any(o.local is not None for o in layer.outputs)), key=key)
+    return sorted((layer for layer in report.layers
+                   if layer.op != "Constant" and any(o.local is not None for o in layer.outputs)), key=key)
 
 
 def check_writable(path: str | Path) -> Path:

@@ -258,3 +258,26 @@ def test_real_model_final_output_matches_plain_run_of_saved_candidate(tmp_path):
         cosines.append(cosine64(run_plain(d / "model.onnx", feed)[name], run_plain(saved, feed)[name]))
     assert report.output_metrics(name).cosine == pytest.approx(min(cosines), abs=1e-9)
     assert report.counts["compared"] == report.counts["float_tensors"]
+
+
+def test_constant_node_rounding_counts_against_its_consumer(tmp_path):
+    """A weight held by a Constant node (as PaddlePaddle exports BatchNorm parameters) that FP16 cannot
+    hold: its error belongs to the layer that reads it, as it would for an initializer."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Constant", [], ["c"], name="const", value=onnx.numpy_helper.from_array(
+                 np.array([70000.0, 2.0], np.float32))),
+             helper.make_node("Mul", ["x", "c"], ["y"], name="scale"),
+             helper.make_node("Relu", ["y"], ["z"], name="relu")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2])],
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "c.onnx")
+    np.savez(tmp_path / "x.npz", x=np.full((4, 2), 1e-3, np.float32))
+    report = compare(tmp_path / "c.onnx", "ort-fp16", inputs=tmp_path / "x.npz")
+    scale = _layer(report, "scale").outputs[0].local.worst
+    assert scale.max_abs == pytest.approx((70000.0 - 65504.0) * 1e-3, rel=1e-2)  # the clamped weight, seen by Mul
+    assert [lay.name for lay in layerdiff.rank_layers(report)][0] == "scale"
+    assert "const" not in [lay.name for lay in layerdiff.rank_layers(report)]
+    assert report.first_divergence is None or report.first_divergence["layer"] != "const"

@@ -59,9 +59,10 @@ def nodes_without_fp16_kernel(candidate: onnx.ModelProto) -> set[str]:
     import onnxruntime as ort
 
     types = proto_tensor_types(candidate)
-    fp16_nodes = {
+    fp16_nodes = {  # nodes with inputs only: a Constant computes nothing (ORT folds it away)
         n.name for n in candidate.graph.node
-        if n.op_type != "Cast" and any(types.get(t) == TensorProto.FLOAT16 for t in list(n.input) + list(n.output))
+        if n.op_type != "Cast" and any(n.input)
+        and any(types.get(t) == TensorProto.FLOAT16 for t in list(n.input) + list(n.output))
     }
     with tempfile.TemporaryDirectory(prefix="layerdiff-fp16-") as tmp:
         so = ort.SessionOptions()
