@@ -51,7 +51,9 @@ def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowIn
             loc = aggregate(res.local[t]) if res.local.get(t) else None
             outs.append(TensorDiff(t, res.shapes.get(t), pair.candidate, acc, loc, reason if acc is None else ""))
         row = LayerDiff(unit[0].index, info.name, info.op, info.precision, tuple(outs),
-                        precision_emulated=info.emulated, diverges=any(_diverges(o, divergence_cosine) for o in outs),
+                        precision_emulated=info.emulated,
+                        # a Constant computes nothing: its rounding shows in the layers that read it
+                        diverges=info.op != "Constant" and any(_diverges(o, divergence_cosine) for o in outs),
                         local_unavailable=res.no_local.get(unit_name(unit), ""),
                         onnx_nodes=tuple(lay.name for lay in unit), engine_layers=info.engine_layers,
                         requested_precision=info.requested)
