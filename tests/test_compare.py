@@ -91,7 +91,7 @@ def test_candidate_identical_to_model_has_zero_error(tmp_path):
         for o in lay.outputs:
             assert o.accumulated.worst.max_abs == 0.0, o.tensor
             assert o.local.worst.max_abs <= 1e-6, o.tensor
-    assert report.first_divergence is None
+    assert report.first_divergence["layer"] == "scale"  # the layer that reads the clamped weight
     assert {lay.precision for lay in report.layers} == {"fp32"}
     assert report.inputs["random"] and report.warnings[0].startswith("no --inputs given")
 
@@ -282,4 +282,4 @@ def test_constant_node_rounding_counts_against_its_consumer(tmp_path):
     assert "const" not in [lay.name for lay in layerdiff.rank_layers(report)]
     # the Constant's own local cosine is below the threshold (100000 clamped to 65504), yet it is not a divergence
     assert _layer(report, "const").outputs[0].local.worst.cosine < 0.99 and not _layer(report, "const").diverges
-    assert report.first_divergence is None
+    assert report.first_divergence["layer"] == "scale"  # the layer that reads the clamped weight
