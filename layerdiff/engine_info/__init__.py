@@ -45,8 +45,9 @@ class EngineLayer:
 
     @property
     def is_reformat(self) -> bool:
-        return self.serves is not None or self.type in ("Reformat", "MyelinReformat") or self.type == "NoOp" and (
-            not self.onnx_nodes)
+        if self.serves is not None or self.type in ("Reformat", "MyelinReformat"):
+            return True
+        return self.type == "NoOp" and not self.onnx_nodes
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "type": self.type, "precision": self.precision, "onnx_nodes": list(self.onnx_nodes),
