@@ -190,3 +190,14 @@ def test_save_candidate_is_for_onnx_runtime_candidates(saved_run, cli, tmp_path)
                        tmp / "inputs.json", "--save-candidate", tmp_path / "c.onnx", "-q")
     assert (code, err) == (2, "layerdiff: error: --save-candidate saves the ONNX model of an ONNX Runtime candidate; "
                               "for TensorRT use --save-engine-info\n")
+
+
+def test_saved_inputs_that_do_not_fit_the_model(saved_run, cli, tmp_path):
+    from polygraphy.json import save_json
+
+    tmp, _, _ = saved_run
+    bad = tmp_path / "inputs.json"
+    save_json([{"input": np.zeros((1, 3, 28, 28), np.float32)}], str(bad))
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{tmp / 'outputs.json'}", "--inputs", bad, "-q")
+    assert (code, err) == (2, "layerdiff: error: --inputs sample 0 (inputs.json): input 'input' has shape 1x3x28x28 "
+                              "but the model expects 1x3x32x32\n")
