@@ -32,17 +32,21 @@ def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowIn
                     samples: Samples, pairs: dict[str, Pair], res: CaptureResult, *, divergence_cosine: float,
                     max_memory: int | None, mode: str, matches_plain_engine: bool | None = None) -> Report:
     layers, first, fused_away = [], None, 0
+    readers: dict[str, set[str]] = {}  # tensor -> layers that read it
+    for lay in model.layers:
+        for t in lay.inputs:
+            readers.setdefault(t, set()).add(lay.name)
     for unit in units:
         info = rows[unit_name(unit)]
-        inside = {t for lay in unit for t in lay.inputs}
+        names = {lay.name for lay in unit}
         outs = []
         for t in (t for lay in unit for t in lay.outputs):
             if t in res.non_float or (t in model.tensor_types and not model.is_float(t)):
                 continue
             pair = pairs.get(t, Pair(t, None, "not matched"))
             acc = aggregate(res.tensors[t]) if res.tensors.get(t) else None
-            if acc is None and len(unit) > 1 and t in inside and t not in model.outputs and not _read_outside(
-                    t, unit, model):
+            if (acc is None and len(unit) > 1 and t not in model.outputs
+                    and readers.get(t) and readers[t] <= names):
                 fused_away += 1  # an intermediate of a fused engine layer: it exists in neither run's output
                 continue
             reason = res.unpaired.get(t) or pair.reason
@@ -84,11 +88,6 @@ def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowIn
                 "local_errors": sum(1 for lay in layers if any(o.local is not None for o in lay.outputs))},
         warnings=tuple(_warnings(samples, res, overflow) + _audit_warnings(layers)),
     )
-
-
-def _read_outside(tensor: str, unit: Unit, model: LoadedModel) -> bool:
-    names = {lay.name for lay in unit}
-    return any(tensor in lay.inputs for lay in model.layers if lay.name not in names)
 
 
 def _warnings(samples: Samples, res: CaptureResult, overflow: list[str]) -> list[str]:

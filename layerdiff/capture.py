@@ -22,13 +22,12 @@ from threadpoolctl import threadpool_limits
 
 from layerdiff.backends.ort import Session, make_session
 from layerdiff.candidates import ImportedCandidate, OrtCandidate
-from layerdiff.graph import Layer, LoadedModel, expose_tensors, explode, fixed_shape_types, serialize
+from layerdiff.graph import Layer, LoadedModel, Unit, expose_tensors, explode, fixed_shape_types, serialize
 from layerdiff.inputs import Samples
 from layerdiff.match import Pair
 from layerdiff.metrics import TensorMetrics, diff_metrics
 
 Progress = Callable[[str, int, int], None]  # (what is running, steps done, steps in all)
-Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,7 @@ def unit_name(unit: Unit) -> str:
 def unit_inputs(model: LoadedModel, unit: Unit) -> list[str]:
     """Non-constant tensors a unit reads that it does not produce itself."""
     inside = {t for lay in unit for t in lay.outputs}
-    fixed = model.initializers | model.constants
-    return list(dict.fromkeys(t for lay in unit for t in lay.inputs if t not in fixed and t not in inside))
+    return list(dict.fromkeys(t for lay in unit for t in lay.inputs if t not in model.fixed and t not in inside))
 
 
 @dataclass
@@ -88,14 +86,16 @@ def plan_chunks(model: LoadedModel, units: list[Unit], pairs: dict[str, Pair], s
             chunks.append(Chunk(tuple(cur), compared, local, cur_bytes))
         cur, cur_bytes = [], 0
 
+    produced_here: set[str] = set()
     for unit in units:
-        produced_here = {t for u in cur for lay in u for t in lay.outputs}
         cost = sum(3 * sizes.get(t, default) for lay in unit for t in lay.outputs if _compared(model, pairs, t))
         cost += sum(sizes.get(t, default) for t in unit_inputs(model, unit) if t not in produced_here)
         if budget is not None and cur and cur_bytes + cost > budget:
             flush()
+            produced_here = set()
         cur.append(unit)
         cur_bytes += cost
+        produced_here.update(t for lay in unit for t in lay.outputs)
     flush()
     return chunks
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ class Layer:
     inputs: tuple[str, ...]  # data inputs, initializers and (for subgraph nodes) outer-scope reads; '' dropped
     outputs: tuple[str, ...]
     has_subgraph: bool
+
+
+Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,18 @@ class LoadedModel:
     def is_float(self, tensor: str) -> bool:
         return self.tensor_types.get(tensor) in FLOAT_TYPES
 
-    @property
+    @cached_property
     def constants(self) -> frozenset[str]:
         """Outputs of Constant nodes: weights in node form. A layer's local error treats them like
         initializers (FP32 values), so the rounding of a weight counts against the layer that uses it."""
         return frozenset(t for layer in self.layers if layer.op == "Constant" for t in layer.outputs)
 
-    @property
+    @cached_property
+    def fixed(self) -> frozenset[str]:
+        """Tensors whose value is part of the model: initializers and Constant outputs."""
+        return self.initializers | self.constants
+
+    @cached_property
     def producers(self) -> dict[str, Layer]:
         return {out: layer for layer in self.layers for out in layer.outputs}
 
@@ -114,16 +123,23 @@ def check_ir_version(proto: onnx.ModelProto, path: Path | str) -> None:
 _MAX_IR: int | None = None
 
 
+def probe_model() -> onnx.ModelProto:
+    """A one-node model (Relu, opset 13, IR 8) to ask ONNX Runtime what it accepts or which providers load."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
 def max_ir_version() -> int:
     """The newest IR version the installed ONNX Runtime accepts, found by asking it (cached)."""
     global _MAX_IR
     if _MAX_IR is None:
         import onnxruntime as ort
 
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model = probe_model()
         for ir in range(onnx.IR_VERSION, 6, -1):
             model.ir_version = ir
             try:

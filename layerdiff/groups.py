@@ -5,9 +5,7 @@ that exist both in the ONNX graph and in the engine)."""
 from __future__ import annotations
 
 from layerdiff.engine_info import EngineInfo, EngineLayer
-from layerdiff.graph import Layer, LoadedModel
-
-Unit = tuple[Layer, ...]
+from layerdiff.graph import LoadedModel, Unit
 
 
 def fused_units(model: LoadedModel, info: EngineInfo) -> tuple[list[Unit], dict[str, EngineLayer]]:

@@ -28,9 +28,10 @@ def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
     """The FP16 candidate for ONNX Runtime's CPU provider: cast insertion, then FP16 emulation for the
     nodes that provider has no FP16 kernel for."""
     candidate = build_fp16_plain(model, plan)
-    upcast = nodes_without_fp16_kernel(candidate)
+    types = proto_tensor_types(candidate)  # one shape inference for both steps
+    upcast = nodes_without_fp16_kernel(candidate, types)
     if upcast:
-        emulate_fp16(candidate, upcast)
+        emulate_fp16(candidate, upcast, types)
     helper.set_model_props(candidate, {EMULATED_KEY: json.dumps(sorted(upcast))})
     return candidate
 
@@ -53,12 +54,12 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     return candidate
 
 
-def nodes_without_fp16_kernel(candidate: onnx.ModelProto) -> set[str]:
+def nodes_without_fp16_kernel(candidate: onnx.ModelProto, types: dict[str, int] | None = None) -> set[str]:
     """Names of FP16 nodes that ONNX Runtime's CPU provider would compute in FP32: it renames their
     tensors with its upcast prefix, or inlines them as functions (they vanish from the graph)."""
     import onnxruntime as ort
 
-    types = proto_tensor_types(candidate)
+    types = types if types is not None else proto_tensor_types(candidate)
     fp16_nodes = {  # nodes with inputs only: a Constant computes nothing (ORT folds it away)
         n.name for n in candidate.graph.node
         if n.op_type != "Cast" and any(n.input)
@@ -79,10 +80,10 @@ def nodes_without_fp16_kernel(candidate: onnx.ModelProto) -> set[str]:
     return (upcast | (fp16_nodes - seen)) & fp16_nodes
 
 
-def emulate_fp16(candidate: onnx.ModelProto, names: set[str]) -> None:
+def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, int] | None = None) -> None:
     """Compute each named node in FP32 between explicit casts: FP16 inputs are cast up, outputs are
     cast (rounded) back to FP16 under their original names."""
-    types = proto_tensor_types(candidate)
+    types = types if types is not None else proto_tensor_types(candidate)
     new_nodes = []
     for node in candidate.graph.node:
         if node.name not in names:

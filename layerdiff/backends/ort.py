@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from layerdiff.errors import BackendError, ModelError
+from layerdiff.graph import probe_model
 
 _LOADS: dict[str, bool] = {}
 
@@ -20,13 +21,7 @@ def provider_loads(provider: str) -> bool:
     if provider not in _LOADS:
         _LOADS[provider] = False
         if provider in ort.get_available_providers():
-            from onnx import TensorProto, helper
-
-            x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-            y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-            g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-            m.ir_version = 8
+            m = probe_model()
             ort.set_default_logger_severity(4)
             try:
                 sess = ort.InferenceSession(m.SerializeToString(), providers=[provider, "CPUExecutionProvider"])

@@ -64,7 +64,6 @@ class EngineInfo:
     kind: str
     layers: tuple[EngineLayer, ...]
     bindings: tuple[str, ...]
-    foreign_nodes: tuple[str, ...] = ()  # nodes named by the file that the model does not have
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "bindings": list(self.bindings),
