@@ -4,10 +4,15 @@
     ├── BadInput                   the user's input is wrong: one line, exit 2
     │   ├── ModelError             the model file: missing, not ONNX, IR too new
     │   ├── InputDataError         --inputs / --calib / --shape
-    │   └── OutputPathError        where a report or model is to be written
-    └── BackendError               a runtime could not run the model (exit 2 too; the message says why)
+    │   ├── OutputPathError        where a report or model is to be written
+    │   ├── PlanError              a precision plan: unknown precision, nodes the model lacks
+    │   ├── ReportError            a saved report: missing, corrupt, unknown schema
+    │   └── EngineInfoError        TensorRT layer information that cannot be read
+    ├── BackendError               a runtime could not run the model, or cannot realise a plan (exit 2)
+    └── Cancelled                  a run was cancelled (by an event or Ctrl-C) before it could finish
 
-Every message is one line: what was wrong, and what to do about it.
+Every message is one line: what was wrong, and what to do about it. Functions a user calls raise only
+these (never a bare ValueError).
 """
 
 from __future__ import annotations
@@ -33,5 +38,21 @@ class OutputPathError(BadInput):
     pass
 
 
+class PlanError(BadInput):
+    pass
+
+
+class ReportError(BadInput):
+    pass
+
+
+class EngineInfoError(BadInput):
+    pass
+
+
 class BackendError(LayerdiffError):
+    pass
+
+
+class Cancelled(LayerdiffError):
     pass
