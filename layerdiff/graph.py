@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +24,8 @@ from layerdiff.errors import ModelError
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 LOCAL_SUFFIX = "::local"
+# candidate metadata: {node: {its raw output: the tensor holding it after the rounding that follows it}}
+FINAL_KEY = "layerdiff.final_outputs"
 _PROTO_LIMIT = 1_900_000_000  # protobuf cannot serialise 2 GiB; above this, models go through files
 
 
@@ -34,6 +37,7 @@ class Layer:
     inputs: tuple[str, ...]  # data inputs, initializers and (for subgraph nodes) outer-scope reads; '' dropped
     outputs: tuple[str, ...]
     has_subgraph: bool
+    named: bool = True  # the name is the model's own (False: generated, as the node had none or a duplicate)
 
 
 Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
@@ -78,6 +82,42 @@ class LoadedModel:
     @cached_property
     def producers(self) -> dict[str, Layer]:
         return {out: layer for layer in self.layers for out in layer.outputs}
+
+    @cached_property
+    def consumers(self) -> dict[str, tuple[Layer, ...]]:
+        """{tensor: the layers that read it}, in topological order."""
+        out: dict[str, list[Layer]] = defaultdict(list)
+        for layer in self.layers:
+            for t in dict.fromkeys(layer.inputs):
+                out[t].append(layer)
+        return {t: tuple(v) for t, v in out.items()}
+
+    @cached_property
+    def by_name(self) -> dict[str, Layer]:
+        return {layer.name: layer for layer in self.layers}
+
+    @cached_property
+    def nodes(self) -> dict[str, onnx.NodeProto]:
+        """{layer name: its node in `proto`} (read only)."""
+        by_output = {o: n for n in self.proto.graph.node for o in n.output if o}
+        return {layer.name: by_output[layer.outputs[0]] for layer in self.layers if layer.outputs}
+
+    def reads(self, layer: Layer) -> list[tuple[int, str]]:
+        """(input slot, tensor) of every value `layer` reads; slot -1 for what a subgraph body reads from
+        the outer scope."""
+        node = self.nodes.get(layer.name)
+        slots = [(i, t) for i, t in enumerate(node.input) if t] if node is not None else []
+        named = {t for _, t in slots}
+        return slots + [(-1, t) for t in layer.inputs if t not in named]
+
+    @cached_property
+    def blob(self) -> bytes:
+        """The serialised model (made once; sessions and rewrites start from these bytes)."""
+        return serialize(self.proto)
+
+    @cached_property
+    def opset(self) -> int:
+        return max((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def _sha256(path: Path) -> str:
@@ -186,9 +226,17 @@ def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def proto_tensor_types(model: onnx.ModelProto, infer: bool = True) -> dict[str, int]:
     """Element types of a model's main-graph tensors (after shape inference, where it succeeds)."""
+    return tensor_info(model, infer)[0]
+
+
+def tensor_info(model: onnx.ModelProto, infer: bool = True
+                ) -> tuple[dict[str, int], dict[str, tuple[int | str | None, ...]]]:
+    """({tensor: element type}, {tensor: shape}) of a model's main-graph tensors, from one shape inference."""
     if infer:
         model = _infer_shapes(model)
     g = model.graph
+    shapes = {vi.name: s for vi in list(g.input) + list(g.value_info) + list(g.output)
+              if vi.type.HasField("tensor_type") and (s := _shape_of(vi)) is not None}
     types = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(g.input) + list(g.value_info) + list(g.output)
@@ -200,7 +248,28 @@ def proto_tensor_types(model: onnx.ModelProto, infer: bool = True) -> dict[str, 
             types[n.output[0]] = next(a.i for a in n.attribute if a.name == "to")
         elif n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             types.update({n.output[0]: a.t.data_type for a in n.attribute if a.name == "value"})
-    return types
+    _through_qdq(g, types, shapes)
+    return types, shapes
+
+
+def _through_qdq(g: onnx.GraphProto, types: dict[str, int], shapes: dict) -> None:
+    """Shapes (and types) across Q/DQ nodes, which keep their input's shape: ONNX's shape inference does
+    not know ONNX Runtime's com.microsoft Q/DQ ops."""
+    steps = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input and n.output]
+    for _ in range(8):
+        changed = False
+        for n in steps:
+            if n.output[0] not in shapes and n.input[0] in shapes:
+                shapes[n.output[0]] = shapes[n.input[0]]
+                changed = True
+            if n.output[0] not in types:
+                source = n.input[2] if n.op_type == "QuantizeLinear" and len(n.input) > 2 else n.input[1] \
+                    if n.op_type == "DequantizeLinear" and len(n.input) > 1 else ""
+                if source in types:
+                    types[n.output[0]] = types[source]
+                    changed = True
+        if not changed:
+            break
 
 
 def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
@@ -265,15 +334,28 @@ def _layers(graph: onnx.GraphProto, initializers: frozenset[str]) -> list[Layer]
                 ready.append(c)
     if len(order) != len(nodes):
         raise ModelError("the model's graph has a cycle; it is not a valid ONNX model")
+    used = {n.name for n in nodes if n.name}
     seen: set[str] = set()
     layers = []
     for index, i in enumerate(order):
         node = nodes[i]
-        name = node.name if node.name and node.name not in seen else f"{node.op_type}_{index}"
+        named = bool(node.name) and node.name not in seen
+        name = node.name if named else _fresh_name(f"{node.op_type}_{index}", used)
         seen.add(name)
+        used.add(name)
         layers.append(Layer(index, name, node.op_type, node_inputs[i], tuple(o for o in node.output if o),
-                            _has_subgraph(node)))
+                            _has_subgraph(node), named))
     return layers
+
+
+def _fresh_name(base: str, used: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first that no node of the model already uses."""
+    if base not in used:
+        return base
+    k = 1
+    while f"{base}_{k}" in used:
+        k += 1
+    return f"{base}_{k}"
 
 
 def _name_nodes(graph: onnx.GraphProto, layers: tuple[Layer, ...]) -> None:
@@ -292,19 +374,28 @@ def _value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
     return helper.make_empty_tensor_value_info(name)
 
 
-def expose_tensors(proto: onnx.ModelProto, names: list[str], types: dict[str, int]) -> bytes:
-    """Serialise `proto` with `names` as its outputs (original outputs first). The model is restored
-    afterwards, so no copy of the weights is made beyond the serialised bytes."""
-    graph = proto.graph
-    saved = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
-    present = {o.name for o in graph.output}
-    extra = [_value_info(n, types.get(n)) for n in dict.fromkeys(names) if n not in present]
-    graph.output.extend(extra)
-    try:
-        return serialize(proto)
-    finally:
-        del graph.output[:]
-        graph.output.extend(saved)
+def with_outputs(blob: bytes, names: list[str], types: dict[str, int] | None = None,
+                 present: set[str] | frozenset[str] = frozenset()) -> bytes:
+    """`blob` (a serialised model) with `names` appended to its graph outputs (those in `present`, its
+    outputs already, are skipped). Protobuf merges a message serialised after another of the same type
+    and appends repeated fields, so this costs the size of the new outputs, not a copy of the weights,
+    and never touches a shared ModelProto."""
+    extra = [_value_info(n, (types or {}).get(n)) for n in dict.fromkeys(names) if n not in present]
+    if not extra:
+        return blob
+    return blob + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
+
+
+def with_nodes(blob: bytes, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> bytes:
+    """`blob` with `nodes` and `initializers` appended to its graph (see `with_outputs`)."""
+    if not nodes and not initializers:
+        return blob
+    return blob + onnx.ModelProto(graph=onnx.GraphProto(node=nodes, initializer=initializers)).SerializeToString()
+
+
+def expose_tensors(model: LoadedModel, names: list[str]) -> bytes:
+    """The model, serialised, with `names` as extra outputs (its own outputs come first)."""
+    return with_outputs(model.blob, names, model.tensor_types, set(model.outputs))
 
 
 def serialize(proto: onnx.ModelProto) -> bytes:
@@ -313,55 +404,70 @@ def serialize(proto: onnx.ModelProto) -> bytes:
     return proto.SerializeToString()
 
 
-def explode(model: LoadedModel, layers: list[Layer], units: list[tuple[Layer, ...]] | None = None
-            ) -> tuple[bytes, dict[str, str]]:
-    """A graph recomputing `layers` from graph inputs. Without `units`, every layer reads every
-    non-constant input from a graph input of the same name. With `units` (groups of layers fused into
-    one engine layer), a layer reads the outputs of its own unit's layers from their recomputation,
-    and only the unit's inputs from graph inputs. Outputs are renamed `<tensor>::local`.
-    Returns the serialised model and {tensor: local output}."""
+Read = Callable[[Layer, int, str], str]  # (layer, input slot, tensor) -> the candidate tensor it really reads
+
+
+@dataclass(frozen=True)
+class Exploded:
+    blob: bytes
+    local: dict[str, str]  # reference tensor -> its recomputation (an output of the exploded graph)
+    feeds: dict[str, str]  # graph input -> the candidate tensor that feeds it
+
+
+def explode(model: LoadedModel, units: list[Unit], read: Read | None = None) -> Exploded:
+    """A graph that recomputes each unit (one layer, or layers fused into one kernel) in FP32 from graph
+    inputs. Inside a unit, a layer reads the recomputed outputs of the unit's other layers; weights
+    (initializers, Constant nodes) keep their FP32 values; every other input is a graph input named
+    `read(layer, slot, tensor)`: the candidate's tensor that the layer really reads there (after any
+    DequantizeLinear or Cast). Tensors a subgraph body reads from the outer scope keep their names.
+    Outputs are renamed `<tensor>::local`."""
+    read = read or (lambda layer, slot, tensor: tensor)
     graph = model.proto.graph
     by_output = {o: n for n in graph.node for o in n.output if o}
     inits = {t.name: t for t in graph.initializer}
-    unit_of = {lay.name: k for k, unit in enumerate(units or [(lay,) for lay in layers]) for lay in unit}
-    producer = model.producers
     constants = model.constants
-    nodes, feeds, outputs, used_inits, embedded = [], {}, {}, set(), set()
-    for layer in sorted(layers, key=lambda lay: lay.index):
-        node = onnx.NodeProto()
-        node.CopyFrom(by_output[layer.outputs[0]])
-        internal = set()
-        for i, name in enumerate(node.input):
-            src = producer.get(name)
-            if name and src is not None and src is not layer and unit_of.get(src.name) == unit_of[layer.name]:
-                node.input[i] = name + LOCAL_SUFFIX
-                internal.add(name)
-        for name in layer.inputs:
-            if name in inits:
-                used_inits.add(name)
-            elif name in constants and name not in internal:
-                if name not in embedded:  # the Constant node itself, with its FP32 value
-                    nodes.append(by_output[name])
-                    embedded.add(name)
-            elif name not in internal:
-                feeds[name] = model.tensor_types.get(name)
-        renamed = []
-        for out in node.output:
-            if out:
-                outputs[out] = out + LOCAL_SUFFIX
-            renamed.append(out + LOCAL_SUFFIX if out else "")
-        del node.output[:]
-        node.output.extend(renamed)
-        nodes.append(node)
+    nodes, inputs, local, feeds, used_inits, embedded = [], {}, {}, {}, set(), set()
+    for unit in units:
+        inside = {t for lay in unit for t in lay.outputs}
+        for layer in unit:
+            node = onnx.NodeProto()
+            node.CopyFrom(by_output[layer.outputs[0]])
+            for slot, name in enumerate(node.input):
+                if not name:
+                    continue
+                if name in inside:
+                    node.input[slot] = name + LOCAL_SUFFIX
+                elif name in inits:
+                    used_inits.add(name)
+                elif name in constants:
+                    if name not in embedded:  # the Constant node itself, with its FP32 value
+                        nodes.append(by_output[name])
+                        embedded.add(name)
+                else:
+                    key = read(layer, slot, name)
+                    node.input[slot] = key
+                    inputs.setdefault(key, model.tensor_types.get(name))
+                    feeds[key] = key
+            for name in layer.inputs[len([i for i in node.input if i]):]:  # outer-scope reads of subgraphs
+                if name in inits:
+                    used_inits.add(name)
+                elif name not in inside and name not in constants:
+                    inputs.setdefault(name, model.tensor_types.get(name))
+                    feeds[name] = read(layer, -1, name)
+            renamed = [o + LOCAL_SUFFIX if o else "" for o in node.output]
+            local.update({o: o + LOCAL_SUFFIX for o in node.output if o})
+            del node.output[:]
+            node.output.extend(renamed)
+            nodes.append(node)
     new_graph = helper.make_graph(
         nodes, "layerdiff_exploded",
-        [_value_info(n, t) for n, t in feeds.items()],
-        [_value_info(outputs[o], model.tensor_types.get(o)) for o in outputs],
+        [_value_info(n, t) for n, t in inputs.items()],
+        [_value_info(local[o], model.tensor_types.get(o)) for o in local],
         [inits[n] for n in sorted(used_inits)],
     )
     out = helper.make_model(new_graph, opset_imports=model.proto.opset_import)
     out.ir_version = model.proto.ir_version
-    return serialize(out), outputs
+    return Exploded(serialize(out), local, feeds)
 
 
 def fixed_shape_types(model: LoadedModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -1,17 +1,29 @@
-"""Pair each reference tensor with the candidate tensor that holds the same value.
+"""Pair the reference model's layers and tensors with the candidate's, by structure.
 
-Rewrites rename and add tensors: ONNX Runtime's QDQ quantizer renames a graph output's producer output
-(`probs` -> `probs_QuantizeLinear_Input`), FP16 converters route graph outputs through casts. A layer's
-output is therefore found by its producer first (the candidate node of the same name and op type,
-same output index), then by tensor name. Graph inputs pair by name."""
+A candidate is the FP32 model rewritten: Q/DQ pairs inserted on inputs (quantizers), casts inserted
+around nodes (FP16 converters, layerdiff's FP16 emulation), nodes renamed or left unnamed. Names are not
+trusted on their own: a reference layer pairs with the candidate node of the same op type that reads the
+same values, where "the same value" looks through the value-preserving or rounding-only nodes in between
+(QuantizeLinear, DequantizeLinear, Cast, Identity). A node name that agrees with the structure breaks ties;
+a name that disagrees with it is ignored. Weights (initializers, Constant outputs) never decide a pairing:
+the candidate holds them quantized, cast or renamed.
+
+For every reference layer the pairing gives the candidate node, the candidate tensor holding each of its
+outputs (after the rounding cast of an FP16-emulated node), and the candidate tensor it really reads in
+each input slot (the DequantizeLinear or Cast output, not the tensor before it).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 import onnx
 
-from layerdiff.graph import LoadedModel
+from layerdiff.graph import FINAL_KEY, LoadedModel
+
+TRANSPARENT = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
 
 
 @dataclass(frozen=True)
@@ -21,34 +33,140 @@ class Pair:
     reason: str = ""  # why it is unpaired
 
 
-def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> dict[str, Pair]:
-    """A Pair for every tensor produced by a layer of `model`, and for every graph input."""
+@dataclass
+class Pairing:
+    tensors: dict[str, Pair] = field(default_factory=dict)  # reference tensor -> candidate tensor
+    nodes: dict[str, str] = field(default_factory=dict)  # reference layer -> candidate node
+    reads: dict[tuple[str, int], str] = field(default_factory=dict)  # (layer, input slot) -> candidate tensor
+
+    def candidate(self, tensor: str) -> str | None:
+        pair = self.tensors.get(tensor)
+        return pair.candidate if pair else None
+
+    def read(self, layer: str, slot: int, tensor: str) -> str:
+        """The candidate tensor a layer reads in `slot` (its paired value where the slot is unknown)."""
+        return self.reads.get((layer, slot)) or self.candidate(tensor) or tensor
+
+
+def identity_pairing(model: LoadedModel, available: set[str] | frozenset[str] | None = None,
+                     reason: str = "not in the candidate's results") -> Pairing:
+    """Pairs by name, for candidates built from the model itself (TensorRT engines, imported results)."""
+    pairing = Pairing()
+    for t in [i.name for i in model.inputs] + [t for lay in model.layers for t in lay.outputs]:
+        ok = available is None or t in available
+        pairing.tensors[t] = Pair(t, t if ok else None, "" if ok else reason)
+    pairing.nodes = {lay.name: lay.name for lay in model.layers}
+    return pairing
+
+
+def final_outputs(candidate: onnx.ModelProto) -> dict[str, str]:
+    """{raw output of a candidate node: the tensor that holds it after its rounding} (metadata)."""
+    for prop in candidate.metadata_props:
+        if prop.key == FINAL_KEY:
+            return {raw: final for outs in json.loads(prop.value).values() for raw, final in outs.items()}
+    return {}
+
+
+def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
+    """Pair every layer, layer output and graph input of `model` with `candidate`'s."""
     graph = candidate.graph
-    by_name = {n.name: n for n in graph.node if n.name}
-    rounded = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "Cast" and "::cast_out" in n.name}
-    produced = {o: n for n in graph.node for o in n.output if o}
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    consumers: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for t in dict.fromkeys(n.input):
+            if t:
+                consumers[t].append(i)
+    weights = {t.name for t in graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    final = final_outputs(candidate)
+    taken: set[int] = set()  # candidate nodes paired with a layer; a paired Cast is the model's own, not transparent
+
+    def transparent(i: int) -> bool:
+        return nodes[i].op_type in TRANSPARENT and i not in taken and bool(nodes[i].input) and bool(nodes[i].input[0])
+
+    def source(tensor: str) -> str | None:
+        """The value `tensor` carries, looking back through transparent nodes; None for a weight."""
+        for _ in range(64):
+            i = producer.get(tensor)
+            if i is None or not transparent(i):
+                break
+            tensor = nodes[i].input[0]
+        return None if tensor in weights else tensor
+
+    def readers(tensor: str) -> list[int]:
+        """Nodes reading `tensor`'s value, directly or through transparent nodes."""
+        out, stack, seen = [], [tensor], {tensor}
+        while stack:
+            for i in consumers.get(stack.pop(), ()):
+                out.append(i)
+                if transparent(i) and nodes[i].output and nodes[i].output[0] not in seen:
+                    seen.add(nodes[i].output[0])
+                    stack.append(nodes[i].output[0])
+        return out
+
+    weight_only: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        if n.op_type != "Constant" and all(not t or t in weights for t in n.input):
+            weight_only[n.op_type].append(i)
+    by_name = {n.name: i for i, n in enumerate(nodes) if n.name}
     cand_inputs = {i.name for i in graph.input}
-    pairs: dict[str, Pair] = {}
+
+    pairing = Pairing()
+    raw: dict[str, str] = {}  # reference tensor -> the candidate tensor as its node wrote it
     for spec in model.inputs:
-        if spec.name in cand_inputs:
-            pairs[spec.name] = Pair(spec.name, spec.name)
-        else:
-            pairs[spec.name] = Pair(spec.name, None, "the candidate has no graph input of this name")
+        ok = spec.name in cand_inputs
+        pairing.tensors[spec.name] = Pair(spec.name, spec.name if ok else None,
+                                          "" if ok else "the candidate has no graph input of this name")
+        if ok:
+            raw[spec.name] = spec.name
+    ref_nodes = {o: n for n in model.proto.graph.node for o in n.output if o}
     for layer in model.layers:
-        node = by_name.get(layer.name)
-        if node is not None and node.op_type != layer.op:
-            node = None
-        outs = [o for o in node.output] if node is not None else []
-        for i, tensor in enumerate(layer.outputs):
-            if i < len(outs) and outs[i]:
-                # an FP16-emulated node's value is its output after the rounding cast
-                pairs[tensor] = Pair(tensor, rounded.get(outs[i], outs[i]))
-            elif tensor in produced and produced[tensor].op_type == layer.op:
-                pairs[tensor] = Pair(tensor, tensor)
-            elif tensor in produced:
-                pairs[tensor] = Pair(tensor, None, f"the candidate computes it with {produced[tensor].op_type}, "
-                                                   f"not {layer.op}")
+        node = ref_nodes.get(layer.outputs[0]) if layer.outputs else None
+        found: list[int] = []
+        if node is not None and layer.op != "Constant":
+            want = [_ref_source(model, t, raw) for t in node.input]
+            active = next((s for s in want if s), None)
+            pool = readers(active) if active else weight_only.get(layer.op, [])
+            found = [i for i in dict.fromkeys(pool) if i not in taken and nodes[i].op_type == layer.op
+                     and (nodes[i].domain or "") == (node.domain or "")
+                     and [w for w in want if w] == [s for s in (source(t) for t in nodes[i].input if t) if s]]
+        if not found:
+            _unpaired(pairing, layer, nodes, by_name)
+            continue
+        # equal structure: the node of the same name if there is one, else the first in file order
+        index = next((i for i in found if nodes[i].name == layer.name), min(found))
+        taken.add(index)
+        cand = nodes[index]
+        pairing.nodes[layer.name] = cand.name
+        for slot, name in enumerate(cand.input):
+            if name:
+                pairing.reads[(layer.name, slot)] = name
+        for k, tensor in enumerate(layer.outputs):
+            out = cand.output[k] if k < len(cand.output) else ""
+            if out:
+                raw[tensor] = out
+                pairing.tensors[tensor] = Pair(tensor, final.get(out, out))
             else:
-                pairs[tensor] = Pair(tensor, None, f"the candidate has no {layer.op} node '{layer.name}' "
-                                                   "and no tensor of this name")
-    return pairs
+                pairing.tensors[tensor] = Pair(tensor, None, f"the candidate's {layer.op} node has no output {k}")
+    return pairing
+
+
+def _ref_source(model: LoadedModel, tensor: str, raw: dict[str, str]) -> str | None:
+    if not tensor:
+        return ""
+    if tensor in model.fixed:
+        return None
+    return raw.get(tensor, f"<unpaired:{tensor}>")
+
+
+def _unpaired(pairing: Pairing, layer, nodes, by_name) -> None:
+    if layer.op == "Constant":
+        why = "a weight: its rounding counts in the local error of the layers that read it"
+    else:
+        named = by_name.get(layer.name)
+        if named is not None and nodes[named].op_type == layer.op:
+            why = f"the candidate's {layer.op} node '{layer.name}' reads other values than the model's"
+        else:
+            why = f"the candidate has no {layer.op} node reading the same values"
+    for t in layer.outputs:
+        pairing.tensors[t] = Pair(t, None, why)

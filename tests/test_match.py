@@ -1,0 +1,63 @@
+"""Pairing the model's layers with a candidate's by structure, never by names alone."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from layerdiff.graph import from_proto, load_model
+from layerdiff.match import match_tensors
+from tests.conftest import FIXTURES
+
+
+def _chain(named: bool) -> onnx.ModelProto:
+    """x -> Mul -> Mul -> Mul -> Mul -> y, weights w0..w3 (the converter below inserts Casts around it)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    inits, nodes, prev = [], [], "x"
+    for i in range(4):
+        w = np.random.default_rng(i).normal(size=(8,)).astype(np.float32) + 1
+        inits.append(onnx.numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == 3 else f"t{i}"
+        nodes.append(helper.make_node("Mul", [prev, f"w{i}"], [out], name=f"mul{i}" if named else ""))
+        prev = out
+    m = helper.make_model(helper.make_graph(nodes, "chain", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_unnamed_chain_converted_by_onnxruntime_pairs_each_node_with_itself():
+    """The report's finding: four unnamed Muls converted to FP16 by ONNX Runtime's converter paired every
+    tensor with the previous one (names from each model's own topological index)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    ref = from_proto(_chain(named=False))
+    cand = convert_float_to_float16(_chain(named=False), keep_io_types=True)
+    assert [n.name for n in cand.graph.node if n.op_type == "Mul"] == ["", "", "", ""]
+    pairing = match_tensors(ref, cand)
+    assert {t: p.candidate for t, p in pairing.tensors.items()} == {
+        "x": "x", "t0": "t0", "t1": "t1", "t2": "t2", "y": "graph_output_cast_0"}
+    mul0 = ref.layers[0]
+    assert pairing.read(mul0.name, 0, "x") == "graph_input_cast_0"  # what the candidate's first Mul reads
+
+
+def test_a_name_that_contradicts_the_structure_is_ignored():
+    """Candidate nodes renamed so that each carries the next node's name: structure wins."""
+    ref = from_proto(_chain(named=True))
+    cand = _chain(named=True)
+    for i, node in enumerate(cand.graph.node):
+        node.name = f"mul{(i + 1) % 4}"
+    pairing = match_tensors(ref, cand)
+    assert pairing.nodes == {"mul0": "mul1", "mul1": "mul2", "mul2": "mul3", "mul3": "mul0"}
+    assert pairing.candidate("t1") == "t1"
+
+
+def test_quantized_candidate_pairs_through_qdq_and_reads_the_dequantized_value():
+    from layerdiff.backends.int8 import Int8Quantizer
+    from layerdiff.inputs import load_samples
+
+    model = load_model(FIXTURES / "cnn.onnx")
+    q = Int8Quantizer(model, load_samples(FIXTURES / "cnn_inputs", model.inputs, {}))
+    pairing = match_tensors(model, q.base)
+    assert all(pairing.candidate(t) == t for lay in model.layers for t in lay.outputs)
+    assert pairing.read("conv2", 0, "relu1") == "relu1_DequantizeLinear_Output"
+    assert pairing.read("conv1_bn", 0, "conv1_out") == "conv1_out"  # an FP32 node reads the FP32 tensor
