@@ -10,30 +10,30 @@ The names of emulated nodes are stored in the candidate's metadata (`layerdiff.f
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 
 import onnx
 from onnx import TensorProto, helper
 
-from layerdiff.graph import LoadedModel, max_ir_version, proto_tensor_types
+from layerdiff.graph import FINAL_KEY, LoadedModel, max_ir_version, proto_tensor_types
 from layerdiff.plan import PrecisionPlan
 
 EMULATED_KEY = "layerdiff.fp16_emulated"
 _ORT_UPCAST_PREFIX = "InsertedPrecisionFreeCast_"
 
 
-def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
-    """The FP16 candidate for ONNX Runtime's CPU provider: cast insertion, then FP16 emulation for the
-    nodes that provider has no FP16 kernel for."""
-    candidate = build_fp16_plain(model, plan)
-    types = proto_tensor_types(candidate)  # one shape inference for both steps
-    upcast = nodes_without_fp16_kernel(candidate, types)
-    if upcast:
-        emulate_fp16(candidate, upcast, types)
-    helper.set_model_props(candidate, {EMULATED_KEY: json.dumps(sorted(upcast))})
-    return candidate
+def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(the FP16 model a user deploys, the model layerdiff runs on ONNX Runtime's CPU provider): cast
+    insertion, then FP16 emulation for the nodes that provider has no FP16 kernel for."""
+    deployable = build_fp16_plain(model, plan)
+    executed = onnx.ModelProto()
+    executed.CopyFrom(deployable)
+    types = proto_tensor_types(executed)  # one shape inference for both steps
+    upcast = nodes_without_fp16_kernel(executed, types)
+    final = emulate_fp16(executed, upcast, types) if upcast else {}
+    helper.set_model_props(executed, {EMULATED_KEY: json.dumps(sorted(upcast)), FINAL_KEY: json.dumps(final)})
+    return deployable, executed
 
 
 def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
@@ -43,13 +43,9 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     source = onnx.ModelProto()
     source.CopyFrom(model.proto)
     keep_fp32 = [layer.name for layer in model.layers if plan.precision_of(layer.name) != "fp16"]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the converter warns on the root logger about values it clamps
-    try:
-        candidate = convert_float_to_float16(source, keep_io_types=True, node_block_list=keep_fp32)
-    finally:
-        root.setLevel(level)
+    # the converter logs (through logging) the values it clamps to the FP16 range; the caller's logging
+    # configuration decides whether they are shown (the CLI shows them with --debug)
+    candidate = convert_float_to_float16(source, keep_io_types=True, node_block_list=keep_fp32)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
     return candidate
 
@@ -80,10 +76,13 @@ def nodes_without_fp16_kernel(candidate: onnx.ModelProto, types: dict[str, int] 
     return (upcast | (fp16_nodes - seen)) & fp16_nodes
 
 
-def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, int] | None = None) -> None:
+def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, int] | None = None
+                 ) -> dict[str, dict[str, str]]:
     """Compute each named node in FP32 between explicit casts: FP16 inputs are cast up, outputs are
-    cast (rounded) back to FP16 under their original names."""
+    cast (rounded) back to FP16 under their original names. Returns {node: {its FP32 output: the
+    rounded tensor}} (the values the node's readers see)."""
     types = types if types is not None else proto_tensor_types(candidate)
+    final: dict[str, dict[str, str]] = {}
     new_nodes = []
     for node in candidate.graph.node:
         if node.name not in names:
@@ -102,12 +101,14 @@ def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, i
                 after.append(helper.make_node("Cast", [wide], [name], name=f"{node.name}::cast_out{i}",
                                               to=TensorProto.FLOAT16))
                 node.output[i] = wide
+                final.setdefault(node.name, {})[wide] = name
         new_nodes.append(node)
         new_nodes.extend(after)
     del candidate.graph.node[:]
     candidate.graph.node.extend(new_nodes)
     # value_info recorded FP16 for tensors that are now FP32; let ONNX Runtime infer them again
     del candidate.graph.value_info[:]
+    return final
 
 
 def emulated_nodes(candidate: onnx.ModelProto) -> set[str]:

@@ -1,96 +1,178 @@
-"""`ort-int8`: TensorRT-style QDQ by onnxruntime.quantization (symmetric INT8 activations and weights,
-per-channel weights), with the plan's FP32 pins excluded. Calibration ranges are computed once per
-model and calibration set and kept in a cache file, so every later plan of the same model reuses them."""
+"""`ort-int8`: TensorRT-style QDQ INT8 by onnxruntime.quantization's QDQ quantizer, quantized once per
+model and calibration set; every plan is then derived from that one model by graph edits.
+
+Placement, as TensorRT and NVIDIA's ModelOpt place Q/DQ: on the *inputs* of Conv, ConvTranspose, Gemm,
+MatMul, pooling and Add (activations symmetric INT8, weights symmetric per-channel INT8, biases INT32),
+never on outputs (`OpTypesToExcludeOutputQuantization` lists every op type of the model); a tensor read
+by several quantized nodes has one shared Q/DQ pair. Weights held in Constant nodes are made
+initializers first, so they are quantized per channel like any other weight. Per-channel DequantizeLinear
+needs opset 13: older models get ONNX Runtime's own com.microsoft Q/DQ ops (same arithmetic), which
+TensorRT does not read (re-export the model at opset 13 or later for that).
+
+A plan pins nodes to FP32: a pinned node reads its FP32 inputs directly (the Q/DQ it read through is
+dropped, or kept for its other readers) and its FP32 weights and bias. The result is numerically the
+model the quantizer builds with that node excluded and a Q/DQ pair per reader (tested).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
-import tempfile
-from pathlib import Path
+import threading
+from functools import cached_property
 
-import numpy as np
 import onnx
 
-from layerdiff.errors import InputDataError
+from layerdiff.backends.calibrate import calibrate
 from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
-from layerdiff.plan import PrecisionPlan
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Where TensorRT (and NVIDIA's ModelOpt defaults) put Q/DQ: the inputs of compute-heavy layers, pooling
-# and residual adds. Other ops read dequantized tensors and compute in float.
-TRT_QDQ_OPS = ["Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool", "Add"]
+TRT_QDQ_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool", "Add")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-@contextlib.contextmanager
-def _quiet_quantizer():
-    """onnxruntime.quantization logs advice on the root logger and prints progress; keep it quiet."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(None):
-            yield
-    finally:
-        root.setLevel(level)
+def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose Constant nodes (a `value` tensor) are initializers of the same name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept = []
+    for node in out.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and len(node.output) == 1 and node.domain in ("", "ai.onnx"):
+            init = onnx.TensorProto()
+            init.CopyFrom(value)
+            init.name = node.output[0]
+            out.graph.initializer.append(init)
+        else:
+            kept.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
 
 
-class _Reader:
-    """A CalibrationDataReader over layerdiff samples."""
+class Int8Quantizer:
+    """Ranges and the all-INT8 QDQ model of one model and calibration set, made once and kept in memory."""
 
-    def __init__(self, samples: Samples):
-        self._feeds = list(samples.feeds)
-        self._it = iter(self._feeds)
+    def __init__(self, model: LoadedModel, calib: Samples, method: str = "minmax", budget: int | None = None,
+                 ranges=None):
+        self.model, self.calib, self.method, self.budget = model, calib, method, budget
+        self._ranges = ranges
+        self._lock = threading.Lock()
+        self.cancel: threading.Event | None = None
+        self.progress = None
 
-    def get_next(self):
-        return next(self._it, None)
+    @property
+    def ranges(self):
+        with self._lock:
+            if self._ranges is None:
+                self._ranges = calibrate(self.model, self.calib, self.method, self.budget, self.cancel, self.progress)
+            return self._ranges
 
-    def __len__(self) -> int:
-        return len(self._feeds)
+    @cached_property
+    def source(self) -> onnx.ModelProto:
+        """The model the quantizer reads: Constant weights made initializers."""
+        return fold_constants(self.model.proto)
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._it = iter(self._feeds[start_index:end_index])
+    @property
+    def contrib_qdq(self) -> bool:
+        return self.model.opset < 13
 
+    def quantize(self, exclude: frozenset[str] | set[str] = frozenset(), dedicated: bool = False) -> onnx.ModelProto:
+        """onnxruntime.quantization's QDQ model with `exclude` left in FP32 (the reference for `derive`)."""
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-def calibration_key(model: LoadedModel, calib: Samples, method: str) -> str:
-    h = hashlib.sha256(model.sha256.encode() + method.encode())
-    for feed in calib.feeds:
-        for name in sorted(feed):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(feed[name]).tobytes())
-    return h.hexdigest()[:16]
-
-
-def build_int8(model: LoadedModel, plan: PrecisionPlan, calib: Samples, method: str = "minmax",
-               cache_dir: Path | None = None) -> onnx.ModelProto:
-    """Quantize `model` as `plan` says (nodes pinned to fp32 are left unquantized)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    if method not in CALIBRATION_METHODS:
-        raise InputDataError(f"unknown calibration method '{method}'; use one of {', '.join(CALIBRATION_METHODS)}")
-    if len(calib) == 0:
-        raise InputDataError("the calibration set is empty: give --calib samples")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    keep_fp32 = sorted(n for n in (layer.name for layer in model.layers) if plan.precision_of(n) != "int8")
-    with tempfile.TemporaryDirectory(prefix="layerdiff-int8-") as tmp:
-        cache_root = Path(cache_dir) if cache_dir else Path(tmp)
-        cache_root.mkdir(parents=True, exist_ok=True)
-        cache = cache_root / f"calibration-{calibration_key(model, calib, method)}.json"
-        out = Path(tmp) / "candidate.onnx"
         source = onnx.ModelProto()
-        source.CopyFrom(model.proto)  # quantize_static rewrites the proto it is given (external data)
-        with _quiet_quantizer():
-            quantize_static(
-                source, out, _Reader(calib) if not cache.is_file() else None,
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=TRT_QDQ_OPS, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
-                calibrate_method=methods[method], calibration_cache_path=cache,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "QDQKeepRemovableActivations": True},
-            )
-        candidate = onnx.load(str(out))
-    candidate.ir_version = min(candidate.ir_version, max_ir_version())
-    return candidate
+        source.CopyFrom(self.source)
+        options = {
+            "ActivationSymmetric": True, "WeightSymmetric": True, "QDQKeepRemovableActivations": True,
+            "OpTypesToExcludeOutputQuantization": sorted({n.op_type for n in source.graph.node}),
+            "UseQDQContribOps": self.contrib_qdq, "DedicatedQDQPair": dedicated,
+        }
+        quantizer = QDQQuantizer(source, True, False, QuantType.QInt8, QuantType.QInt8, self.ranges, [],
+                                 sorted(exclude), list(TRT_QDQ_OPS), options)
+        out = quantizer.quantize_model()
+        out.ir_version = min(out.ir_version, max_ir_version())
+        return out
+
+    @cached_property
+    def base(self) -> onnx.ModelProto:
+        """Every node the placement quantizes, in INT8; every other node reads FP32 values (the quantizer
+        also feeds some other readers of a quantized tensor through its DequantizeLinear)."""
+        model = self.quantize()
+        others = {name for name, op in _dequantized_readers(model).items() if op not in TRT_QDQ_OPS}
+        if others:
+            _unquantize(model, self.source, others)
+        return model
+
+    @cached_property
+    def quantized(self) -> frozenset[str]:
+        """Nodes of the base model that read through a DequantizeLinear (the nodes a plan can pin)."""
+        return frozenset(name for name, op in _dequantized_readers(self.base, weights=True).items()
+                         if op in TRT_QDQ_OPS)
+
+    def derive(self, pinned: frozenset[str] | set[str]) -> onnx.ModelProto:
+        """The base model with `pinned` nodes back in FP32, by graph edits (no new quantization)."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.base)
+        pinned = set(pinned) & self.quantized
+        if pinned:
+            _unquantize(out, self.source, pinned)
+        return out
+
+
+def _dequantized_readers(model: onnx.ModelProto, weights: bool = False) -> dict[str, str]:
+    """{node: op type} of the nodes that read a DequantizeLinear output: of an activation's Q/DQ pair, or
+    also of a quantized weight when `weights`."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type in QDQ:
+            continue
+        for t in node.input:
+            dq = producer.get(t)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                q = producer.get(dq.input[0])
+                if weights or (q is not None and q.op_type == "QuantizeLinear"):
+                    out[node.name] = node.op_type
+                    break
+    return out
+
+
+def _unquantize(model: onnx.ModelProto, source: onnx.ModelProto, pinned: set[str]) -> None:
+    graph = model.graph
+    original = {n.name: n for n in source.graph.node if n.name in pinned}
+    weights = {t.name: t for t in source.graph.initializer}
+    initializers = {t.name for t in graph.initializer}
+    produced = {o for n in graph.node for o in n.output if o}
+    for node in graph.node:
+        if node.name not in original:
+            continue
+        for slot, name in enumerate(original[node.name].input):
+            if name in weights and name not in initializers:
+                fp32 = name if name not in produced else f"{name}::fp32"  # the base's bias DQ writes `name`
+                if fp32 not in initializers:
+                    init = onnx.TensorProto()
+                    init.CopyFrom(weights[name])
+                    init.name = fp32
+                    graph.initializer.append(init)
+                    initializers.add(fp32)
+                name = fp32
+            node.input[slot] = name
+    _prune(model)
+
+
+def _prune(model: onnx.ModelProto) -> None:
+    """Remove Q/DQ nodes nothing reads any more, then initializers nothing reads."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {t for n in graph.node for t in n.input} | outputs
+        dead = [i for i, n in enumerate(graph.node) if n.op_type in QDQ and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del graph.node[i]
+    read = {t for n in graph.node for t in n.input} | outputs
+    kept = [t for t in graph.initializer if t.name in read]
+    if len(kept) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)

@@ -1,40 +1,74 @@
 """ONNX Runtime sessions. onnxruntime-gpu lists the CUDA and TensorRT providers even where their
-libraries cannot load, so a provider is tried and what really loaded is recorded."""
+libraries cannot load, so a provider is tried and what really loaded is recorded.
+
+Nothing here changes process-wide state (ONNX Runtime's default logger, environment): every setting is
+a session option, so sessions can be made and run from several threads at once."""
 
 from __future__ import annotations
 
+import ctypes
+import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from layerdiff.errors import BackendError, ModelError
+from layerdiff.errors import BackendError, Cancelled, ModelError
 from layerdiff.graph import probe_model
 
+_ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
+               ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+               ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+               ort.capi.onnxruntime_pybind11_state.NotImplemented,
+               ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+               ort.capi.onnxruntime_pybind11_state.RuntimeException)
+LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 _LOADS: dict[str, bool] = {}
+_LOADS_LOCK = threading.Lock()
 
 
 def provider_loads(provider: str) -> bool:
-    """Whether an execution provider really loads here (tried once on a one-node model, quietly, then
-    cached): onnxruntime-gpu lists CUDA and TensorRT even where their libraries or the GPU are missing,
-    and then silently falls back to the CPU."""
-    if provider not in _LOADS:
-        _LOADS[provider] = False
-        if provider in ort.get_available_providers():
-            m = probe_model()
-            ort.set_default_logger_severity(4)
-            try:
-                sess = ort.InferenceSession(m.SerializeToString(), providers=[provider, "CPUExecutionProvider"])
-                _LOADS[provider] = sess.get_providers()[0] == provider
-            except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError):
-                _LOADS[provider] = False
-            finally:
-                ort.set_default_logger_severity(2)
-    return _LOADS[provider]
+    """Whether an execution provider really loads here (tried once on a one-node model, then cached):
+    onnxruntime-gpu lists CUDA and TensorRT even where their libraries or the GPU are missing, and then
+    silently falls back to the CPU."""
+    with _LOADS_LOCK:
+        if provider not in _LOADS:
+            loads = False
+            if provider in ort.get_available_providers() and _library_loads(provider):
+                so = ort.SessionOptions()
+                so.log_severity_level = 4
+                try:
+                    sess = ort.InferenceSession(probe_model().SerializeToString(), so,
+                                                providers=[provider, "CPUExecutionProvider"])
+                    loads = sess.get_providers()[0] == provider
+                except (*_ORT_ERRORS, RuntimeError):
+                    loads = False
+            _LOADS[provider] = loads
+        return _LOADS[provider]
 
 
-def cuda_loads() -> bool:
-    return provider_loads("CUDAExecutionProvider")
+def _library_loads(provider: str) -> bool:
+    """Whether the provider's shared library and its CUDA/TensorRT dependencies load at all: a quiet
+    check before ONNX Runtime tries (and prints its own error when they do not)."""
+    short = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}.get(provider)
+    if short is None:
+        return True
+    capi = Path(ort.__file__).parent / "capi"
+    library = next(iter(capi.glob(f"*onnxruntime_providers_{short}.*")), None)
+    if library is None:
+        return False
+    try:
+        ctypes.CDLL(str(library))
+    except OSError:
+        return False
+    return True
 
 
 def providers_for(choice: str) -> list:
@@ -42,7 +76,7 @@ def providers_for(choice: str) -> list:
     if choice == "cpu":
         return ["CPUExecutionProvider"]
     if choice in ("cuda", "auto"):
-        if cuda_loads():
+        if provider_loads("CUDAExecutionProvider"):
             return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
         if choice == "cuda":
             raise BackendError(
@@ -50,7 +84,7 @@ def providers_for(choice: str) -> list:
                 "use --reference-provider cpu"
             )
         return ["CPUExecutionProvider"]
-    raise ValueError(f"unknown provider choice {choice!r}")
+    raise BackendError(f"unknown reference provider {choice!r}; use auto, cpu or cuda")
 
 
 @dataclass
@@ -60,39 +94,95 @@ class Session:
     sess: ort.InferenceSession
     provider: str
 
-    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, names: list[str], feed: dict[str, np.ndarray], cancel: threading.Event | None = None
+            ) -> dict[str, np.ndarray]:
+        if not names:  # ONNX Runtime reads an empty list as "every output"
+            return {}
+        options = None
+        if cancel is not None:
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            options = ort.RunOptions()
+            watcher = _Watch(cancel, options)
         try:
-            values = self.sess.run(names, feed)
-        except (ort.capi.onnxruntime_pybind11_state.Fail,
-                ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                ort.capi.onnxruntime_pybind11_state.RuntimeException) as err:
+            values = self.sess.run(names, feed, options)
+        except _ORT_ERRORS as err:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled") from err
             raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(err)}") from err
+        finally:
+            if cancel is not None:
+                watcher.stop()
         return dict(zip(names, values, strict=True))
 
     @property
     def input_names(self) -> list[str]:
         return [i.name for i in self.sess.get_inputs()]
 
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.sess.get_outputs()]
 
-def make_session(model: bytes | str, providers: list | None = None, what: str = "model",
-                 low_memory: bool = False) -> Session:
+    def output_types(self) -> dict[str, str]:
+        """{output: ONNX Runtime's type string, e.g. 'tensor(uint8)'}."""
+        return {o.name: o.type for o in self.sess.get_outputs()}
+
+
+class _Watch:
+    """Sets `terminate` on a run's options when `cancel` is set, so a long run stops early."""
+
+    def __init__(self, cancel: threading.Event, options: ort.RunOptions):
+        self._done = threading.Event()
+
+        def watch() -> None:
+            while not self._done.wait(0.05):
+                if cancel.is_set():
+                    options.terminate = True
+                    return
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def session_options(level: str = "all", low_memory: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.graph_optimization_level = LEVELS[level]
     if low_memory:
         # a session whose outputs are many tensors: no arena, so memory goes back as results are dropped
         so.enable_cpu_mem_arena = False
+    return so
+
+
+def make_session(model: bytes | str, providers: list | None = None, what: str = "model",
+                 low_memory: bool = False, level: str = "all") -> Session:
+    so = session_options(level, low_memory)
     try:
         sess = ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
-    except (ort.capi.onnxruntime_pybind11_state.Fail,
-            ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            ort.capi.onnxruntime_pybind11_state.NotImplemented,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
+    except _ORT_ERRORS as err:
         msg = _first_line(err)
         if "IR version" in msg:
             raise ModelError(f"ONNX Runtime cannot read the {what}: {msg}") from err
         raise BackendError(f"ONNX Runtime cannot load the {what}: {msg}") from err
     return Session(sess, sess.get_providers()[0])
+
+
+def optimized_model(model: bytes, providers: list | None = None, level: str = "all", what: str = "candidate"
+                    ) -> bytes:
+    """The graph ONNX Runtime really runs for `model` at optimization `level`: its kernels after every
+    fusion and layout change, as ONNX Runtime itself writes it (`optimized_model_filepath`). Valid on
+    this machine only (it may hold hardware-specific layouts)."""
+    with tempfile.TemporaryDirectory(prefix="layerdiff-ort-") as tmp:
+        so = session_options(level)
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        try:
+            ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
+        except _ORT_ERRORS as err:
+            raise BackendError(f"ONNX Runtime cannot load the {what}: {_first_line(err)}") from err
+        return Path(so.optimized_model_filepath).read_bytes()
 
 
 def _first_line(err: Exception) -> str:

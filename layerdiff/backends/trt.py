@@ -1,4 +1,4 @@
-"""TensorRT candidates (`trt-fp16`, `trt-int8`, `trt-bf16`), built through Polygraphy's loaders.
+"""The TensorRT backend (`trt-fp16`, `trt-int8`, `trt-bf16`): engines built through Polygraphy's loaders.
 
 NEVER RUN AGAINST A REAL TENSORRT: TensorRT cannot be imported on the machines layerdiff is developed
 and tested on, so this module is written against Polygraphy's documented API and read-checked only.
@@ -6,24 +6,24 @@ Everything it produces (engine layer information, saved outputs) is analysed by 
 
 TensorRT 10: builder precision flags, INT8 calibration through Polygraphy's `Calibrator` on the
 calibration samples, per-layer FP32 pins with precision constraints obeyed (`SetLayerPrecisions`).
-TensorRT 11+ (strongly typed): the plan is realised in the ONNX (layerdiff's QDQ or FP16 cast model) and
-built strongly typed. Capture: TensorRT's debug tensors for unfused tensors where the version has them
-(the engine keeps its fusions), else every tensor marked as an output (which blocks fusions). The
-plain engine is always built too: the report says whether the capture engine's outputs and layer list
-match it.
+TensorRT 11+ (strongly typed, no per-layer precision API): the plan is realised in the ONNX (layerdiff's
+QDQ or FP16 cast model, the same ones the ONNX Runtime backend builds) and built strongly typed. Capture:
+TensorRT's debug tensors for unfused tensors where the version has them (the engine keeps its fusions),
+else every tensor marked as an output (which blocks fusions). The plain engine is always built too.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from layerdiff.backends.fp16 import build_fp16_plain
-from layerdiff.backends.int8 import build_int8
-from layerdiff.errors import BackendError
+from layerdiff.backends.base import Candidate, Kernel
+from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel, serialize
 from layerdiff.inputs import Samples
 from layerdiff.plan import PrecisionPlan
@@ -37,11 +37,62 @@ def tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-class TrtCandidate:
-    """A candidate source (see layerdiff.candidates) whose values come from TensorRT engines."""
+class TrtSource:
+    """A CandidateSource over a TensorRT engine (Polygraphy's TrtRunner)."""
 
-    def __init__(self, model: LoadedModel, precision: str, plan: PrecisionPlan, calib: Samples,
-                 method: str = "minmax"):
+    def __init__(self, engine, names: list[str] | None, provider: str):
+        self.engine, self.names, self.provider = engine, names, provider
+        self._runner = None
+
+    def __enter__(self) -> TrtSource:
+        from polygraphy.backend.trt import TrtRunner
+
+        self._runner = TrtRunner(self.engine)
+        self._runner.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._runner.infer(feed, copy_outputs_to_host=True)
+        names = self.names if self.names is not None else list(out)
+        missing = [n for n in names if n not in out]
+        if missing:
+            raise BackendError(f"TensorRT did not return tensor '{missing[0]}' (fused away despite capture)")
+        return {n: np.asarray(out[n]) for n in names}
+
+
+class TrtDeployment:
+    def __init__(self, runner: TrtRunnerSet):
+        self.runner = runner
+        self.mode = runner.mode
+
+    def available(self, tensor: str) -> bool:
+        return tensor in self.runner.tensors
+
+    def kernel(self, tensor: str) -> Kernel | None:
+        layer = self.runner.engine_producer.get(tensor)
+        return Kernel(layer.type, layer.precision) if layer is not None else None
+
+    def groups(self):
+        return self.runner.groups
+
+    def matches_plain(self) -> bool | None:
+        return self.runner.matches_plain
+
+    def open(self, tensors, cancel: threading.Event | None = None) -> TrtSource:
+        return TrtSource(self.runner.capture_engine, list(tensors), self.runner.provider)
+
+
+class TrtRunnerSet:
+    """The plain engine (as deployed) and the capture engine of one plan, with the capture engine's
+    layer information parsed."""
+
+    def __init__(self, model: LoadedModel, onnx_model: onnx.ModelProto, precision: str, plan: PrecisionPlan,
+                 calib: Samples, strongly_typed: bool):
         import tensorrt as trt
         from polygraphy.backend.trt import (
             Calibrator, CreateConfig, EngineFromNetwork, ModifyNetworkOutputs, NetworkFromOnnxBytes,
@@ -49,19 +100,13 @@ class TrtCandidate:
         )
         from polygraphy.common import constants
 
-        self.version = trt.__version__
-        strongly_typed = int(self.version.split(".")[0]) >= 11
-        if strongly_typed:
-            onnx_model = (build_int8(model, plan, calib, method) if precision == "int8"
-                          else build_fp16_plain(model, plan))
-            if precision == "bf16":
-                raise BackendError("trt-bf16 with strongly typed TensorRT needs a BF16 cast model, which "
-                                   "layerdiff does not build yet; use trt-fp16 or trt-int8")
-        else:
-            onnx_model = model.proto
+        from layerdiff.engine_info import parse_engine_info
+        from layerdiff.groups import fused_units
+
         blob = serialize(onnx_model)
         debug = hasattr(trt.INetworkDefinition, "mark_unfused_tensors_as_debug_tensors")
         self.mode = "debug-tensors" if debug else "mark-outputs"
+        self.provider = f"TensorRT {trt.__version__}"
 
         def network(capture: bool):
             net = NetworkFromOnnxBytes(blob, strongly_typed=strongly_typed,
@@ -75,71 +120,92 @@ class TrtCandidate:
 
         # a model that already holds Q/DQ nodes is quantized explicitly: TensorRT takes its scales
         explicit = any(n.op_type == "QuantizeLinear" for n in onnx_model.graph.node)
-        calibrator = Calibrator(list(calib.feeds)) if precision == "int8" and not strongly_typed and not explicit else None
+        calibrator = (Calibrator(list(calib.feeds)) if precision == "int8" and not strongly_typed and not explicit
+                      else None)
         config = CreateConfig(
             tf32=False, fp16=not strongly_typed and precision in ("fp16", "int8"),
             int8=not strongly_typed and precision == "int8", bf16=not strongly_typed and precision == "bf16",
-            calibrator=calibrator,
-            precision_constraints="obey" if plan.pinned and not strongly_typed else None,
+            calibrator=calibrator, precision_constraints="obey" if plan.pinned and not strongly_typed else None,
             profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
         )
         self.plain_engine = EngineFromNetwork(network(False), config)()
         self.capture_engine = EngineFromNetwork(network(True), config)()
-        self.engine_info_json = self._layer_info(self.capture_engine)
-        self.plain_info_json = self._layer_info(self.plain_engine)
-        self.provider = f"TensorRT {self.version}"
-        self.graph_outputs = list(model.outputs)
-        self.tensors = self._tensor_names(model)
-        self._runners: dict[int, object] = {}
+        self.engine_info_json = _layer_info(self.capture_engine)
+        plain_info_json = _layer_info(self.plain_engine)
+        self.matches_plain = _layer_names(self.engine_info_json) == _layer_names(plain_info_json)
+        with tempfile.TemporaryDirectory(prefix="layerdiff-trt-") as tmp:
+            path = Path(tmp) / "engine_info.json"
+            path.write_text(self.engine_info_json)
+            self.info = parse_engine_info(path, model)
+        self.info_summary = {"kind": self.info.kind, "engine_layers": len(self.info.layers)}
+        engine_tensors = {t.name for el in self.info.layers for t in el.inputs + el.outputs}
+        self.tensors = engine_tensors | set(model.outputs) | {i.name for i in model.inputs}
+        self.outputs = list(model.outputs)
+        units, engine_of = fused_units(model, self.info)
+        self.groups = [(tuple(lay.name for lay in unit), (el.name, el.type, el.precision))
+                       for unit in units if (el := engine_of.get(unit[0].name)) is not None]
+        self.engine_producer = {t.name: el for el in self.info.layers if not el.is_reformat for t in el.outputs}
 
-    @staticmethod
-    def _layer_info(engine) -> str:
-        import tensorrt as trt
+    def open(self, cancel: threading.Event | None = None) -> TrtSource:
+        return TrtSource(self.plain_engine, self.outputs, self.provider)
 
-        inspector = engine.create_engine_inspector()
-        return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    def deployment(self) -> TrtDeployment:
+        return TrtDeployment(self)
 
-    def _tensor_names(self, model: LoadedModel) -> set[str]:
-        layers = json.loads(self.engine_info_json).get("Layers", [])
-        names = {t.get("Name") for layer in layers if isinstance(layer, dict)
-                 for t in layer.get("Inputs", []) + layer.get("Outputs", [])}
-        onnx_names = {t for layer in model.layers for t in layer.outputs}
-        return (names & onnx_names) | set(model.outputs)
 
-    def save_engine_info(self, path: str | Path) -> None:
-        Path(path).write_text(self.engine_info_json)
+def _layer_info(engine) -> str:
+    import tensorrt as trt
 
-    def engine_info_path(self) -> str:
-        f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="layerdiff-engine-")
-        with f:
-            f.write(self.engine_info_json)
-        return f.name
+    inspector = engine.create_engine_inspector()
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
 
-    def _run(self, engine, names: list[str]):
-        from polygraphy.backend.trt import TrtRunner
 
-        runner = TrtRunner(engine)
-        runner.activate()
-        self._runners[id(runner)] = runner
+def _layer_names(js: str) -> list[str]:
+    return [layer if isinstance(layer, str) else layer.get("Name") for layer in json.loads(js).get("Layers", [])]
 
-        def run(si: int, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            out = runner.infer(feed, copy_outputs_to_host=True)
-            missing = [n for n in names if n not in out]
-            if missing:
-                raise BackendError(f"TensorRT did not return tensor '{missing[0]}' (fused away despite capture)")
-            return {n: np.asarray(out[n]) for n in names}
 
-        return run
+class TrtBackend:
+    name = "trt"
 
-    def open(self, names: list[str]):
-        return self._run(self.capture_engine, names)
+    def __init__(self, model: LoadedModel, calib: Samples, method: str = "minmax", quantizer=None):
+        self.model, self.calib, self.method, self.quantizer = model, calib, method, quantizer
 
-    def plain(self, names: list[str]):
-        return self._run(self.plain_engine, names)
+    def realise(self, plan: PrecisionPlan) -> Candidate:
+        version = tensorrt_version()
+        if version is None:
+            raise BadInput(
+                f"--candidate trt-{plan.default} needs TensorRT and an NVIDIA GPU, which are not available here; "
+                "install them with pip install 'layerdiff[tensorrt]' on a GPU machine, or use ort-int8 / ort-fp16"
+            )
+        plan.check(lay.name for lay in self.model.layers)
+        precision = plan.default
+        if precision == "fp32" or len(plan.precisions - {"fp32"}) > 1:
+            raise BackendError("the TensorRT backend builds an fp16, int8 or bf16 plan (nodes pinned to fp32 allowed)")
+        strongly_typed = int(version.split(".")[0]) >= 11
+        onnx_model = self.model.proto
+        if strongly_typed:
+            onnx_model = self._typed_onnx(plan, precision)
+        runners = TrtRunnerSet(self.model, onnx_model, precision, plan, self.calib, strongly_typed)
+        details = {"engine_info": {**runners.info_summary, "path": "(read from the built engine)"},
+                   "strongly_typed": strongly_typed, "engine_info_json": runners.engine_info_json}
+        return Candidate(spec=f"trt-{precision}", kind=f"trt-{precision}", backend=self.name,
+                         runtime=f"TensorRT {version}", plan=plan, model=onnx_model if strongly_typed else None,
+                         executed=onnx_model if strongly_typed else None, runner=runners, pinned=plan.pinned,
+                         requested=dict(plan.overrides), details=details)
 
-    def matches_plain_engine(self) -> bool:
-        """Whether the capture engine has the plain engine's layer list (it fused the same way)."""
-        def names(js: str) -> list[str]:
-            return [layer if isinstance(layer, str) else layer.get("Name")
-                    for layer in json.loads(js).get("Layers", [])]
-        return names(self.engine_info_json) == names(self.plain_info_json)
+    def _typed_onnx(self, plan: PrecisionPlan, precision: str) -> onnx.ModelProto:
+        if precision == "bf16":
+            raise BackendError("trt-bf16 with strongly typed TensorRT needs a BF16 cast model, which layerdiff "
+                               "does not build yet; use trt-fp16 or trt-int8")
+        if precision == "fp16":
+            from layerdiff.backends.fp16 import build_fp16_plain
+
+            return build_fp16_plain(self.model, plan)
+        if self.quantizer is None:
+            from layerdiff.backends.int8 import Int8Quantizer
+
+            self.quantizer = Int8Quantizer(self.model, self.calib, self.method)
+        if self.quantizer.contrib_qdq:
+            raise BackendError("TensorRT reads standard Q/DQ only, which per-channel weights need opset 13 for; "
+                               "re-export the model at opset 13 or later")
+        return self.quantizer.derive(frozenset(n for n in self.quantizer.quantized if plan.precision_of(n) != "int8"))

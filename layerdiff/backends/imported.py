@@ -1,0 +1,165 @@
+"""Candidates whose values were computed elsewhere: the outputs a GPU machine saved with
+`polygraphy run ... --save-outputs` (read with Polygraphy's own loader, arrays only), optionally with
+the TensorRT layer information of that engine (`trtexec --exportLayerInfo`), which groups the ONNX nodes
+TensorRT fused into one engine layer and gives each its realised precision.
+
+A source answers only for the inputs the results were computed on: `infer(feed)` finds the iteration
+whose saved inputs equal `feed`, and refuses any other feed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from layerdiff.backends.base import Candidate, Kernel
+from layerdiff.errors import BackendError, BadInput
+from layerdiff.graph import LoadedModel
+from layerdiff.inputs import Samples
+
+
+def feed_key(feed: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(feed):
+        arr = np.ascontiguousarray(feed[name])
+        h.update(name.encode() + str(arr.shape).encode() + arr.dtype.str.encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def load_polygraphy_results(path: str | Path, model_outputs: tuple[str, ...], samples: int
+                            ) -> tuple[list[dict[str, np.ndarray]], str]:
+    """(iterations, runner) of `polygraphy run --save-outputs` results (a JSON file, or a directory of
+    per-iteration files), read with Polygraphy's own loader. With several runners: the TensorRT one
+    (its name starts with 'trt')."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.exception import PolygraphyException
+
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"Polygraphy results not found: {path}")
+    runs: dict[str, list[dict[str, np.ndarray]]] = {}
+    try:
+        for one in RunResults.load_streaming(str(path)):
+            for runner, iters in one.items():
+                runs.setdefault(str(runner), []).extend({str(k): np.asarray(v) for k, v in it.items()} for it in iters)
+    except (PolygraphyException, ValueError, KeyError, TypeError, OSError, AttributeError, IndexError,
+            RecursionError, UnicodeDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"{path} is not a Polygraphy --save-outputs results file: {first}") from err
+    if not runs:
+        raise BadInput(f"{path} holds no runner results")
+    runner = next((r for r in runs if r.startswith("trt")), next(iter(runs)))
+    iterations = runs[runner]
+    names = set().union(*(it.keys() for it in iterations)) if iterations else set()
+    if not any(o in names for o in model_outputs):
+        raise BadInput(
+            f"results file {path} holds none of the model's outputs {list(model_outputs)}; it holds: "
+            f"{sorted(names)[:8]}{' ...' if len(names) > 8 else ''}: were they saved from another model?"
+        )
+    if len(iterations) != samples:
+        raise BadInput(
+            f"results file {path} has {len(iterations)} iteration(s) but --inputs has {samples} sample(s): give "
+            "the --save-inputs file of the same polygraphy run"
+        )
+    return iterations, runner
+
+
+class ImportedSource:
+    def __init__(self, by_feed: dict[str, dict[str, np.ndarray]], names: list[str] | None, provider: str):
+        self.by_feed, self.names, self.provider = by_feed, names, provider
+
+    def __enter__(self) -> ImportedSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.by_feed.get(feed_key(feed))
+        if values is None:
+            raise BadInput("the imported results were not computed on this input: give the --save-inputs file "
+                           "of the same polygraphy run as --inputs")
+        names = self.names if self.names is not None else list(values)
+        return {n: values[n] for n in names if n in values}
+
+
+class ImportedDeployment:
+    mode = "imported"
+
+    def __init__(self, runner: ImportedRunner):
+        self.runner = runner
+
+    def available(self, tensor: str) -> bool:
+        return tensor in self.runner.tensors
+
+    def kernel(self, tensor: str) -> Kernel | None:
+        layer = self.runner.engine_producer.get(tensor)
+        return Kernel(layer.type, layer.precision) if layer is not None else None
+
+    def groups(self):
+        return self.runner.groups
+
+    def matches_plain(self) -> bool | None:
+        return None
+
+    def open(self, tensors, cancel: threading.Event | None = None) -> ImportedSource:
+        return ImportedSource(self.runner.by_feed, list(tensors), self.runner.provider)
+
+
+class ImportedRunner:
+    def __init__(self, model: LoadedModel, iterations, samples: Samples, provider: str, info=None):
+        self.provider = provider
+        self.by_feed = {feed_key(feed): it for feed, it in zip(samples.feeds, iterations, strict=True)}
+        self.tensors = set().union(*(it.keys() for it in iterations)) if iterations else set()
+        self.outputs = [o for o in model.outputs if o in self.tensors]
+        self.groups: list = []
+        self.engine_producer: dict = {}
+        if info is not None:
+            from layerdiff.groups import fused_units
+
+            units, engine_of = fused_units(model, info)
+            self.groups = [(tuple(lay.name for lay in unit), (el.name, el.type, el.precision))
+                           for unit in units if (el := engine_of.get(unit[0].name)) is not None]
+            self.engine_producer = {t.name: el for el in info.layers if not el.is_reformat for t in el.outputs}
+
+    def open(self, cancel: threading.Event | None = None) -> ImportedSource:
+        return ImportedSource(self.by_feed, self.outputs, self.provider)
+
+    def deployment(self) -> ImportedDeployment:
+        return ImportedDeployment(self)
+
+
+class ImportedBackend:
+    name = "imported"
+
+    def __init__(self, model: LoadedModel, results: str | Path, samples: Samples, engine_info: str | Path | None):
+        self.model, self.results, self.samples, self.engine_info = model, results, samples, engine_info
+
+    def realise(self, plan=None) -> Candidate:
+        if plan is not None:
+            raise BackendError("imported results are compared as they are: they cannot realise a precision plan")
+        if self.samples.random:
+            raise BadInput("importing Polygraphy results needs the inputs of that run: pass its --save-inputs "
+                           "file with --inputs")
+        iterations, runner_name = load_polygraphy_results(self.results, self.model.outputs, len(self.samples))
+        info = None
+        details: dict = {"path": str(self.results), "runner": runner_name}
+        if self.engine_info is not None:
+            from layerdiff.engine_info import parse_engine_info
+            from layerdiff.groups import boundary_tensors
+
+            info = parse_engine_info(self.engine_info, self.model)
+            tensors = set().union(*(it.keys() for it in iterations)) if iterations else set()
+            boundary = boundary_tensors(self.model, info)
+            details["engine_info"] = {"path": info.path, "kind": info.kind, "engine_layers": len(info.layers),
+                                      "boundary_tensors": len(boundary),
+                                      "boundary_tensors_captured": len(boundary & tensors)}
+        provider = f"imported from {self.results} (runner {runner_name})"
+        runner = ImportedRunner(self.model, iterations, self.samples, provider, info)
+        return Candidate(spec=f"polygraphy:{self.results}", kind="polygraphy-results", backend=self.name,
+                         runtime="TensorRT (results imported; not run here)", plan=None, model=None, executed=None,
+                         runner=runner, details=details)

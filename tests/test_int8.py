@@ -1,0 +1,145 @@
+"""INT8 QDQ candidates: quantized once, each plan derived by graph edits; placement as TensorRT takes it."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from layerdiff.backends.calibrate import activations, calibrate
+from layerdiff.backends.int8 import QDQ, TRT_QDQ_OPS, Int8Quantizer, fold_constants
+from layerdiff.graph import load_model
+from layerdiff.inputs import load_samples
+from tests.conftest import FIXTURES, MODELS
+
+
+def _quantizer(name="cnn.onnx", inputs="cnn_inputs", method="minmax", budget=None):
+    model = load_model(FIXTURES / name)
+    return Int8Quantizer(model, load_samples(FIXTURES / inputs, model.inputs, {}), method, budget)
+
+
+def _semantic_run(model: onnx.ModelProto, feeds) -> list[list[np.ndarray]]:
+    """The model's own arithmetic: ONNX Runtime with graph optimizations off (no fusion can differ)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [sess.run(None, f) for f in feeds]
+
+
+def _quantizer_reference(q: Int8Quantizer, pins: set[str]) -> onnx.ModelProto:
+    """What onnxruntime.quantization builds for the plan, independently of layerdiff's graph edits: the
+    pinned nodes excluded, a Q/DQ pair per reader, and every node that is not a quantized op (or is
+    pinned) reading the FP32 tensor instead of a Q/DQ pair."""
+    ref = q.quantize(pins, dedicated=True)
+    producer = {o: n for n in ref.graph.node for o in n.output}
+    for node in ref.graph.node:
+        if node.op_type in QDQ or (node.op_type in TRT_QDQ_OPS and node.name not in pins):
+            continue
+        for i, t in enumerate(node.input):
+            dq = producer.get(t)
+            if dq is not None and dq.op_type == "DequantizeLinear" and producer.get(dq.input[0]) is not None \
+                    and producer[dq.input[0]].op_type == "QuantizeLinear":
+                node.input[i] = producer[dq.input[0]].input[0]
+    return ref
+
+
+@pytest.mark.parametrize("name,inputs", [("cnn.onnx", "cnn_inputs"), ("dynamic_batch.onnx", None)])
+def test_derived_plans_equal_the_quantizers_own_model(name, inputs):
+    if inputs is None:
+        model = load_model(FIXTURES / name)
+        q = Int8Quantizer(model, load_samples(None, model.inputs, {"images": (2, 3, 16, 16)}, 3))
+    else:
+        q = _quantizer(name, inputs)
+    names = sorted(q.quantized)
+    assert names
+    rng = np.random.default_rng(0)
+    for k in sorted({0, 1, 2, len(names) // 2, len(names)}):
+        pins = set(rng.choice(names, k, replace=False)) if k else set()
+        derived, reference = q.derive(pins), _quantizer_reference(q, pins)
+        for a, b in zip(_semantic_run(derived, q.calib.feeds), _semantic_run(reference, q.calib.feeds), strict=True):
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
+        pinned_weights = {i for n in derived.graph.node if n.name in pins for i in n.input}
+        assert not any(t.endswith("_quantized") for t in pinned_weights)  # FP32 weights restored
+
+
+def test_quantizer_runs_once_per_session(monkeypatch):
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    q = _quantizer()
+    first = q.derive({"conv2"})
+
+    def again(*args, **kwargs):
+        raise AssertionError("quantized again")
+
+    monkeypatch.setattr(QDQQuantizer, "quantize_model", again)
+    second = q.derive({"conv2", "fc"})
+    assert {t.name for t in first.graph.initializer} != {t.name for t in second.graph.initializer}
+
+
+def test_placement_quantizes_inputs_never_outputs():
+    q = _quantizer()
+    producer = {o: n for n in q.base.graph.node for o in n.output}
+    for node in q.base.graph.node:
+        if node.op_type == "QuantizeLinear":
+            src = producer.get(node.input[0])
+            # what gets quantized is a graph input or the output of a layer that is not a quantized op
+            assert src is None or src.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"), node.name
+    assert q.quantized == {"conv1", "conv2", "conv3", "conv4", "residual_add", "gap", "fc"}
+    readers = {n.name: list(n.input) for n in q.base.graph.node}
+    assert readers["conv2_bn"][0] == "conv2_out" and readers["relu3"][0] == "residual"  # FP32 layers read FP32
+
+
+def test_constant_node_weights_are_quantized_per_channel(tmp_path):
+    """Weights held in Constant nodes (as PaddlePaddle exports them) are made initializers first, so they get
+    per-channel scales like any weight (the report found them quantized per tensor at run time)."""
+    model = onnx.load(FIXTURES / "cnn.onnx")
+    w = next(t for t in model.graph.initializer if t.name == "conv2.weight")
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["conv2.weight"], name="w_const", value=w))
+    onnx.save(model, tmp_path / "const.onnx")
+    loaded = load_model(tmp_path / "const.onnx")
+    assert "w_const" in {lay.name for lay in loaded.layers}
+    assert "conv2.weight" in {t.name for t in fold_constants(loaded.proto).graph.initializer}
+    q = Int8Quantizer(loaded, load_samples(FIXTURES / "cnn_inputs", loaded.inputs, {}))
+    scale = next(t for t in q.base.graph.initializer if t.name == "conv2.weight_scale")
+    assert numpy_helper.to_array(scale).shape == (8,)  # one scale per output channel
+
+
+def test_calibration_methods_and_budget():
+    q = _quantizer()
+    mm = calibrate(q.model, q.calib, "minmax")
+    ent = calibrate(q.model, q.calib, "entropy")
+    pct = calibrate(q.model, q.calib, "percentile")
+    assert set(mm.keys()) == set(activations(q.model)) == set(ent.keys())
+    relu = "relu2"
+    values = [_exposed(q.model, relu, f) for f in q.calib.feeds]
+    # minmax: the largest value seen (up to FP32 rounding: the calibration run fuses nothing)
+    assert float(mm[relu].range_value[1]) == pytest.approx(max(float(v.max()) for v in values), rel=1e-6)
+    top = {name: {t: float(d[t].range_value[1]) for t in d.keys()} for name, d in (("mm", mm), ("ent", ent),
+                                                                                   ("pct", pct))}
+    assert top["ent"] == top["mm"]  # onnxruntime's entropy defaults: a single candidate threshold, the full range
+    assert all(top["pct"][t] <= top["mm"][t] for t in top["mm"]) and top["pct"] != top["mm"]
+    chunked = calibrate(q.model, q.calib, "entropy", budget=20_000)  # several capture chunks
+    assert all(float(chunked[t].range_value[1]) == float(ent[t].range_value[1]) for t in ent.keys())
+
+
+def _exposed(model, tensor, feed):
+    from layerdiff.backends.ort import make_session
+    from layerdiff.graph import expose_tensors
+
+    return make_session(expose_tensors(model, [tensor])).run([tensor], feed)[tensor]
+
+
+@pytest.mark.skipif(not (MODELS / "ppocr_cls" / "model.onnx").is_file(),
+                    reason="real models not fetched: python scripts/get_models.py")
+def test_real_model_derived_plans_equal_the_quantizers():
+    """PP-OCR's direction classifier (opset 11: ONNX Runtime's own Q/DQ ops carry the per-channel scales)."""
+    model = load_model(MODELS / "ppocr_cls" / "model.onnx")
+    q = Int8Quantizer(model, load_samples(MODELS / "ppocr_cls" / "calib", model.inputs, {}))
+    assert q.contrib_qdq and len(q.quantized) > 100
+    names = sorted(q.quantized)
+    pins = set(np.random.default_rng(1).choice(names, 40, replace=False))
+    for a, b in zip(_semantic_run(q.derive(pins), q.calib.feeds),
+                    _semantic_run(_quantizer_reference(q, pins), q.calib.feeds), strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
