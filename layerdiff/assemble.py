@@ -1,96 +1,110 @@
-"""Turn what a capture measured into the report: one row per unit (a layer, or the layers fused into
-one engine layer), the final outputs, the first divergent row, counts and warnings."""
+"""Turn what a capture measured into the report: one row per layer (or fused group, conversion,
+Constant), the final outputs, the first divergent row, counts and warnings."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import onnxruntime
 
 from layerdiff._version import __version__
-from layerdiff.capture import CaptureResult, Unit, unit_name
+from layerdiff.capture import CaptureResult
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import RANDOM_WARNING, Samples
-from layerdiff.match import Pair
 from layerdiff.metrics import aggregate
-from layerdiff.report import LayerDiff, Report, TensorDiff
+from layerdiff.report import (
+    CandidateInfo, CaptureInfo, Counts, Divergence, InputsInfo, LayerDiff, ModelInfo, OutputDiff, ReferenceInfo,
+    Report, TensorDiff, Thresholds, Tolerance,
+)
+from layerdiff.rows import Row
+
+FUSED = "fused inside a kernel of the candidate"
 
 
-@dataclass(frozen=True)
-class RowInfo:
-    name: str
-    op: str
-    precision: str
-    emulated: bool = False
-    engine_layers: tuple[str, ...] = ()
-    requested: str | None = None
-
-
-def assemble_report(model: LoadedModel, units: list[Unit], rows: dict[str, RowInfo], cand_info: dict[str, Any],
-                    samples: Samples, pairs: dict[str, Pair], res: CaptureResult, *, divergence_cosine: float,
-                    max_memory: int | None, mode: str, matches_plain_engine: bool | None = None) -> Report:
-    layers, first, fused_away = [], None, 0
-    readers: dict[str, set[str]] = {}  # tensor -> layers that read it
-    for lay in model.layers:
-        for t in lay.inputs:
-            readers.setdefault(t, set()).add(lay.name)
-    for unit in units:
-        info = rows[unit_name(unit)]
-        names = {lay.name for lay in unit}
+def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInfo, samples: Samples,
+                    res: CaptureResult, outputs: tuple[OutputDiff, ...], *, divergence_cosine: float,
+                    max_memory: int | None, mode: str, exposed_vs_plain: float | None,
+                    matches_plain_engine: bool | None = None, min_cosine: float | None = None,
+                    warnings: tuple[str, ...] = ()) -> Report:
+    layers: list[LayerDiff] = []
+    first = None
+    for row in rows:
         outs = []
-        for t in (t for lay in unit for t in lay.outputs):
-            if t in res.non_float or (t in model.tensor_types and not model.is_float(t)):
-                continue
-            pair = pairs.get(t, Pair(t, None, "not matched"))
-            acc = aggregate(res.tensors[t]) if res.tensors.get(t) else None
-            if (acc is None and len(unit) > 1 and t not in model.outputs
-                    and readers.get(t) and readers[t] <= names):
-                fused_away += 1  # an intermediate of a fused engine layer: it exists in neither run's output
-                continue
-            reason = res.unpaired.get(t) or pair.reason
+        for o in row.outputs:
+            key = (row.name, o.tensor)
+            acc = aggregate(res.tensors[key]) if res.tensors.get(key) else None
+            loc = aggregate(res.local[key]) if res.local.get(key) else None
+            reason = res.unpaired.get(key) or o.reason
             if acc is None and not reason:
                 reason = "not captured (run interrupted)" if res.interrupted else "not compared"
-            loc = aggregate(res.local[t]) if res.local.get(t) else None
-            outs.append(TensorDiff(t, res.shapes.get(t), pair.candidate, acc, loc, reason if acc is None else ""))
-        row = LayerDiff(unit[0].index, info.name, info.op, info.precision, tuple(outs),
-                        precision_emulated=info.emulated,
-                        # a Constant computes nothing: its rounding shows in the layers that read it
-                        diverges=info.op != "Constant" and any(_diverges(o, divergence_cosine) for o in outs),
-                        local_unavailable=res.no_local.get(unit_name(unit), ""),
-                        onnx_nodes=tuple(lay.name for lay in unit), engine_layers=info.engine_layers,
-                        requested_precision=info.requested)
-        layers.append(row)
-        if row.diverges and first is None:
-            first = _divergence(row, divergence_cosine)
-    outputs = tuple((o, aggregate(res.outputs[o]) if res.outputs.get(o) else None) for o in model.outputs)
-    compared = sum(1 for lay in layers for o in lay.outputs if o.paired)
-    float_tensors = sum(len(lay.outputs) for lay in layers)
-    overflow = [o.tensor for lay in layers for o in lay.outputs if o.paired and o.accumulated.worst.exceeds_fp16]
+            outs.append(TensorDiff(o.tensor, res.shapes.get(o.tensor), o.candidate, acc, loc,
+                                   reason if acc is None else "", o.view))
+        diverges = row.kind != "constant" and any(_diverges(o, divergence_cosine) for o in outs)
+        has_local = any(o.local is not None for o in outs)
+        unavailable = "" if has_local else (row.no_local or ("not captured (run interrupted)" if res.interrupted
+                                                              else "not computed"))
+        layer = LayerDiff(row.index, row.name, row.op, row.precision, tuple(outs), precision_emulated=row.emulated,
+                          diverges=diverges, local_unavailable=unavailable,
+                          onnx_nodes=tuple(lay.name for lay in row.layers), engine_layers=row.engine_layers,
+                          requested_precision=row.requested, kind=row.kind, kernels=row.kernels,
+                          dequantized_inputs=row.dequantized_inputs, converts=row.converts)
+        layers.append(layer)
+        if diverges and first is None:
+            first = _divergence(layer, divergence_cosine)
+    counts = _counts(model, layers, res)
+    compute = [lay for lay in layers if lay.kind != "constant"]
+    note = ""
+    if first is None and not any(lay.has_local for lay in compute):
+        why = next((lay.local_unavailable for lay in compute if lay.local_unavailable), "no layer was compared")
+        note = f"not computed: no local error could be computed ({why})"
+    tolerance = None
+    if min_cosine is not None:
+        failed = tuple(o.tensor for o in outputs if o.match_rate is None
+                       and (o.accumulated is None or not o.accumulated.worst.cosine >= min_cosine))
+        tolerance = Tolerance(min_cosine, not failed, failed)
+    overflow = [o.tensor for lay in compute for o in lay.outputs
+                if o.paired and o.accumulated.worst.exceeds_fp16 and lay.kind == "layer"]
+    fp16 = any(lay.precision in ("fp16", "bf16") for lay in compute) or candidate.backend == "trt"
     return Report(
-        model={"path": str(model.path), "sha256": model.sha256, "layers": len(model.layers),
-               "opset": max((o.version for o in model.proto.opset_import if o.domain in ("", "ai.onnx")), default=0)},
-        inputs={"source": samples.source, "samples": len(samples), "random": samples.random},
-        reference={"runtime": f"onnxruntime {onnxruntime.__version__}", "precision": "fp32",
-                   "provider": res.reference_provider},
-        candidate={**cand_info, "provider": res.candidate_provider},
-        capture={"mode": mode, "chunks": res.chunks, "max_memory": max_memory,
-                 "exposed_vs_plain_max_abs": res.exposed_vs_plain_max_abs, "matches_plain_engine": matches_plain_engine,
-                 "interrupted": res.interrupted, "samples_done": res.samples_done, "layerdiff": __version__},
+        model=ModelInfo(str(model.path), model.sha256, sum(1 for lay in model.layers if lay.op != "Constant"),
+                        model.opset, sum(1 for lay in model.layers if lay.op == "Constant")),
+        inputs=_inputs(samples),
+        reference=ReferenceInfo(f"onnxruntime {onnxruntime.__version__}", "fp32", res.reference_provider),
+        candidate=candidate,
+        capture=CaptureInfo(mode, res.chunks, max_memory, exposed_vs_plain, matches_plain_engine, res.interrupted,
+                            res.samples_done, __version__),
         layers=tuple(layers),
         outputs=outputs,
         first_divergence=first,
-        thresholds={"divergence_cosine": divergence_cosine},
-        counts={"layers": len(model.layers), "rows": len(layers), "float_tensors": float_tensors,
-                "compared": compared, "unpaired": float_tensors - compared, "fused_away": fused_away,
-                "non_float_tensors": len(res.non_float), "exceeds_fp16": len(overflow),
-                "local_errors": sum(1 for lay in layers if any(o.local is not None for o in lay.outputs))},
-        warnings=tuple(_warnings(samples, res, overflow) + _audit_warnings(layers)),
+        thresholds=Thresholds(divergence_cosine, min_cosine),
+        counts=counts,
+        warnings=tuple(_warnings(samples, res, overflow if fp16 else [], exposed_vs_plain, mode, layers)) + warnings,
+        divergence_note=note,
+        tolerance=tolerance,
     )
 
 
-def _warnings(samples: Samples, res: CaptureResult, overflow: list[str]) -> list[str]:
+def _inputs(samples: Samples) -> InputsInfo:
+    return InputsInfo(samples.source, len(samples), samples.random)
+
+
+def _counts(model: LoadedModel, layers: list[LayerDiff], res: CaptureResult) -> Counts:
+    tensor_rows = [lay for lay in layers if lay.kind == "layer"]
+    outs = [o for lay in tensor_rows for o in lay.outputs]
+    fused = sum(1 for o in outs if not o.paired and o.unpaired_reason.startswith(FUSED))
+    compared = sum(1 for o in outs if o.paired)
+    non_float = {t for lay in model.layers for t in lay.outputs if t in model.tensor_types and not model.is_float(t)}
+    exceeds = sum(1 for o in outs if o.paired and o.accumulated.worst.exceeds_fp16)
+    return Counts(layers=sum(1 for lay in model.layers if lay.op != "Constant"),
+                  rows=sum(1 for lay in layers if lay.kind != "constant"), float_tensors=len(outs), compared=compared,
+                  unpaired=len(outs) - compared - fused, fused_away=fused, non_float_tensors=len(non_float),
+                  exceeds_fp16=exceeds, local_errors=sum(1 for lay in layers if lay.has_local),
+                  constants=sum(1 for lay in layers if lay.kind == "constant"),
+                  conversions=sum(1 for lay in layers if lay.kind == "conversion"))
+
+
+def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed_vs_plain: float | None, mode: str,
+              layers: list[LayerDiff]) -> list[str]:
     warnings = []
     if samples.random:
         warnings.append(RANDOM_WARNING)
@@ -99,18 +113,15 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str]) -> list
                         "samples in every chunk)")
     if overflow:
         warnings.append(f"{len(overflow)} reference tensors exceed the FP16 range (65504), first: {overflow[0]}")
-    if res.exposed_vs_plain_max_abs > 1e-3:
-        warnings.append("exposing tensors changed the candidate's outputs (max abs difference "
-                        f"{res.exposed_vs_plain_max_abs:.3g}): ONNX Runtime fused differently")
-    return warnings
-
-
-def _audit_warnings(layers: list[LayerDiff]) -> list[str]:
+    if exposed_vs_plain is not None and exposed_vs_plain > 1e-6:
+        warnings.append(f"reading tensors changed the candidate's outputs (max abs difference {exposed_vs_plain:.3g}, "
+                        f"capture mode {mode}): per-layer rows may not describe the deployed model")
     missed = [lay for lay in layers if lay.request_realised is False]
-    if not missed:
-        return []
-    shown = ", ".join(f"{lay.name} ({lay.requested_precision} requested, {lay.precision} realised)" for lay in missed[:3])
-    return [f"{len(missed)} requested precision(s) not realised: {shown}{', ...' if len(missed) > 3 else ''}"]
+    if missed:
+        shown = ", ".join(f"{lay.name} ({lay.requested_precision} requested, {lay.precision} realised)"
+                          for lay in missed[:3])
+        warnings.append(f"{len(missed)} requested precision(s) not realised: {shown}{', ...' if len(missed) > 3 else ''}")
+    return warnings
 
 
 def _diverges(t: TensorDiff, threshold: float) -> bool:
@@ -120,14 +131,13 @@ def _diverges(t: TensorDiff, threshold: float) -> bool:
     return w.cand_nonfinite > w.ref_nonfinite or (not math.isnan(w.cosine) and w.cosine < threshold)
 
 
-def _divergence(layer: LayerDiff, threshold: float) -> dict:
-    worst = min((o for o in layer.outputs if o.local is not None), key=lambda o: o.local.worst.cosine
-                if not math.isnan(o.local.worst.cosine) else -2.0)
+def _divergence(layer: LayerDiff, threshold: float) -> Divergence:
+    worst = min((o for o in layer.outputs if o.local is not None),
+                key=lambda o: o.local.worst.cosine if not math.isnan(o.local.worst.cosine) else -2.0)
     w = worst.local.worst
     if w.cand_nonfinite > w.ref_nonfinite:
         why = f"the candidate produced {w.cand_nonfinite} non-finite values the FP32 recomputation did not"
     else:
         why = f"local cosine {w.cosine:.6f} < {threshold}"
-    return {"layer": layer.name, "index": layer.index, "op": layer.op, "precision": layer.precision,
-            "onnx_nodes": list(layer.onnx_nodes), "tensor": worst.tensor,
-            "local_cosine": w.cosine if math.isfinite(w.cosine) else None, "reason": why}
+    return Divergence(layer.name, layer.index, layer.op, layer.precision, layer.onnx_nodes, worst.tensor,
+                      w.cosine if math.isfinite(w.cosine) else None, why)

@@ -1,25 +1,28 @@
-"""The `layerdiff` command. Exit 0: done; 1: ran, but a tolerance failed; 2: bad input (one line on
-stderr, no traceback unless --debug); 130: interrupted before anything finished."""
+"""The `layerdiff` command, a thin layer over the Python API. Exit 0: done; 1: ran, but a tolerance
+failed; 2: bad input (one line on stderr, no traceback unless --debug); 3: an internal error (a bug: one
+line, and --debug shows the traceback); 130: interrupted before anything finished."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 import sys
 import traceback
+from pathlib import Path
 
 import click
 from rich.console import Console
 
 from layerdiff._version import __version__
-from layerdiff.compare import compare as run_compare
-from layerdiff.console import print_engine_info, print_summary, progress_bar
-from layerdiff.errors import LayerdiffError
-from layerdiff.report import check_writable, write_report
+from layerdiff.errors import BadInput, LayerdiffError, OutputPathError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+MIN_BUDGET = 2**10
+EXIT_TOLERANCE, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def parse_size(text: str) -> int:
@@ -28,7 +31,26 @@ def parse_size(text: str) -> int:
     if not m or unit not in _UNITS:
         raise click.BadParameter(f"cannot parse size '{text}': expected a number with a unit, e.g. 2GiB or 512MB",
                                  param_hint="--max-memory")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if size < MIN_BUDGET:
+        raise click.BadParameter(f"{text} is too small a budget: give at least 1KiB (e.g. 256MiB)",
+                                 param_hint="--max-memory")
+    return size
+
+
+class Cosine(click.ParamType):
+    """A cosine threshold: a finite number in [-1, 1]."""
+
+    name = "COSINE"
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number; a cosine is between -1 and 1, e.g. 0.999", param, ctx)
+        if not math.isfinite(x) or not -1.0 <= x <= 1.0:
+            self.fail(f"{value} is not a cosine: give a number between -1 and 1, e.g. 0.999", param, ctx)
+        return x
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,65 +65,109 @@ def cli() -> None:
               help="what to compare with the FP32 model: ort-int8 or ort-fp16 (built here, run on the CPU); "
                    "CANDIDATE.onnx (a QDQ or FP16 model derived from MODEL); polygraphy:RESULTS.json (outputs "
                    "saved by polygraphy run --trt --save-outputs); trt-fp16, trt-int8, trt-bf16 (TensorRT, GPU); "
-                   "ort-cuda, ort-trt-fp16, ort-trt-int8 (onnxruntime-gpu providers, GPU)")
+                   "ort-cuda, ort-trt-fp16, ort-trt-int8 (onnxruntime-gpu providers, GPU); fake (injected "
+                   "errors, for trying the tool)")
 @click.option("--inputs", metavar="PATH", help="an .npz (one sample), a directory of .npz files, or a "
               "Polygraphy --save-inputs JSON file; without it, seeded random inputs are used")
-@click.option("--calib", metavar="PATH", help="calibration samples for ort-int8 (same formats; default: the inputs)")
+@click.option("--calib", metavar="PATH", help="calibration samples for INT8 (same formats; default: the inputs)")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="calibration method for ort-int8")
+              show_default=True, help="calibration method for INT8")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:1x3x224x224",
               help="set a dynamic input shape (repeatable)")
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the random inputs")
 @click.option("--top", type=click.IntRange(min=0), default=15, show_default=True, help="rows in the worst-layers table")
 @click.option("-o", "--output", metavar="REPORT.json", help="write the JSON report here (atomically)")
-@click.option("--save-candidate", metavar="CAND.onnx", help="save the candidate model that was built")
+@click.option("--save-candidate", metavar="CAND.onnx", help="save the candidate model as deployed (the QDQ or FP16 "
+              "model; for TensorRT 11, the ONNX it was built from)")
+@click.option("--save-emulation", metavar="EMU.onnx", help="ort-fp16: save the model layerdiff ran on the CPU "
+              "(FP16 emulated by rounding casts where the CPU has no FP16 kernel)")
 @click.option("--engine-info", metavar="LAYERS.json", help="TensorRT layer information of the engine whose "
               "results are imported (trtexec --exportLayerInfo): compare fused layers as one row")
 @click.option("--save-engine-info", metavar="LAYERS.json", help="trt-* candidates: write the engine inspector "
               "JSON that was read")
-@click.option("--max-memory", metavar="SIZE", help="capture tensors in chunks so they stay under SIZE (e.g. 2GiB)")
-@click.option("--min-cosine", type=float, help="exit 1 when a final output's cosine (worst sample) is below this")
-@click.option("--divergence-cosine", type=float, default=0.99, show_default=True,
-              help="a layer diverges when its local cosine falls below this")
+@click.option("--max-memory", metavar="SIZE", help="capture tensors, and calibrate, in chunks that stay under SIZE "
+              "(e.g. 2GiB); ONNX Runtime's own working memory and the weights come on top")
+@click.option("--min-cosine", type=Cosine(), help="exit 1 when a final output's cosine (worst sample) is below this")
+@click.option("--divergence-cosine", type=Cosine(), default=0.99, show_default=True,
+              help="a row diverges when its local cosine falls below this")
 @click.option("--reference-provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="auto: CUDA (TF32 off) where it really loads, else CPU")
+@click.option("--capture", "capture_mode", type=click.Choice(["kernels", "mark-outputs"]), default="kernels",
+              show_default=True, help="kernels: read the tensors the deployed ONNX Runtime session computes, "
+              "fusions kept; mark-outputs: every tensor an output (fusions blocked)")
+@click.option("--ort-optimization", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
+              show_default=True, help="ONNX Runtime graph optimization level of the deployed candidate")
 @click.option("--cache-dir", metavar="DIR", help="keep calibration ranges here, to reuse them in later runs")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
-@click.option("--debug", is_flag=True, help="show tracebacks")
-def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, engine_info,
-            save_engine_info, max_memory, min_cosine, divergence_cosine, reference_provider, cache_dir, quiet, debug) -> int:
+@click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
+def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, save_emulation,
+            engine_info, save_engine_info, max_memory, min_cosine, divergence_cosine, reference_provider,
+            capture_mode, ort_optimization, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
+    from layerdiff.console import print_summary, progress_bar
+    from layerdiff.report import check_writable, write_atomic, write_report
+    from layerdiff.session import prepare
+
     budget = parse_size(max_memory) if max_memory else None
-    if output:
-        check_writable(output)
+    imported = candidate[len("polygraphy:"):] if candidate.startswith("polygraphy:") else candidate
+    inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported) if p)
+    for flag, path in (("-o", output), ("--save-candidate", save_candidate), ("--save-emulation", save_emulation),
+                       ("--save-engine-info", save_engine_info)):
+        if path:
+            check_writable(path, protect=inputs_of_run)
+    if len({Path(p).resolve() for p in (output, save_candidate, save_emulation, save_engine_info) if p}) < \
+            sum(1 for p in (output, save_candidate, save_emulation, save_engine_info) if p):
+        raise OutputPathError("two outputs name the same file; give each its own path")
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:
         out = Console(width=160)
     with progress_bar(err, quiet) as progress:
-        report = run_compare(model, candidate, inputs=inputs, calib=calib, shapes=shapes, seed=seed,
-                             calibration=calibration, max_memory=budget, divergence_cosine=divergence_cosine,
-                             reference_provider=reference_provider, cache_dir=cache_dir,
-                             save_candidate=save_candidate, engine_info=engine_info,
-                             save_engine_info=save_engine_info, progress=progress)
+        session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
+                          reference_provider=reference_provider, max_memory=budget, cache_dir=cache_dir,
+                          optimization=ort_optimization, capture_mode=capture_mode)
+        if progress:
+            progress("building the candidate", 0, 1)
+        cand = session.candidate(candidate, engine_info=engine_info)
+        _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic)
+        report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, progress=progress)
     if output:
         write_report(report, output)
-    if report.capture.get("interrupted"):
-        done = report.capture.get("samples_done", 0)
-        print(f"layerdiff: interrupted after {done} of {report.inputs['samples']} sample(s) in every chunk"
-              + (f"; the partial report is in {output}" if output else ""), file=sys.stderr)
-        return 130
+    if report.capture.interrupted:
+        print(f"layerdiff: interrupted after {report.capture.samples_done} of {report.inputs.samples} sample(s) "
+              "in every chunk" + (f"; the partial report is in {output}" if output else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not quiet:
         print_summary(report, out, top)
         if output:
-            out.print(f"report written to {output}")
-    elif report.inputs.get("random"):
-        err.print(f"warning: {report.warnings[0]}")
-    if min_cosine is not None:
-        failed = [name for name, agg in report.outputs if agg is None or not agg.worst.cosine >= min_cosine]
-        if failed:
-            err.print(f"tolerance failed: final output cosine below {min_cosine} for {', '.join(failed)}")
-            return 1
+            out.print(f"report written to {output}", markup=False, highlight=False)
+    elif report.inputs.random:
+        err.print(f"warning: {report.warnings[0]}", markup=False, highlight=False)
+    if report.tolerance is not None and not report.tolerance.passed:
+        if quiet:
+            err.print(f"tolerance failed: final output cosine below {report.tolerance.min_cosine} for "
+                      f"{', '.join(report.tolerance.failed)}", markup=False, highlight=False)
+        return EXIT_TOLERANCE
     return 0
+
+
+def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) -> None:
+    from layerdiff.graph import serialize
+
+    if save_candidate:
+        if cand.model is None:
+            raise BadInput(f"--save-candidate: a {cand.kind} candidate has no ONNX model to save (for TensorRT "
+                           "engines use --save-engine-info)")
+        write_atomic(save_candidate, serialize(cand.model))
+    if save_emulation:
+        if cand.kind != "ort-fp16":
+            raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
+        write_atomic(save_emulation, serialize(cand.executed))
+    if save_engine_info:
+        text = cand.details.get("engine_info_json")
+        if text is None:
+            raise BadInput("--save-engine-info writes the layer information of an engine layerdiff built: use it "
+                           "with --candidate trt-*")
+        write_atomic(save_engine_info, text.encode())
 
 
 @cli.command()
@@ -110,6 +176,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
 @click.option("--json", "as_json", is_flag=True, help='print {"layers": [...]} as JSON')
 def inspect(engine_info, model, as_json) -> int:
     """Show each TensorRT engine layer: realised precision and the ONNX nodes it came from."""
+    from layerdiff.console import print_engine_info
     from layerdiff.engine_info import parse_engine_info
     from layerdiff.graph import load_model
 
@@ -123,25 +190,42 @@ def inspect(engine_info, model, as_json) -> int:
     return 0
 
 
+def _quiet_libraries(debug: bool) -> None:
+    """Once, before any work: the libraries' own log lines (ONNX Runtime's provider probes, the quantizer's
+    advice) are shown only with --debug. The library never changes these; the command may, at start."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(name)s: %(message)s")
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(0 if debug else 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    _quiet_libraries(debug)
     try:
         code = cli.main(args=args, prog_name="layerdiff", standalone_mode=False)
     except click.exceptions.Abort:
         print("layerdiff: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except click.ClickException as e:
         print(f"layerdiff: error: {e.format_message()}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except LayerdiffError as e:
         if debug:
             traceback.print_exc()
         print(f"layerdiff: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("layerdiff: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line and its own exit code, never the tolerance code
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"layerdiff: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
+              "layerdiff: rerun with --debug and report the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
     return code if isinstance(code, int) else 0
 
 

@@ -1,18 +1,26 @@
-"""Terminal output with rich: a progress bar on stderr while models run, and the summary and worst-layers
-table of a report."""
+"""Terminal output with rich: a progress bar on stderr while models run, and the summary and the
+worst-layers table of a report. It renders from the `Report` object alone and imports nothing that runs
+models. Every name from a model is shown as text, never read as rich markup (`[b]` in a layer name stays
+`[b]`). The table fits the console's width (80 columns too): names are shortened in the middle, numbers
+are never cut.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from layerdiff.compare import Progress as ProgressFn
-from layerdiff.report import Report, rank_layers
+from layerdiff.report import LayerDiff, Report, precision_audit, rank_layers
+
+ProgressFn = Callable[[str, int, int], None]
 
 
 @contextlib.contextmanager
@@ -22,15 +30,15 @@ def progress_bar(console: Console, quiet: bool) -> Iterator[ProgressFn | None]:
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("building the candidate", total=None)
+        task = bar.add_task("preparing", total=None)
 
         def update(what: str, done: int, total: int) -> None:
-            bar.update(task, description=f"running models: {what}", completed=done, total=total)
+            bar.update(task, description=what[:40], completed=done, total=total)
 
         yield update
 
 
-def _fmt(x: float | None, spec: str = ".6f") -> str:
+def fmt(x: float | None, spec: str = ".6f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if isinstance(x, float) and math.isinf(x):
@@ -38,70 +46,117 @@ def _fmt(x: float | None, spec: str = ".6f") -> str:
     return format(x, spec)
 
 
+def shorten(name: str, width: int) -> str:
+    """`name` cut in the middle to `width` characters (the start and the end tell most names apart)."""
+    if len(name) <= width or width < 5:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
+def precision_label(layer: LayerDiff) -> str:
+    """The precision column: `int8`, `fp16*` (emulated by rounding), `fp32q` (a float kernel on INT8
+    values read through DequantizeLinear), `fp32`, ..."""
+    if layer.precision_emulated:
+        return layer.precision + "*"
+    if layer.dequantized_inputs and layer.precision == "fp32":
+        return "fp32q"
+    return layer.precision
+
+
+def _line(console: Console, *parts: str | Text) -> None:
+    console.print(Text.assemble(*parts))
+
+
 def print_summary(report: Report, console: Console, top: int) -> None:
-    d = report.to_dict()
-    cand = d["candidate"]
-    console.print(f"[bold]layerdiff compare[/] {d['model']['path']}  vs  [bold]{cand['spec']}[/] "
-                  f"({d['inputs']['samples']} sample(s) from {d['inputs']['source']})")
+    cand = report.candidate
+    _line(console, ("layerdiff compare ", "bold"), report.model.path, "  vs  ", (cand.spec, "bold"),
+          f"  ({report.inputs.samples} sample(s) from ", report.inputs.source, ")")
     for w in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {w}")
-    for out in d["outputs"]:
-        if out["paired"]:
-            bad = out["nonfinite"]["candidate"]
-            console.print(f"output [bold]{out['tensor']}[/]: cosine {_fmt(out['cosine'])}  max_abs "
-                          f"{_fmt(out['max_abs'], '.4g')}  rel_rms {_fmt(out['rel_rms'], '.4g')}  "
-                          f"sqnr {_fmt(out['sqnr_db'], '.1f')} dB  (worst of {out['samples']} sample(s))"
-                          + (f"  [bold red]{bad} NaN/Inf in the candidate[/]" if bad else ""))
+        _line(console, ("warning: ", "bold yellow"), w)
+    for out in report.outputs:
+        if out.accumulated is not None:
+            w = out.accumulated.worst
+            bad = f"  {w.cand_nonfinite} NaN/Inf in the candidate" if w.cand_nonfinite else ""
+            _line(console, "output ", (out.tensor, "bold"),
+                  f": cosine {fmt(w.cosine)}  max_abs {fmt(w.max_abs, '.4g')}  sqnr {fmt(w.sqnr_db, '.1f')} dB"
+                  f"  (worst of {out.accumulated.samples})", (bad, "bold red"))
+        elif out.match_rate is not None:
+            _line(console, "output ", (out.tensor, "bold"), f": integer, {out.match_rate:.2%} of elements equal "
+                  "(worst sample)")
         else:
-            console.print(f"output [bold]{out['tensor']}[/]: not paired with the candidate")
+            _line(console, "output ", (out.tensor, "bold"), ": not compared (", out.reason, ")")
+    if report.tolerance is not None:
+        t = report.tolerance
+        if t.passed:
+            _line(console, f"tolerance: every final output cosine >= {t.min_cosine}")
+        else:
+            _line(console, ("tolerance failed: ", "bold red"), f"cosine below {t.min_cosine} for ",
+                  ", ".join(t.failed))
     fd = report.first_divergence
-    if fd:
-        console.print(f"first divergent layer: [bold red]{fd['layer']}[/] (#{fd['index']} {fd['op']}, "
-                      f"{fd['precision']}): {fd['reason']}")
+    if fd is not None:
+        _line(console, "first divergent layer: ", (fd.layer, "bold red"), f" (#{fd.index} {fd.op}, {fd.precision}): ",
+              fd.reason)
+    elif report.divergence_note:
+        _line(console, "first divergent layer: ", report.divergence_note)
     else:
-        console.print(f"first divergent layer: none (every local cosine >= {report.thresholds['divergence_cosine']})")
+        _line(console, f"first divergent layer: none (every local cosine >= {report.thresholds.divergence_cosine})")
     c = report.counts
-    rows = f" in {c['rows']} rows (fused engine layers are one row)" if c["rows"] != c["layers"] else ""
-    fused = f", {c['fused_away']} fused away inside engine layers" if c["fused_away"] else ""
-    console.print(f"{c['layers']} layers{rows}, {c['compared']} of {c['float_tensors']} float tensors compared "
-                  f"({c['unpaired']} unpaired{fused}), {c['non_float_tensors']} integer/bool tensors not "
-                  f"compared, {c['local_errors']} local errors")
-    audit = d["precision_audit"]
+    consts = f" and {c.constants} Constant" if c.constants else ""
+    fused = f", {c.fused_away} fused away inside kernels" if c.fused_away else ""
+    conv = f", {c.conversions} conversion rows (Q/DQ, casts)" if c.conversions else ""
+    _line(console, f"{c.layers} layers{consts} in {c.rows} rows{conv}; {c.compared} of {c.float_tensors} float "
+          f"tensors compared ({c.unpaired} unpaired{fused}); {c.local_errors} local errors")
+    kinds = Counter(precision_label(lay) for lay in report.layers if lay.kind == "layer")
+    if kinds:
+        _line(console, "realised precision of layer rows: ", ", ".join(f"{p} {n}" for p, n in kinds.most_common()))
+    audit = precision_audit(report.layers)
     if audit:
         missed = [a for a in audit if a["realised_as_requested"] is False]
-        console.print(f"precision audit: {len(audit)} requested, {len(audit) - len(missed)} realised as requested"
-                      + (f", [bold red]{len(missed)} not[/]" if missed else ""))
+        _line(console, f"precision audit: {len(audit)} requested, {len(audit) - len(missed)} realised as requested",
+              (f", {len(missed)} not" if missed else "", "bold red"))
     ranked = rank_layers(report)[:top]
-    if not ranked:
-        return
-    table = Table(title=f"worst {len(ranked)} layers by local error (the error each layer introduces)")
-    for col, just in [("#", "right"), ("layer", "left"), ("op", "left"), ("prec", "left"),
-                      ("local rel_rms", "right"), ("local cosine", "right"), ("cosine", "right"),
-                      ("max_abs", "right"), ("rel_rms", "right")]:
-        table.add_column(col, justify=just)
+    if ranked:
+        console.print(worst_table(ranked, console.width))
+        legend = []
+        if any(lay.precision_emulated for lay in ranked):
+            legend.append("* FP16 emulated by rounding (no FP16 kernel on this provider)")
+        if any(precision_label(lay) == "fp32q" for lay in ranked):
+            legend.append("fp32q: a float kernel on INT8 values read through DequantizeLinear")
+        if any(lay.kind == "conversion" for lay in ranked):
+            legend.append("Q/Cast rows: the rounding of a tensor before its readers")
+        for note in legend:
+            console.print(Text(note, style="dim"))
+
+
+def worst_table(ranked: list[LayerDiff], width: int) -> Table:
+    fixed = [("#", 4), ("op", 10), ("prec", 6), ("local cos", 9), ("local rel", 9), ("cosine", 9), ("max_abs", 9)]
+    name_width = max(12, width - sum(w for _, w in fixed) - 2 * len(fixed) - 1)
+    table = Table(title=f"worst {len(ranked)} rows by local error (the error each one introduces)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("layer", no_wrap=True, max_width=name_width)
+    for col, w in fixed[1:]:
+        table.add_column(col, justify="left" if col in ("op", "prec") else "right", no_wrap=True,
+                         max_width=w if col == "op" else None)
     for layer in ranked:
         acc = [o.accumulated.worst for o in layer.outputs if o.accumulated is not None]
-        prec = layer.precision + ("*" if layer.precision_emulated else "")
-        local = "NaN/Inf" if layer.local_nonfinite else _fmt(layer.local_rel_rms, ".3g")
+        op = "Q/DQ" if layer.op == "QuantizeLinear" else layer.op
+        local = "NaN/Inf" if layer.local_nonfinite else fmt(layer.local_rel_rms, ".3g")
         table.add_row(
-            str(layer.index), layer.name, layer.op, prec, local,
-            _fmt(layer.local_cosine), _fmt(min((m.cosine for m in acc), default=None)),
-            _fmt(max((m.max_abs for m in acc), default=None), ".3g"),
-            _fmt(max((m.rel_rms for m in acc), default=None), ".3g"),
+            str(layer.index), Text(shorten(layer.name, name_width)), Text(shorten(op, 10)), precision_label(layer),
+            fmt(layer.local_cosine, ".6f"), local, fmt(min((m.cosine for m in acc), default=None), ".6f"),
+            fmt(max((m.max_abs for m in acc), default=None), ".3g"),
             style="red" if layer.diverges else None,
         )
-    console.print(table)
-    if any(layer.precision_emulated for layer in ranked):
-        console.print("* FP16 emulated by rounding through float16 (no FP16 kernel on this provider)")
+    return table
 
 
 def print_engine_info(info, console: Console) -> None:
-    from collections import Counter
-
     counts = Counter(layer.precision for layer in info.layers)
-    console.print(f"[bold]{info.path}[/] ({info.kind}): {len(info.layers)} engine layers; precisions: "
-                  + ", ".join(f"{p} {n}" for p, n in counts.most_common()))
-    table = Table()
+    _line(console, (str(info.path), "bold"), f" ({info.kind}): {len(info.layers)} engine layers; precisions: ",
+          ", ".join(f"{p} {n}" for p, n in counts.most_common()))
+    table = Table(box=box.SIMPLE_HEAD)
     for col, just in [("#", "right"), ("layer", "left"), ("type", "left"), ("precision", "left"),
                       ("ONNX nodes", "left"), ("from", "left")]:
         table.add_column(col, justify=just, overflow="fold")
@@ -109,5 +164,6 @@ def print_engine_info(info, console: Console) -> None:
         nodes = ", ".join(layer.onnx_nodes[:4]) + (f" (+{len(layer.onnx_nodes) - 4})" if len(layer.onnx_nodes) > 4 else "")
         if layer.serves:
             nodes = f"(serves {layer.serves})"
-        table.add_row(str(layer.index), layer.name, layer.type, layer.precision, nodes, layer.origin)
+        table.add_row(str(layer.index), Text(layer.name), Text(layer.type), layer.precision, Text(nodes),
+                      layer.origin)
     console.print(table)

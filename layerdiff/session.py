@@ -1,0 +1,374 @@
+"""`prepare` a model once, then realise, evaluate and compare as many precision plans as you like.
+
+    session = layerdiff.prepare("model.onnx", inputs="samples/", calib="calib/")
+    cand = session.realise(layerdiff.PrecisionPlan.uniform("int8", pin_fp32={"conv7"}))
+    print(session.evaluate(cand).outputs)      # final outputs only: plain runs, fast
+    report = session.compare(cand)            # layer by layer
+
+The session loads the model and the samples once, runs the FP32 reference once (plain outputs when
+first needed, every tensor when a comparison first needs them and they fit in `reference_cache` bytes),
+and keeps calibration ranges and the quantized model in memory. It is safe to use from several threads:
+nothing in a run changes process-wide state, and `cancel` (a threading.Event) stops a run between
+model runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from layerdiff.assemble import assemble_report
+from layerdiff.backends.base import Candidate, CandidateSource
+from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
+from layerdiff.backends.kernels import OrtSource
+from layerdiff.backends.ort import providers_for
+from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
+from layerdiff.capture import capture, tensor_sizes
+from layerdiff.errors import BadInput, Cancelled, InputDataError, ModelError, OutputPathError
+from layerdiff.graph import LoadedModel, expose_tensors, load_model
+from layerdiff.inputs import Samples, load_samples, parse_shapes
+from layerdiff.match import identity_pairing, match_tensors
+from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
+from layerdiff.plan import PrecisionPlan
+from layerdiff.report import CandidateInfo, OutputDiff, Report
+from layerdiff.rows import plan_rows
+
+Progress = Callable[[str, int, int], None]
+CANDIDATE_SPECS = ("ort-int8", "ort-fp16", "ort-cuda", "ort-trt-fp16", "ort-trt-int8", "trt-fp16", "trt-int8",
+                   "trt-bf16", "fake")
+IMPORTED = "polygraphy:"
+DEFAULT_REFERENCE_CACHE = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Final outputs of a candidate against the FP32 model, from plain runs of both (worst sample and
+    mean per output), and each sample's metrics."""
+
+    outputs: tuple[OutputDiff, ...]
+    per_sample: tuple[dict[str, TensorMetrics], ...]
+    provider: str
+    values: tuple[dict[str, np.ndarray], ...] = ()  # the candidate's outputs per sample, when asked to keep them
+
+    def output(self, name: str) -> OutputDiff | None:
+        return next((o for o in self.outputs if o.tensor == name), None)
+
+    @property
+    def cosine(self) -> float:
+        """The worst cosine of any float output over all samples (nan if none is compared)."""
+        vals = [o.accumulated.worst.cosine for o in self.outputs if o.accumulated is not None]
+        return min(vals) if vals else float("nan")
+
+
+def prepare(model: str | Path, *, inputs: str | Path | None = None, calib: str | Path | None = None,
+            shapes: tuple[str, ...] | list[str] = (), seed: int = 1, calibration: str = "minmax",
+            reference_provider: str = "auto", max_memory: int | None = None, cache_dir: str | Path | None = None,
+            optimization: str = "all", capture_mode: str = "kernels",
+            reference_cache: int = DEFAULT_REFERENCE_CACHE) -> Session:
+    """Load `model` and its samples once. `inputs`: an .npz, a directory of .npz files or a Polygraphy
+    --save-inputs JSON (without it, one seeded random sample, and reports say so); `calib`: calibration
+    samples for INT8 (default: the inputs); `shapes`: NAME:1x3x224x224 for dynamic dimensions;
+    `optimization`: ONNX Runtime's graph optimization level of the deployed candidate (all, extended,
+    basic, disabled); `capture_mode`: kernels (read what the deployed session computes) or mark-outputs
+    (every tensor an output, which blocks fusions)."""
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise OutputPathError(f"--cache-dir {cache_dir} is a file, not a directory; give a directory")
+    loaded = load_model(model)
+    shape_map = parse_shapes(tuple(shapes), loaded.inputs)
+    samples = load_samples(inputs, loaded.inputs, shape_map, seed)
+    calib_samples = load_samples(calib, loaded.inputs, shape_map, seed, what="--calib") if calib else samples
+    return Session(loaded, samples, calib_samples, providers_for(reference_provider), calibration=calibration,
+                   max_memory=max_memory, cache_dir=Path(cache_dir) if cache_dir else None, optimization=optimization,
+                   capture_mode=capture_mode, reference_cache=reference_cache)
+
+
+class Session:
+    """One model, its samples, its FP32 reference and its calibration, prepared once (see the module doc)."""
+
+    def __init__(self, model: LoadedModel, samples: Samples, calib: Samples | None = None,
+                 reference_providers: list | None = None, *, calibration: str = "minmax",
+                 max_memory: int | None = None, cache_dir: Path | None = None, optimization: str = "all",
+                 capture_mode: str = "kernels", reference_cache: int = DEFAULT_REFERENCE_CACHE):
+        if capture_mode not in ("kernels", "mark-outputs"):
+            raise BadInput(f"unknown capture mode '{capture_mode}'; use kernels or mark-outputs")
+        self.model, self.samples = model, samples
+        self.calib = calib if calib is not None else samples
+        self.reference_providers = reference_providers or ["CPUExecutionProvider"]
+        self.calibration, self.max_memory, self.cache_dir = calibration, max_memory, cache_dir
+        self.optimization, self.capture_mode, self.reference_cache = optimization, capture_mode, reference_cache
+        self._lock = threading.RLock()
+        self._backends: dict[tuple, object] = {}
+        self._plain: list[dict[str, np.ndarray]] | None = None
+        self._exposed: dict[int, dict[str, np.ndarray]] | None = None
+        self._fake_errors: dict[str, float] | None = None
+
+    # -- candidates -------------------------------------------------------------------------------------
+
+    def backend(self, name: str = "ort"):
+        """The backend of this session named `name`: ort (CPU), ort-cuda, ort-trt-fp16, ort-trt-int8, trt,
+        fake. Made once and kept (the INT8 quantization inside it is done once)."""
+        with self._lock:
+            if name not in self._backends:
+                self._backends[name] = self._make_backend(name)
+            return self._backends[name]
+
+    def _make_backend(self, name: str):
+        if name == "ort":
+            return OrtBackend(self.model, calib=self.calib, calibration=self.calibration, budget=self.max_memory,
+                              level=self.optimization, capture=self.capture_mode, ranges=self._cached_ranges())
+        if name in ("ort-cuda", "ort-trt-fp16", "ort-trt-int8"):
+            return OrtBackend(self.model, provider=name[4:], calib=self.calib, calibration=self.calibration,
+                              budget=self.max_memory, level=self.optimization)
+        if name == "trt":
+            from layerdiff.backends.trt import TrtBackend
+
+            return TrtBackend(self.model, self.calib, self.calibration)
+        if name == "fake":
+            from layerdiff.backends.fake import FakeBackend
+
+            return FakeBackend(self.model)
+        raise BadInput(f"unknown backend '{name}'; use ort, ort-cuda, ort-trt-fp16, ort-trt-int8, trt or fake")
+
+    def realise(self, plan: PrecisionPlan | None = None, backend="ort") -> Candidate:
+        """The candidate `plan` describes, built by `backend` (a name, see `backend()`, or a backend
+        object such as `FakeBackend(session.model, errors={...})`): a frozen Candidate. ONNX Runtime by
+        default: INT8 QDQ or FP16 as the plan's precisions say."""
+        plan = plan if plan is not None else PrecisionPlan.uniform("int8")
+        candidate = (self.backend(backend) if isinstance(backend, str) else backend).realise(plan)
+        self._save_ranges()
+        return candidate
+
+    def candidate(self, spec: str, plan: PrecisionPlan | None = None, *, engine_info: str | Path | None = None
+                  ) -> Candidate:
+        """A candidate named as on the command line: ort-int8, ort-fp16, ort-cuda, ort-trt-fp16, ort-trt-int8,
+        trt-fp16, trt-int8, trt-bf16, fake, polygraphy:RESULTS (outputs saved on a GPU machine; `engine_info`
+        groups fused layers) or the path of a candidate ONNX model."""
+        if spec.startswith(IMPORTED):
+            from layerdiff.backends.imported import ImportedBackend
+
+            if plan is not None:
+                raise BadInput("imported results are compared as they are: they cannot realise a precision plan")
+            return ImportedBackend(self.model, spec[len(IMPORTED):], self.samples, engine_info).realise()
+        if engine_info is not None:
+            raise BadInput("--engine-info describes a TensorRT engine whose results are imported: use it with "
+                           "--candidate polygraphy:RESULTS")
+        defaults = {"ort-int8": ("ort", "int8"), "ort-fp16": ("ort", "fp16"), "ort-cuda": ("ort-cuda", "fp32"),
+                    "ort-trt-fp16": ("ort-trt-fp16", "fp16"), "ort-trt-int8": ("ort-trt-int8", "int8"),
+                    "trt-fp16": ("trt", "fp16"), "trt-int8": ("trt", "int8"), "trt-bf16": ("trt", "bf16"),
+                    "fake": ("fake", "int8")}
+        if spec in defaults:
+            backend, precision = defaults[spec]
+            want = plan if plan is not None else PrecisionPlan.uniform(precision)
+            if spec in ("ort-int8", "ort-fp16") and precision not in want.precisions:
+                raise BadInput(f"--candidate {spec} with a plan that has no {precision} node; use a plan with "
+                               f"default {precision} (nodes pinned to fp32 are fine)")
+            return self.realise(want, backend)
+        path = Path(spec)
+        if path.suffix != ".onnx" and not path.exists():
+            raise BadInput(f"unknown --candidate '{spec}': use one of {', '.join(CANDIDATE_SPECS)}, "
+                           "polygraphy:RESULTS.json or the path of an ONNX model")
+        cand = load_model(path)
+        missing = [i.name for i in self.model.inputs if i.name not in {c.name for c in cand.inputs}]
+        if missing:
+            raise ModelError(f"candidate {path} has no input '{missing[0]}' of the model; it must be derived "
+                             f"from the FP32 model (its inputs are: {[c.name for c in cand.inputs]})")
+        return OnnxFileBackend(self.model, cand, self.optimization, self.capture_mode).realise(plan)
+
+    # -- ranges kept on disk between runs (--cache-dir) ------------------------------------------------
+
+    def _ranges_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        h = hashlib.sha256(self.model.sha256.encode() + self.calibration.encode())
+        for feed in self.calib.feeds:
+            for name in sorted(feed):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(feed[name]).tobytes())
+        return self.cache_dir / f"calibration-{h.hexdigest()[:16]}.json"
+
+    def _cached_ranges(self):
+        path = self._ranges_file()
+        if path is None or not path.is_file():
+            return None
+        try:
+            return ranges_from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputDataError(f"calibration cache {path} is damaged ({err}); delete it") from err
+
+    def _save_ranges(self) -> None:
+        path = self._ranges_file()
+        backend = self._backends.get("ort")
+        if path is None or path.exists() or backend is None or backend.quantizer is None:
+            return
+        if backend.quantizer._ranges is not None:
+            from layerdiff.report import write_atomic
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(ranges_to_json(backend.quantizer._ranges)).encode())
+
+    # -- the reference ---------------------------------------------------------------------------------
+
+    def reference_outputs(self, cancel: threading.Event | None = None) -> list[dict[str, np.ndarray]]:
+        """The FP32 model's final outputs for every sample (plain runs, computed once)."""
+        with self._lock:
+            if self._plain is None:
+                source = OrtSource(self.model.blob, None, self.reference_providers, "all", "reference",
+                                   cancel=cancel)
+                with source:
+                    self._plain = [source.infer(feed) for feed in self.samples.feeds]
+            return self._plain
+
+    def _reference(self, names: list[str]) -> CandidateSource:
+        """A source of the FP32 model's values of `names` (cached when every tensor fits in the cache)."""
+        with self._lock:
+            if self._exposed is None and self._fits_cache():
+                everything = [t for lay in self.model.layers for t in lay.outputs] + [i.name for i in self.model.inputs]
+                with OrtSource(expose_tensors(self.model, everything), None, self.reference_providers, "all",
+                               "reference", low_memory=True) as source:
+                    self._exposed = {id(feed): source.infer(feed) for feed in self.samples.feeds}
+                    self._exposed_provider = source.provider
+            if self._exposed is not None:
+                return _Cached(self._exposed, names, self._exposed_provider)
+        return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers, "all",
+                         "reference", low_memory=True)
+
+    def _fits_cache(self) -> bool:
+        if self.reference_cache <= 0:
+            return False
+        sizes = tensor_sizes(self.model, self.samples.feeds[0])
+        tensors = [t for lay in self.model.layers for t in lay.outputs]
+        if any(t not in sizes for t in tensors if self.model.is_float(t)):
+            return False
+        return sum(sizes.get(t, 0) for t in tensors) * len(self.samples) <= self.reference_cache
+
+    # -- evaluate and compare --------------------------------------------------------------------------
+
+    def evaluate(self, candidate: Candidate, *, cancel: threading.Event | None = None,
+                 keep_values: bool = False) -> Evaluation:
+        """The candidate's final outputs against the FP32 model's, from plain runs (nothing exposed).
+        `keep_values` keeps the candidate's outputs of every sample in the result."""
+        reference = self.reference_outputs(cancel)
+        per_sample: list[dict[str, TensorMetrics]] = []
+        rates: dict[str, list[float]] = {}
+        reasons: dict[str, str] = {}
+        kept: list[dict[str, np.ndarray]] = []
+        with candidate.open(cancel) as source:
+            for feed, ref in zip(self.samples.feeds, reference, strict=True):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("evaluation cancelled")
+                out = source.infer(feed)
+                if keep_values:
+                    kept.append(out)
+                metrics = {}
+                for name in self.model.outputs:
+                    if name not in out:
+                        reasons[name] = "the candidate has no graph output of this name"
+                    elif ref[name].shape != out[name].shape:
+                        reasons[name] = f"shapes differ: reference {ref[name].shape}, candidate {out[name].shape}"
+                    elif ref[name].dtype.kind == "f" and out[name].dtype.kind == "f":
+                        metrics[name] = diff_metrics(ref[name], out[name])
+                    else:
+                        rates.setdefault(name, []).append(match_rate(ref[name], out[name]))
+                per_sample.append(metrics)
+            provider = source.provider
+        outputs = []
+        for name in self.model.outputs:
+            series = [m[name] for m in per_sample if name in m]
+            if name in reasons:
+                outputs.append(OutputDiff(name, reason=reasons[name]))
+            elif series:
+                outputs.append(OutputDiff(name, aggregate(series)))
+            else:
+                outputs.append(OutputDiff(name, match_rate=min(rates[name])))
+        return Evaluation(tuple(outputs), tuple(per_sample), provider, tuple(kept))
+
+    def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
+                progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
+        """The layer-wise report of `candidate` against the FP32 model (see layerdiff.report)."""
+        deployment = candidate.deployment()
+        if candidate.executed is not None:
+            pairing = match_tensors(self.model, candidate.executed)
+        else:
+            pairing = identity_pairing(self.model)
+        groups = deployment.groups()
+        rows = plan_rows(self.model, pairing, deployment, executed=candidate.executed,
+                         groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
+                         emulated=candidate.emulated, requested=dict(candidate.requested))
+        graph_outputs = [o for o in dict.fromkeys(pairing.candidate(t) for t in self.model.outputs)
+                         if o and deployment.available(o)]
+        result = capture(self.model, rows, deployment, self._reference, self.samples, budget=self.max_memory,
+                         progress=progress, cancel=cancel, keep=graph_outputs)
+        try:
+            evaluation = self.evaluate(candidate, cancel=cancel, keep_values=bool(graph_outputs))
+        except Cancelled:
+            result.interrupted = True
+            evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
+                                          for o in self.model.outputs), (), "")
+        exposed = _exposed_vs_plain(result.kept, evaluation.values, pairing, self.model.outputs)
+        if progress:
+            progress("final outputs", 1, 1)
+        info = CandidateInfo(candidate.spec, candidate.kind, candidate.runtime,
+                             result.candidate_provider or evaluation.provider, candidate.backend,
+                             candidate.plan.to_dict() if candidate.plan is not None else None,
+                             tuple(sorted(candidate.pinned)), tuple(sorted(candidate.emulated)), candidate.details)
+        return assemble_report(self.model, rows, info, self.samples, result, evaluation.outputs,
+                               divergence_cosine=divergence_cosine, max_memory=self.max_memory,
+                               mode=deployment.mode, exposed_vs_plain=exposed,
+                               matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
+                               warnings=_upcast_warning(candidate, pairing, rows))
+
+
+class _Cached:
+    """A reference source answering from values computed once."""
+
+    def __init__(self, values: dict[int, dict[str, np.ndarray]], names: list[str], provider: str):
+        self.values, self.names, self.provider = values, names, provider
+
+    def __enter__(self) -> _Cached:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.values[id(feed)]
+        return {n: values[n] for n in self.names}
+
+
+def _exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, np.ndarray], ...], pairing,
+                      outputs: tuple[str, ...]) -> float | None:
+    """Largest difference between the final outputs read during the capture and the plain run's: zero
+    when reading tensors did not change what ran. None when there was nothing to compare."""
+    worst = None
+    for values, deployed in zip(kept, plain, strict=False):
+        for name in outputs:
+            c = pairing.candidate(name)
+            if c in values and name in deployed and values[c].shape == deployed[name].shape and values[c].size:
+                diff = np.abs(values[c].astype(np.float64) - deployed[name].astype(np.float64))
+                diff = diff[np.isfinite(diff)]
+                worst = max(worst or 0.0, float(diff.max()) if diff.size else 0.0)
+    return worst
+
+
+def _upcast_warning(candidate: Candidate, pairing, rows) -> tuple[str, ...]:
+    """A candidate ONNX file with FP16 nodes that ONNX Runtime's CPU provider computes in FP32 (it has no
+    FP16 kernel for them): the report is true to what ran here, but not to an FP16 deployment."""
+    if candidate.kind != "onnx" or candidate.executed is None:
+        return ()
+    from onnx import TensorProto
+
+    from layerdiff.graph import proto_tensor_types
+
+    types = proto_tensor_types(candidate.executed)
+    fp16 = {lay.name for row in rows if row.kind == "layer" and row.precision == "fp32" for lay in row.layers
+            if any(types.get(pairing.candidate(t) or "") == TensorProto.FLOAT16 for t in lay.outputs)}
+    if not fp16:
+        return ()
+    return (f"{len(fp16)} FP16 layer(s) of this candidate ran in FP32 on ONNX Runtime's CPU provider (no FP16 kernel): "
+            "their FP16 rounding is not in these numbers; --candidate ort-fp16 emulates it",)
