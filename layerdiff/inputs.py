@@ -41,8 +41,11 @@ def parse_shapes(specs: list[str] | tuple[str, ...], inputs: tuple[InputSpec, ..
             shape = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
             shape = ()
-        if not sep or not name or not shape or any(d < 0 for d in shape):
+        if not sep or not name or not shape:
             raise InputDataError(f"cannot parse --shape '{spec}': expected NAME:DIMxDIM..., e.g. input:1x3x224x224")
+        if any(d < 1 for d in shape):
+            raise InputDataError(f"cannot parse --shape '{spec}': expected NAME:DIMxDIM... with every DIM at least 1, "
+                                 "e.g. input:1x3x224x224")
         if name not in names:
             raise InputDataError(f"--shape names '{name}', which is not a model input; inputs are: {sorted(names)}")
         shapes[name] = shape
@@ -82,9 +85,11 @@ def load_samples(
 
 def _read_npz(path: Path, what: str) -> Feed:
     try:
-        with np.load(path) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise InputDataError(f"{what} file {path} is a single .npy array, not an .npz of named arrays")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputDataError(f"{what} file {path} is a single .npy array, not an .npz of named arrays; save it "
+                                 "with np.savez(path, NAME=array)")
+        with data:
             return {k: data[k] for k in data.files}
     except ValueError as err:
         if "Object arrays" in str(err):

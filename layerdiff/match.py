@@ -78,7 +78,8 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
             if t:
                 consumers[t].append(i)
     weights = {t.name for t in graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
-    final = final_outputs(candidate)
+    final = final_outputs(candidate)  # declared by the candidate: a node's raw output -> the value its readers see
+    declared = {v: k for k, v in final.items()}
     taken: set[int] = set()  # candidate nodes paired with a layer; a paired Cast is the model's own, not transparent
 
     def transparent(i: int) -> bool:
@@ -87,6 +88,9 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
     def source(tensor: str) -> str | None:
         """The value `tensor` carries, looking back through transparent nodes; None for a weight."""
         for _ in range(64):
+            if tensor in declared:
+                tensor = declared[tensor]
+                continue
             i = producer.get(tensor)
             if i is None or not transparent(i):
                 break
@@ -97,7 +101,11 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
         """Nodes reading `tensor`'s value, directly or through transparent nodes."""
         out, stack, seen = [], [tensor], {tensor}
         while stack:
-            for i in consumers.get(stack.pop(), ()):
+            t = stack.pop()
+            if t in final and final[t] not in seen:
+                seen.add(final[t])
+                stack.append(final[t])
+            for i in consumers.get(t, ()):
                 out.append(i)
                 if transparent(i) and nodes[i].output and nodes[i].output[0] not in seen:
                     seen.add(nodes[i].output[0])

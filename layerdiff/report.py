@@ -54,7 +54,7 @@ class TensorDiff:
         return self.accumulated is not None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"tensor": self.tensor, "shape": list(self.shape) if self.shape else None,
+        d: dict[str, Any] = {"tensor": self.tensor, "shape": list(self.shape) if self.shape is not None else None,
                              "paired": self.paired, "candidate_tensor": self.candidate_tensor}
         if self.view:
             d["view"] = self.view
@@ -70,7 +70,7 @@ class TensorDiff:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorDiff:
         paired = bool(d["paired"])
-        return cls(str(d["tensor"]), tuple(int(x) for x in d["shape"]) if d.get("shape") else None,
+        return cls(str(d["tensor"]), tuple(int(x) for x in d["shape"]) if d.get("shape") is not None else None,
                    d.get("candidate_tensor"), _aggregate_from_json(d) if paired else None,
                    _aggregate_from_json(d["local"]) if paired and d.get("local") else None,
                    str(d.get("unpaired_reason", "")), str(d.get("view", "")))

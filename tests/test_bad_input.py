@@ -115,8 +115,8 @@ def test_save_candidate_directory_missing(cli, tmp_path):
 
 def test_unknown_candidate(cli, tmp_path):
     _expect(cli, tmp_path, [CNN, "--candidate", "int4-magic"],
-            "unknown --candidate 'int4-magic': use ort-int8, ort-fp16, polygraphy:RESULTS.json or the path of an "
-            "ONNX model")
+            "unknown --candidate 'int4-magic': use one of ort-int8, ort-fp16, ort-cuda, ort-trt-fp16, ort-trt-int8, "
+            "trt-fp16, trt-int8, trt-bf16, fake, polygraphy:RESULTS.json or the path of an ONNX model")
 
 
 def test_tensorrt_candidate_without_tensorrt(cli, tmp_path):
@@ -162,3 +162,83 @@ def test_onnxruntime_gpu_provider_that_does_not_load(cli, tmp_path, spec, provid
     _expect(cli, tmp_path, [CNN, "--candidate", spec],
             f"--candidate {spec} needs onnxruntime-gpu's {provider}, which does not load here (no NVIDIA GPU, or "
             "no CUDA/TensorRT libraries); run it on a GPU machine, or use ort-int8 / ort-fp16")
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(cli, tmp_path):
+    """The report's finding: -o or --save-candidate equal to the model path silently overwrote the model."""
+    model = tmp_path / "m.onnx"
+    model.write_bytes(CNN.read_bytes())
+    for flag in ("-o", "--save-candidate"):
+        code, _, err = cli("compare", model, "--candidate", "ort-int8", flag, model, "-q")
+        assert (code, err) == (2, f"layerdiff: error: refusing to write {model}: it is an input of this run; give "
+                                  "another file name\n")
+    assert model.read_bytes() == CNN.read_bytes()
+    code, _, err = cli("compare", model, "--candidate", "ort-int8", "-o", tmp_path / "x.onnx", "--save-candidate",
+                       tmp_path / "x.onnx", "-q")
+    assert (code, err) == (2, "layerdiff: error: two outputs name the same file; give each its own path\n")
+
+
+def test_unwritable_places_are_refused_before_the_run(cli, tmp_path):
+    code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "-o", "/proc/r.json", "-q")
+    assert code == 2 and err.startswith("layerdiff: error: cannot write /proc/r.json: ") and err.count("\n") == 1
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not __import__("os").access(locked, __import__("os").W_OK):  # root can write anywhere
+            code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "--save-candidate", locked / "c.onnx", "-q")
+            assert (code, err) == (2, f"layerdiff: error: cannot write {locked / 'c.onnx'}: permission denied; give "
+                                      "a path you can write\n")
+    finally:
+        locked.chmod(0o700)
+    cache = tmp_path / "cache"
+    cache.write_text("a file")
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--cache-dir", cache],
+            f"--cache-dir {cache} is a file, not a directory; give a directory")
+
+
+def test_npy_renamed_npz(cli, tmp_path):
+    f = tmp_path / "s.npz"
+    with open(f, "wb") as fh:
+        np.save(fh, np.zeros((1, 3, 32, 32), np.float32))
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", f],
+            f"--inputs file {f} is a single .npy array, not an .npz of named arrays; save it with "
+            "np.savez(path, NAME=array)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-cosine", "1.5"], "Invalid value for '--min-cosine': 1.5 is not a cosine: give a number between -1 and 1, "
+                              "e.g. 0.999"),
+    (["--min-cosine", "nan"], "Invalid value for '--min-cosine': nan is not a cosine: give a number between -1 and 1, "
+                              "e.g. 0.999"),
+    (["--divergence-cosine", "x"], "Invalid value for '--divergence-cosine': 'x' is not a number; a cosine is between "
+                                   "-1 and 1, e.g. 0.999"),
+    (["--max-memory", "0"], "Invalid value for --max-memory: 0 is too small a budget: give at least 1KiB (e.g. 256MiB)"),
+    (["--max-memory", "1"], "Invalid value for --max-memory: 1 is too small a budget: give at least 1KiB (e.g. 256MiB)"),
+])
+def test_loose_numbers_are_refused(cli, tmp_path, args, message):
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", *args], message)
+
+
+def test_zero_dimension_in_shape(cli, tmp_path):
+    _expect(cli, tmp_path, [FIXTURES / "dynamic_batch.onnx", "--candidate", "ort-int8", "--shape", "images:0x3x16x16"],
+            "cannot parse --shape 'images:0x3x16x16': expected NAME:DIMxDIM... with every DIM at least 1, e.g. "
+            "input:1x3x224x224")
+
+
+def test_save_emulation_is_for_ort_fp16(cli, tmp_path):
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--save-emulation", tmp_path / "e.onnx"],
+            "--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
+
+
+def test_an_internal_error_is_not_the_tolerance_exit_code(cli, tmp_path, monkeypatch):
+    from layerdiff import session
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(session.Session, "compare", broken)
+    code, out, err = cli("compare", CNN, "--candidate", "ort-int8", "-q")
+    assert code == 3
+    assert err == ("layerdiff: internal error (ZeroDivisionError: division by zero); this is a bug in layerdiff: rerun "
+                   "with --debug and report the traceback\n")

@@ -1,6 +1,7 @@
 """Engine layer information, tested on every real file in ../shared/fixtures/trt_engine_info/."""
 
 import json
+import re
 
 import pytest
 from onnx import TensorProto, helper
@@ -37,6 +38,37 @@ def _layer(info, name):
     return next(layer for layer in info.layers if layer.name == name)
 
 
+# TRT 8.x files have no Metadata: their ONNX nodes come from the layer names alone. Which parts of a name are
+# nodes follows from the exporter that named the model, independently of layerdiff's grammar:
+#  - the legacy torch.onnx exporter names every node `<OpType>_<n>` (`Conv_9`, `QuantizeLinear_7`, `Clip_16`);
+#    weights (`conv1.weight`) and TensorRT's names (`(Unnamed Layer* 849) [Shuffle]`, `reshape_after_Gemm_48`,
+#    `copied_squeeze_after_...`) never have that form on their own;
+#  - tf2onnx names nodes after TF ops (`resnet50/...`) or `QuantLinearNode__<n>`; `...:0` are tensors, and
+#    `transpose_before_...`, `unsqueeze_node_after_...`, `(Unnamed Layer* n)` are TensorRT's.
+_TORCH_NODE = re.compile(r"(?<![\w.])[A-Z][A-Za-z]*_\d+(?![\w.])")
+
+
+def _torch_nodes(name: str) -> tuple[str, ...]:
+    return tuple(_TORCH_NODE.findall(name))
+
+
+def _tf2onnx_nodes(name: str) -> tuple[str, ...]:
+    assert "PWN(" not in name and " || " not in name  # true of every name in that file: ' + ' splits it
+    return tuple(p for p in name.split(" + ")
+                 if re.fullmatch(r"resnet50/\S+|QuantLinearNode__\d+", p) and not p.endswith(":0"))
+
+
+NAME_RULES = {
+    "trex_v010_mobilenet_qat_int8_trt82.graph.json": _torch_nodes,
+    "trex_mobilenet_qat_int8_trt84.graph.json": _torch_nodes,
+    "trex_resnet18_a100_fp16_trt84.graph.json": _torch_nodes,
+    "trex_resnet18_a100_fp32_trt84.graph.json": _torch_nodes,
+    "trex_resnet18_a100_qat_int8_trt84.graph.json": _torch_nodes,
+    "trex_tf_resnet50_rtx3090_qat_int8_trt84ea.graph.json": _tf2onnx_nodes,
+}
+_COPY = "Reformatting CopyNode for "
+
+
 @pytest.mark.parametrize("name", sorted(LAYER_FILES))
 def test_every_real_file_parses_with_known_precisions_and_onnx_nodes(info_dir, name):
     info = parse_engine_info(info_dir / name)
@@ -50,6 +82,104 @@ def test_every_real_file_parses_with_known_precisions_and_onnx_nodes(info_dir, n
         recorded, _ = metadata_nodes(rec.get("Metadata"))
         if recorded:  # the file records ONNX nodes for this layer: all of them are found
             assert list(layer.onnx_nodes) == list(dict.fromkeys(recorded)) and layer.origin == "metadata"
+        elif rec["Name"].startswith(_COPY):  # a TensorRT copy: serves the layer named after " to ", no node
+            assert layer.serves == rec["Name"].partition(" to ")[2], layer.name
+            assert layer.onnx_nodes == () and layer.origin == "none" and layer.is_reformat
+        elif name in NAME_RULES:
+            want = NAME_RULES[name](rec["Name"])
+            assert layer.onnx_nodes == want and layer.serves is None, layer.name
+            assert layer.origin == ("name" if want else "none")
+        assert rec.get("Origin") != "REFORMAT" or rec["Name"].startswith(_COPY)
+
+
+# a few layers per TRT 8.x file, typed out from the file: name -> ONNX nodes
+TRT8_NAMES = {
+    "trex_v010_mobilenet_qat_int8_trt82.graph.json": {
+        "QuantizeLinear_2": ("QuantizeLinear_2",),  # a Scale layer in TRT 8.2
+        "features.0.0.weight + QuantizeLinear_8 + Conv_12 + PWN(Clip_16)": ("QuantizeLinear_8", "Conv_12", "Clip_16"),
+        "features.3.conv.2.weight + QuantizeLinear_138 + Conv_142 + Add_144":
+            ("QuantizeLinear_138", "Conv_142", "Add_144"),
+        "classifier.1.weight + QuantizeLinear_860 + Gemm_864 + classifier.1.bias + (Unnamed Layer* 849) [Shuffle] + "
+        "unsqueeze_node_after_classifier.1.bias + (Unnamed Layer* 849) [Shuffle]_(Unnamed Layer* 849) "
+        "[Shuffle]_output + (Unnamed Layer* 850) [ElementWise]": ("QuantizeLinear_860", "Gemm_864"),
+        "copied_squeeze_after_(Unnamed Layer* 850) [ElementWise]": (),
+    },
+    "trex_mobilenet_qat_int8_trt84.graph.json": {
+        "QuantizeLinear_2": ("QuantizeLinear_2",),  # a Reformat with Origin QDQ: the quantize node itself
+        "features.1.conv.0.0.weight + QuantizeLinear_25 + Conv_29 + PWN(Clip_33)":
+            ("QuantizeLinear_25", "Conv_29", "Clip_33"),
+        "features.17.conv.2.weight + QuantizeLinear_820 + Conv_824": ("QuantizeLinear_820", "Conv_824"),
+        "GlobalAveragePool_843": ("GlobalAveragePool_843",),
+    },
+    "trex_resnet18_a100_fp16_trt84.graph.json": {
+        "Conv_5 + Add_6 + Relu_7": ("Conv_5", "Add_6", "Relu_7"),
+        "MaxPool_2": ("MaxPool_2",),
+        "Gemm_48": ("Gemm_48",),
+        "reshape_after_Gemm_48": (),
+    },
+    "trex_resnet18_a100_fp32_trt84.graph.json": {
+        "Conv_0 + Relu_1": ("Conv_0", "Relu_1"),
+        "Conv_15": ("Conv_15",),
+        "GlobalAveragePool_46": ("GlobalAveragePool_46",),
+        "reshape_after_Gemm_48": (),
+    },
+    "trex_resnet18_a100_qat_int8_trt84.graph.json": {
+        "conv1.weight + QuantizeLinear_7 + Conv_9": ("QuantizeLinear_7", "Conv_9"),
+        "layer1.0.conv2.weight + QuantizeLinear_32 + Conv_34 + Add_36 + Relu_37":
+            ("QuantizeLinear_32", "Conv_34", "Add_36", "Relu_37"),
+        "fc.weight + QuantizeLinear_255 + Gemm_257 + fc.bias + (Unnamed Layer* 306) [Shuffle] + "
+        "unsqueeze_node_after_fc.bias + (Unnamed Layer* 306) [Shuffle]_(Unnamed Layer* 306) [Shuffle]_output + "
+        "(Unnamed Layer* 307) [ElementWise]": ("QuantizeLinear_255", "Gemm_257"),
+        "copied_squeeze_after_(Unnamed Layer* 307) [ElementWise]": (),
+    },
+    "trex_tf_resnet50_rtx3090_qat_int8_trt84ea.graph.json": {
+        "resnet50/conv1_pad/Pad": ("resnet50/conv1_pad/Pad",),
+        "resnet50/quant_conv1_conv/BiasAdd__1121": ("resnet50/quant_conv1_conv/BiasAdd__1121",),
+        "resnet50/quant_conv1_conv/LastValueQuant/QuantizeAndDequantizeV4/ReadVariableOp:0 + QuantLinearNode__622 + "
+        "resnet50/quant_conv1_conv/BiasAdd": ("QuantLinearNode__622", "resnet50/quant_conv1_conv/BiasAdd"),
+        "resnet50/quant_conv2_block1_3_conv/LastValueQuant/QuantizeAndDequantizeV4/ReadVariableOp:0 + "
+        "QuantLinearNode__638 + resnet50/quant_conv2_block1_3_conv/Conv2D + resnet50/quant_conv2_block1_add/add + "
+        "resnet50/conv2_block1_out/Relu": ("QuantLinearNode__638", "resnet50/quant_conv2_block1_3_conv/Conv2D",
+                                           "resnet50/quant_conv2_block1_add/add", "resnet50/conv2_block1_out/Relu"),
+        "resnet50/quant_predictions/LastValueQuant/QuantizeAndDequantizeV4/ReadVariableOp:0 + QuantLinearNode__834 + "
+        "transpose_before_resnet50/quant_predictions/MatMul + resnet50/quant_predictions/MatMul + "
+        "resnet50/quant_predictions/BiasAdd/ReadVariableOp:0 + (Unnamed Layer* 478) [Shuffle] + "
+        "unsqueeze_node_after_resnet50/quant_predictions/BiasAdd/ReadVariableOp:0 + (Unnamed Layer* 478) "
+        "[Shuffle]_(Unnamed Layer* 478) [Shuffle]_output + resnet50/quant_predictions/BiasAdd":
+            ("QuantLinearNode__834", "resnet50/quant_predictions/MatMul", "resnet50/quant_predictions/BiasAdd"),
+        "copied_squeeze_after_resnet50/quant_predictions/BiasAdd": (),
+    },
+}
+TRT8_COPIES = {  # copy layers typed out from the files -> the layer they serve
+    "trex_v010_mobilenet_qat_int8_trt82.graph.json": {
+        "Reformatting CopyNode for Output Tensor 0 to features.2.conv.2.weight + QuantizeLinear_90 + Conv_94":
+            "features.2.conv.2.weight + QuantizeLinear_90 + Conv_94"},
+    "trex_mobilenet_qat_int8_trt84.graph.json": {
+        "Reformatting CopyNode for Input Tensor 0 to GlobalAveragePool_843": "GlobalAveragePool_843"},
+    "trex_resnet18_a100_fp16_trt84.graph.json": {
+        "Reformatting CopyNode for Input Tensor 1 to Conv_5 + Add_6 + Relu_7": "Conv_5 + Add_6 + Relu_7"},
+    "trex_resnet18_a100_fp32_trt84.graph.json": {
+        "Reformatting CopyNode for Output Tensor 0 to MaxPool_2": "MaxPool_2"},
+    "trex_resnet18_a100_qat_int8_trt84.graph.json": {
+        "Reformatting CopyNode for Output Tensor 0 to MaxPool_12": "MaxPool_12"},
+    "trex_tf_resnet50_rtx3090_qat_int8_trt84ea.graph.json": {
+        "Reformatting CopyNode for Input Tensor 0 to copied_squeeze_after_resnet50/quant_predictions/BiasAdd":
+            "copied_squeeze_after_resnet50/quant_predictions/BiasAdd"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRT8_NAMES))
+def test_trt8_onnx_nodes_from_layer_names(info_dir, name):
+    """TRT 8.2/8.4 files have no Metadata: the nodes are the node-like parts of each name, without a model."""
+    info = parse_engine_info(info_dir / name)
+    by_name = {layer.name: layer for layer in info.layers}
+    for layer_name, want in TRT8_NAMES[name].items():
+        layer = by_name[layer_name]  # KeyError: the name is not in the file as typed
+        assert layer.onnx_nodes == want and layer.serves is None, layer_name
+        assert layer.origin == ("name" if want else "none")
+    for layer_name, served in TRT8_COPIES.get(name, {}).items():
+        layer = by_name[layer_name]
+        assert (layer.serves, layer.onnx_nodes, layer.is_reformat) == (served, (), True)
 
 
 def test_trt84_qat_int8_conv_fuses_quantize_and_keeps_int8(info_dir):
@@ -206,6 +336,75 @@ def test_with_model_myelin_names_and_foreign_node_ranges(tmp_path):
     info = parse_engine_info(tmp_path / "n.json", model)
     assert info.layers[0].onnx_nodes == ("/fc1/MatMul", "/fc1/Relu", "/classifier/classifier.1/Gemm", "/fc2/Add")
     assert info.layers[1].onnx_nodes == ("/classifier/classifier.1/Gemm",)
+
+
+def _readers_model():
+    """input -> Relu_1 -> Mul_2 (x input) -> Add_3 (+ conv1.weight) -> Relu_4 -> Mul_137 (x 270) -> Relu_138
+    -> Add_139 (+ 270) -> Sub_140 (- conv1.weight). Each initializer and the graph input has two readers."""
+    def node(op, ins, name):
+        return helper.make_node(op, ins, [f"{name}_out"], name=name)
+    nodes = [node("Relu", ["input"], "Relu_1"), node("Mul", ["Relu_1_out", "input"], "Mul_2"),
+             node("Add", ["Mul_2_out", "conv1.weight"], "Add_3"), node("Relu", ["Add_3_out"], "Relu_4"),
+             node("Mul", ["Relu_4_out", "270"], "Mul_137"), node("Relu", ["Mul_137_out"], "Relu_138"),
+             node("Add", ["Relu_138_out", "270"], "Add_139"), node("Sub", ["Add_139_out", "conv1.weight"], "Sub_140")]
+    weights = [helper.make_tensor(n, TensorProto.FLOAT, [1, 4], [0.5] * 4) for n in ("conv1.weight", "270")]
+    g = helper.make_graph(nodes, "readers", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("Sub_140_out", TensorProto.FLOAT, [1, 4])], weights)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return from_proto(m)
+
+
+def test_initializers_and_graph_inputs_in_layer_names_resolve_to_their_first_reader(tmp_path):
+    """A trtexec --verbose log whose names hold an initializer at the start of a ForeignNode range (`270`, as in
+    a real log's `{ForeignNode[270...Add_139]}`), a dotted initializer in a fusion and a graph input: each is
+    the first node, in topological order, that reads it."""
+    lines = [
+        ("Myelin", "{ForeignNode[input...Mul_2]}", "input (Float[1,4]) -> Mul_2_out (Float[1,4])"),
+        ("Reformat", "Reformatting CopyNode for Input Tensor 0 to conv1.weight + Relu_4",
+         "Mul_2_out (Float[1,4]) -> Reformatted Input Tensor 0 to conv1.weight + Relu_4 (Half[1,4])"),
+        ("ElementWise", "conv1.weight + Relu_4", "Mul_2_out (Half[1,4]) -> Relu_4_out (Half[1,4])"),
+        ("Myelin", "{ForeignNode[270...Add_139]}", "Relu_4_out (Half[1,4]) -> Add_139_out (Half[1,4])"),
+        ("ElementWise", "Sub_140", "Add_139_out (Half[1,4]) -> Sub_140_out (Float[1,4])"),
+    ]
+    log = "\n".join(["[V] [TRT] Engine Layer Information:"]
+                    + [f"[V] [TRT] Layer({t}): {n}, Tactic: 0x0, {io}" for t, n, io in lines])
+    (tmp_path / "build.log").write_text(log)
+    info = parse_engine_info(tmp_path / "build.log", _readers_model())
+    assert info.kind == "verbose-log"
+    assert [layer.onnx_nodes for layer in info.layers] == [
+        ("Relu_1", "Mul_2"),  # input: read by Relu_1, then Mul_2
+        (),  # a copy
+        ("Add_3", "Relu_4"),  # conv1.weight: read by Add_3, then Sub_140
+        ("Mul_137", "Relu_138", "Add_139"),  # 270: read by Mul_137, then Add_139
+        ("Sub_140",),
+    ]
+    assert info.layers[1].serves == "conv1.weight + Relu_4"
+    # without a model, tensor-like parts cannot be resolved and are dropped (`input` looks like a node name)
+    plain = parse_engine_info(tmp_path / "build.log")
+    assert [layer.onnx_nodes for layer in plain.layers] == [
+        ("input", "Mul_2"), (), ("Relu_4",), ("Add_139",), ("Sub_140",)]
+
+
+@pytest.mark.parametrize("layer_name,want", [
+    ("PWN(270, Relu_138)", ("Mul_137", "Relu_138")),  # a PWN argument
+    ("Relu_4 || conv1.weight", ("Relu_4", "Add_3")),  # a horizontal-merge part, in the name's order
+    ("{ForeignNode[Relu_138...270]}", ("Mul_137", "Relu_138")),  # the last end of a range; the range is ordered
+    ("{ForeignNode[conv1.weight + (Unnamed Layer* 9) [Shuffle]...Relu_4]}", ("Add_3", "Relu_4")),
+    ("input", ("Relu_1",)),
+    ("Mul_2_out + Relu_4", ("Relu_4",)),  # an intermediate tensor is no initializer nor graph input
+])
+def test_first_reader_rule_applies_to_every_part(tmp_path, layer_name, want):
+    (tmp_path / "names.json").write_text(json.dumps({"Layers": [layer_name]}))
+    assert parse_engine_info(tmp_path / "names.json", _readers_model()).layers[0].onnx_nodes == want
+
+
+def test_metadata_names_must_be_nodes_not_tensors(tmp_path):
+    """Metadata records name ONNX nodes exactly: an initializer's name there is not resolved to its reader."""
+    layer = {"Name": "x", "LayerType": "kgen", "Inputs": [], "Outputs": [], "Metadata": "[ONNX Layer: conv1.weight]"}
+    (tmp_path / "md.json").write_text(json.dumps({"Layers": [layer]}))
+    with pytest.raises(EngineInfoError, match=r"names 1 ONNX node\(s\) that <memory> does not have \(conv1.weight\)"):
+        parse_engine_info(tmp_path / "md.json", _readers_model())
 
 
 def test_engine_info_from_another_model(info_dir, cli):

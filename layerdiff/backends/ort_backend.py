@@ -164,16 +164,15 @@ class OrtBackend:
 
         emulated = frozenset(emulated_nodes(executed))
         pinned = frozenset(n for n in plan.overrides if plan.overrides[n] == "fp32")
-        return self._candidate(plan, "ort-fp16", deployable, executed, {"fp16_emulated": sorted(emulated)},
-                               pinned=pinned, emulated=emulated)
+        return self._candidate(plan, "ort-fp16", deployable, executed, {}, pinned=pinned, emulated=emulated)
 
     def _gpu(self, plan: PrecisionPlan) -> Candidate:
-        providers, expect = self._providers()
         want = {"cuda": "fp32", "trt-fp16": "fp16", "trt-int8": "int8"}[self.provider]
         if plan != PrecisionPlan(want):
             raise BackendError(f"ort-{self.provider} runs the whole model in {want} (onnxruntime-gpu's providers "
                                "take no per-node precisions); use ort-int8 / ort-fp16 on the CPU, or trt-* with "
                                "TensorRT, to pin nodes")
+        providers, expect = self._providers()
         executed = self.quantizer.base if want == "int8" and self.quantizer else self.model.proto
         if want == "int8" and self.quantizer is None:
             raise BackendError("ort-trt-int8 needs calibration samples for its Q/DQ model: pass calib=... or inputs=...")

@@ -70,39 +70,37 @@ class EngineInfo:
                 "layers": [layer.to_dict() for layer in self.layers]}
 
 
-def _tensors(items: list[dict[str, Any]] | None) -> tuple[EngineTensor, ...]:
-    out = []
-    for t in items or []:
-        fmt = str(t.get("Format/Datatype", ""))
-        dims = tuple(int(d) for d in t.get("Dimensions", []) if isinstance(d, int))
-        out.append(EngineTensor(str(t.get("Name", "")), format_precision(fmt), dims, fmt))
-    return tuple(out)
+def _tensors(items: list[dict[str, Any]]) -> tuple[EngineTensor, ...]:
+    """Tensor records, whose types formats.read_layer_info has checked."""
+    return tuple(EngineTensor(t.get("Name", ""), format_precision(t.get("Format/Datatype", "")),
+                              tuple(t.get("Dimensions", [])), t.get("Format/Datatype", "")) for t in items)
 
 
 def parse_engine_info(path: str | Path, model: LoadedModel | None = None) -> EngineInfo:
-    """Parse a layer-information file. With `model`, ONNX nodes are resolved against its node names
-    (layer-name grammar, `{ForeignNode[a...b]}` ranges), and nodes the model lacks are an error."""
+    """Parse a layer-information file. With `model`, ONNX nodes are resolved against it: Metadata names
+    against its node names (nodes the model lacks are an error), layer-name parts by the rule in
+    engine_info/origin.py (nodes, then initializers and graph inputs via their first reader)."""
     raw = read_layer_info(path)
-    index = NodeIndex([layer.name for layer in model.layers]) if model is not None else None
+    index = NodeIndex(model) if model is not None else None
     layers, foreign = [], []
     # Torch-TensorRT engines name layers after aten ops, not ONNX nodes: no name grammar applies
-    not_onnx = any("-[aten_ops." in str(rec.get("Name", "")) for rec in raw.layers)
+    not_onnx = any("-[aten_ops." in rec["Name"] for rec in raw.layers)
     for i, rec in enumerate(raw.layers):
-        name = str(rec.get("Name", ""))
-        from_md, _ = metadata_nodes(rec.get("Metadata") if isinstance(rec.get("Metadata"), str) else None)
+        name = rec["Name"]
+        from_md, _ = metadata_nodes(rec.get("Metadata"))
         if from_md:
             nodes, origin = from_md, "metadata"
             if index is not None:
-                foreign.extend(n for n in nodes if index.resolve(n) is None)
-                nodes = [index.resolve(n) or n for n in nodes]
+                foreign.extend(n for n in nodes if index.node(n) is None)
+                nodes = [index.node(n) or n for n in nodes]
         else:
             nodes = [] if not_onnx else name_nodes(name, index)
             origin = "name" if nodes else "none"
         layers.append(EngineLayer(
-            index=i, name=name, type=str(rec.get("LayerType", "unknown")), precision=layer_precision(rec),
-            onnx_nodes=tuple(dict.fromkeys(nodes)), origin=origin, inputs=_tensors(rec.get("Inputs")),
-            outputs=_tensors(rec.get("Outputs")), serves=served_layer(name),
-            tactic=str(rec.get("TacticName") or rec.get("TacticValue") or ""),
+            index=i, name=name, type=rec.get("LayerType", "unknown"), precision=layer_precision(rec),
+            onnx_nodes=tuple(dict.fromkeys(nodes)), origin=origin, inputs=_tensors(rec.get("Inputs", [])),
+            outputs=_tensors(rec.get("Outputs", [])), serves=served_layer(name),
+            tactic=rec.get("TacticName") or rec.get("TacticValue") or "",
         ))
     if model is not None and foreign:
         unique = list(dict.fromkeys(foreign))

@@ -19,18 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layerdiff.errors import BadInput
+from layerdiff.errors import EngineInfoError
 
 _LAYER_SPLIT = re.compile(r"^\s*-+\s*Layer\s+\d+\s*-+\s*$", re.MULTILINE)
-_LOG_LINE = re.compile(r"Layer\((?P<type>[^)]*)\):\s*(?P<rest>.*)$")
-# `name[Half(1,3,224,224)]` (TRT 7/8 logs) or `name (Half[1,3,224,224])` (later logs)
+_LOG_DIM = re.compile(r"-?[0-9]{1,18}")  # longer numbers are no dimension (and int() refuses > 4300 digits)
+_LOG_LINE = re.compile(r"Layer\((?P<type>[^()\n]*)\):\s*(?P<rest>.*)$")
+# the type and dims after a tensor's name: `name[Half(1,3,224,224)]` (TRT 7/8 logs) or `name (Half[1,3,224,224])`
+# (later logs), then `, ` or the end
 _LOG_TENSOR = re.compile(
-    r"(?P<name>.+?)\s*(?:\[(?P<t1>\w+)\((?P<d1>[-\d,:x ]*)\)\]|\((?P<t2>\w+)\[(?P<d2>[-\d,:x ]*)\]\))\s*(?:,\s*|$)"
+    r"(?:\[(?P<t1>\w+)\((?P<d1>[-\d,:x ]*)\)\]|\((?P<t2>\w+)\[(?P<d2>[-\d,:x ]*)\]\))\s*(?:,\s*|$)"
 )
-
-
-class EngineInfoError(BadInput):
-    pass
 
 
 @dataclass(frozen=True)
@@ -50,21 +48,39 @@ def read_layer_info(path: str | Path) -> RawInfo:
         raise EngineInfoError(f"cannot read engine info {path}: {err}") from err
     if not text.strip():
         raise EngineInfoError(f"engine info {path} is empty")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        data = None
-    if data is not None:
+    data = _json(text, path)
+    if data is not _NOT_JSON:
         return _from_json(data, path)
     if "Layer(" in text and "Engine Layer Information" in text or _LOG_LINE.search(text):
         return _from_log(text, path)
     objects = _concatenated_objects(text)
     if objects:
-        return RawInfo(objects, [], "per-layer-json")
+        return RawInfo(_checked(objects, path), [], "per-layer-json")
     raise EngineInfoError(
         f"{path} is not TensorRT layer information (not JSON, nor layer objects, nor a trtexec --verbose "
         "log): it may be truncated; export it with trtexec --exportLayerInfo=FILE --profilingVerbosity=detailed"
     )
+
+
+_NOT_JSON = object()
+
+
+def _json(text: str, path: Path) -> Any:
+    """The parsed document, or _NOT_JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise EngineInfoError(
+            f"{path} nests JSON arrays or objects thousands deep, which TensorRT never writes: it is not layer "
+            "information; export it with trtexec --exportLayerInfo=FILE --profilingVerbosity=detailed"
+        ) from None
+    except json.JSONDecodeError:
+        return _NOT_JSON
+    except ValueError:  # an integer literal longer than int() converts (4300 digits)
+        raise EngineInfoError(
+            f"{path} holds a number with thousands of digits, which TensorRT never writes: it is not layer "
+            "information; export it with trtexec --exportLayerInfo=FILE --profilingVerbosity=detailed"
+        ) from None
 
 
 def _from_json(data: Any, path: Path) -> RawInfo:
@@ -74,19 +90,21 @@ def _from_json(data: Any, path: Path) -> RawInfo:
             "--exportLayerInfo (with --profilingVerbosity=detailed)"
         )
     if isinstance(data, dict) and "Layers" in data:
-        layers = data["Layers"]
+        layers, bindings = data["Layers"], data.get("Bindings", [])
         if not isinstance(layers, list):
-            raise EngineInfoError(f"{path}: 'Layers' is not a list")
-        bindings = [b for b in data.get("Bindings", []) if isinstance(b, str)]
+            raise EngineInfoError(f"{path}: 'Layers' is not a list; {_REEXPORT}")
+        if not isinstance(bindings, list) or not all(isinstance(b, str) for b in bindings):
+            raise EngineInfoError(f"{path}: 'Bindings' is not a list of tensor names; {_REEXPORT}")
         if all(isinstance(x, str) for x in layers):
             return RawInfo([{"Name": x} for x in layers], bindings, "names-only-json")
-        if all(isinstance(x, dict) and "Name" in x for x in layers):
-            return RawInfo(list(layers), bindings, "detailed-json")
-        raise EngineInfoError(f"{path}: 'Layers' mixes names and layer objects, which TensorRT never writes")
+        if any(isinstance(x, str) for x in layers) and any(isinstance(x, dict) for x in layers):
+            raise EngineInfoError(f"{path}: 'Layers' mixes names and layer objects, which TensorRT never writes; "
+                                  f"{_REEXPORT}")
+        return RawInfo(_checked(layers, path), bindings, "detailed-json")
     if isinstance(data, dict) and "Name" in data and ("LayerType" in data or "Inputs" in data):
-        return RawInfo([data], [], "per-layer-json")
+        return RawInfo(_checked([data], path), [], "per-layer-json")
     if isinstance(data, list) and data and all(isinstance(x, dict) and "Name" in x for x in data):
-        return RawInfo(list(data), [], "per-layer-json")
+        return RawInfo(_checked(data, path), [], "per-layer-json")
     if isinstance(data, dict) and ({"model_options", "build_options", "performance_summary", "device_information"}
                                    & set(data)):
         raise EngineInfoError(
@@ -105,7 +123,7 @@ def _concatenated_objects(text: str) -> list[dict[str, Any]]:
         while pos < len(chunk):
             try:
                 obj, end = decoder.raw_decode(chunk, pos)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 return []
             if not isinstance(obj, dict) or "Name" not in obj:
                 return []
@@ -114,6 +132,46 @@ def _concatenated_objects(text: str) -> list[dict[str, Any]]:
             while pos < len(chunk) and chunk[pos] in " \t\r\n,":
                 pos += 1
     return out
+
+
+# the fields layerdiff reads, and the types TensorRT writes them with
+_TEXT_FIELDS = ("Name", "LayerType", "Metadata", "TacticName", "TacticValue", "Origin")
+_TENSOR_TEXT_FIELDS = ("Name", "Format/Datatype")
+_REEXPORT = "the file was edited or is not TensorRT's; export it again with trtexec --exportLayerInfo=FILE"
+
+
+def _checked(layers: list[Any], path: Path) -> list[dict[str, Any]]:
+    """`layers` if every field layerdiff reads has the type TensorRT writes it with, else one clear error."""
+    for i, layer in enumerate(layers):
+        problem = _problem(layer)
+        if problem:
+            name = layer.get("Name") if isinstance(layer, dict) else None
+            which = f"layer {i}" + (f" ({name[:80]!r})" if isinstance(name, str) else "")
+            raise EngineInfoError(f"{path}: {which}: {problem}; {_REEXPORT}")
+    return layers
+
+
+def _problem(layer: Any) -> str | None:
+    if not isinstance(layer, dict):
+        kind = {list: "an array", str: "a string", bool: "true/false", type(None): "null"}.get(type(layer), "a number")
+        return f"{kind}, not a layer object"
+    if not isinstance(layer.get("Name"), str):
+        return "'Name' is missing or not a string"
+    wrong = [k for k in _TEXT_FIELDS if k in layer and not isinstance(layer[k], str)]
+    if wrong:
+        return f"'{wrong[0]}' is not a string"
+    for key in ("Inputs", "Outputs"):
+        tensors = layer.get(key, [])
+        if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
+            return f"'{key}' is not a list of tensor objects"
+        for t in tensors:
+            wrong = [k for k in _TENSOR_TEXT_FIELDS if k in t and not isinstance(t[k], str)]
+            dims = t.get("Dimensions", [])
+            if wrong:
+                return f"an {key[:-1].lower()} tensor's '{wrong[0]}' is not a string"
+            if not isinstance(dims, list) or not all(type(d) is int for d in dims):
+                return f"an {key[:-1].lower()} tensor's 'Dimensions' is not a list of integers"
+    return None
 
 
 def _from_log(text: str, path: Path) -> RawInfo:
@@ -141,14 +199,17 @@ def _from_log(text: str, path: Path) -> RawInfo:
 
 
 def _log_tensors(text: str) -> list[dict[str, Any]]:
-    out = []
-    for m in _LOG_TENSOR.finditer(text.strip()):
+    """`a (Half[1,3]), b (Int8[1,32:32])` -> tensor records; a name is everything up to the next type and dims
+    (so names may hold brackets, commas and spaces). Linear in the text's length."""
+    out, pos, text = [], 0, text.strip()
+    while (m := _LOG_TENSOR.search(text, pos + 1)) is not None:  # a name of at least one character first
+        name, pos = text[pos:m.start()], m.end()
         dims = (m.group("d1") if m.group("t1") else m.group("d2")) or ""
         dt = m.group("t1") or m.group("t2")
         parsed = []
         for d in re.split(r"[,x]", dims):
             d = d.split(":")[0].strip()
-            if d.lstrip("-").isdigit():
+            if _LOG_DIM.fullmatch(d):
                 parsed.append(int(d))
-        out.append({"Name": m.group("name").strip(), "Dimensions": parsed, "Format/Datatype": dt})
+        out.append({"Name": name.strip(), "Dimensions": parsed, "Format/Datatype": dt})
     return out

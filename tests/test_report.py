@@ -1,0 +1,98 @@
+"""The report as a value: written and read back equal, and a broken file refused in one line."""
+
+import json
+import os
+
+import pytest
+
+import layerdiff
+from layerdiff import ReportError, load_report, write_report
+from tests.conftest import FIXTURES
+
+CASES = [
+    ("cnn.onnx", "ort-int8", {"inputs": FIXTURES / "cnn_inputs"}),
+    ("cnn.onnx", "ort-fp16", {"inputs": FIXTURES / "cnn_inputs"}),
+    ("transformer.onnx", "ort-int8", {}),
+    ("transformer.onnx", "ort-fp16", {}),
+    ("fp16_overflow.onnx", "ort-fp16", {"min_cosine": 0.99}),  # NaN and inf metrics
+    ("dynamic_batch.onnx", "ort-int8", {"shapes": ["images:2x3x16x16"], "max_memory": 40_000}),
+    ("if_model.onnx", "ort-fp16", {"seed": 4}),
+    ("cnn.onnx", "fake", {"inputs": FIXTURES / "cnn_inputs"}),
+]
+
+
+@pytest.mark.parametrize("name,candidate,kwargs", CASES, ids=[f"{n}-{c}" for n, c, _ in CASES])
+def test_round_trip_on_every_fixture(name, candidate, kwargs, tmp_path):
+    report = layerdiff.compare(FIXTURES / name, candidate, reference_provider="cpu", **kwargs)
+    write_report(report, tmp_path / "r.json")
+    again = load_report(tmp_path / "r.json")
+    assert again == report
+    assert again.to_dict() == report.to_dict()
+
+
+def test_nonfinite_metrics_are_null_with_their_kind_beside(tmp_path):
+    report = layerdiff.compare(FIXTURES / "fp16_overflow.onnx", "ort-fp16", reference_provider="cpu")
+    d = report.to_dict()
+    out = d["outputs"][0]
+    assert out["cosine"] is None and out["nonfinite_values"]["cosine"] == "nan"
+    same = layerdiff.compare(FIXTURES / "transformer.onnx", str(FIXTURES / "transformer.onnx"), reference_provider="cpu")
+    identical = next(o for lay in same.to_dict()["layers"] for o in lay["outputs"] if o["paired"] and o["max_abs"] == 0)
+    assert identical["sqnr_db"] is None and identical["nonfinite_values"] == {"sqnr_db": "inf"}
+    json.dumps(d, allow_nan=False)  # valid JSON: no NaN or Infinity tokens
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    report = layerdiff.compare(FIXTURES / "transformer.onnx", "fake", reference_provider="cpu")
+    old = os.umask(0o022)
+    try:
+        write_report(report, tmp_path / "a.json")
+        os.umask(0o077)
+        write_report(report, tmp_path / "b.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    return path
+
+
+def test_a_missing_report(tmp_path):
+    with pytest.raises(ReportError) as err:
+        load_report(tmp_path / "nope.json")
+    assert str(err.value) == f"report not found: {tmp_path / 'nope.json'} (write one with layerdiff compare ... -o nope.json)"
+
+
+def test_a_corrupt_report(tmp_path):
+    path = _write(tmp_path, '{"schema": "layerdiff.report/1", "model": ')
+    with pytest.raises(ReportError) as err:
+        load_report(path)
+    assert str(err.value).startswith(f"{path} is not a layerdiff report (not readable JSON: Expecting value")
+
+
+def test_a_report_of_another_schema_version(tmp_path):
+    path = _write(tmp_path, json.dumps({"schema": "layerdiff.report/2"}))
+    with pytest.raises(ReportError) as err:
+        load_report(path)
+    assert str(err.value) == (f"{path} has schema 'layerdiff.report/2'; this layerdiff reads 'layerdiff.report/1' "
+                              "(made by another version: re-run layerdiff compare to make a new report)")
+
+
+def test_not_a_report(tmp_path):
+    path = _write(tmp_path, json.dumps([1, 2, 3]))
+    with pytest.raises(ReportError) as err:
+        load_report(path)
+    assert str(err.value) == f'{path} is not a layerdiff report (no "schema" field)'
+
+
+def test_a_damaged_report(tmp_path):
+    report = layerdiff.compare(FIXTURES / "transformer.onnx", "fake", reference_provider="cpu")
+    d = report.to_dict()
+    del d["counts"]["rows"]
+    path = _write(tmp_path, json.dumps(d))
+    with pytest.raises(ReportError) as err:
+        load_report(path)
+    assert str(err.value) == f"{path} is a damaged layerdiff report (counts lacks rows); re-run layerdiff compare"

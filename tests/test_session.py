@@ -1,0 +1,157 @@
+"""prepare once, realise and evaluate many plans; safe in worker threads; cancellable."""
+
+import logging
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import layerdiff
+from layerdiff import BackendError, BadInput, Cancelled, FakeBackend, PrecisionPlan
+from tests.conftest import FIXTURES
+
+CNN = FIXTURES / "cnn.onnx"
+
+
+@pytest.fixture(scope="module")
+def session():
+    return layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+
+
+def test_evaluate_gives_the_reports_final_outputs(session):
+    cand = session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv3"}))
+    evaluation = session.evaluate(cand)
+    report = session.compare(cand)
+    assert evaluation.outputs == report.outputs
+    assert len(evaluation.per_sample) == 4 and evaluation.cosine == report.output_metrics("probs").cosine
+
+
+def test_realising_a_plan_again_gives_an_equal_candidate_without_quantizing(session, monkeypatch):
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    plan = PrecisionPlan.uniform("int8", pin_fp32={"fc"})
+    first = session.realise(plan)
+    monkeypatch.setattr(QDQQuantizer, "quantize_model", lambda self: pytest.fail("quantized again"))
+    second = session.realise(PrecisionPlan("int8", {"fc": "fp32", "conv1": "int8"}))  # the same plan, spelled out
+    third = session.realise(PrecisionPlan.uniform("int8", pin_fp32={"fc", "conv4"}))
+    assert first.key == second.key != third.key
+    assert session.evaluate(first).outputs == session.evaluate(second).outputs
+
+
+def test_two_evaluations_in_two_threads_equal_one_after_the_other(session):
+    plans = [PrecisionPlan.uniform("int8"), PrecisionPlan.uniform("int8", pin_fp32={"conv1", "conv2"}),
+             PrecisionPlan.uniform("fp16")]
+    cands = [session.realise(p) for p in plans]
+    sequential = [session.evaluate(c).outputs for c in cands]
+    results: dict[int, object] = {}
+
+    def work(i):
+        results[i] = session.evaluate(cands[i % 3]).outputs
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(6)] == sequential * 2
+
+
+def test_two_comparisons_in_two_threads_equal_one_after_the_other(session):
+    cands = [session.realise(PrecisionPlan.uniform("int8")), session.realise(PrecisionPlan.uniform("fp16"))]
+    sequential = [session.compare(c) for c in cands]
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, session.compare(cands[i]))) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert results[i].layers == sequential[i].layers and results[i].outputs == sequential[i].outputs
+
+
+def test_a_run_touches_no_process_wide_state(session):
+    """Root logger level and handlers, sys.stdout, ONNX Runtime's default logger, the loaded model: the same
+    before, during and after a run."""
+    import onnxruntime
+
+    root = logging.getLogger()
+    level, handlers, stdout = root.level, list(root.handlers), sys.stdout
+    before = session.model.proto.SerializeToString()
+    seen = []
+
+    def progress(what, done, total):
+        seen.append((root.level == level, root.handlers == handlers, sys.stdout is stdout))
+
+    original = onnxruntime.set_default_logger_severity
+    onnxruntime.set_default_logger_severity = lambda *a: pytest.fail("the run changed ONNX Runtime's default logger")
+    try:
+        fresh = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", calibration="percentile")
+        fresh.compare(fresh.realise(PrecisionPlan.uniform("int8")), progress=progress)
+        fresh.compare(fresh.realise(PrecisionPlan.uniform("fp16")), progress=progress)
+    finally:
+        onnxruntime.set_default_logger_severity = original
+    assert seen and all(all(s) for s in seen)
+    assert (root.level, root.handlers, sys.stdout) == (level, handlers, stdout)
+    assert session.model.proto.SerializeToString() == before
+
+
+def test_cancel_by_event(session):
+    cand = session.realise(PrecisionPlan.uniform("int8"))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        session.evaluate(cand, cancel=stop)
+    stop = threading.Event()
+
+    def progress(what, done, total):
+        if done == 1:
+            stop.set()
+
+    report = session.compare(cand, progress=progress, cancel=stop)
+    assert report.capture.interrupted and report.capture.samples_done == 1
+    assert all(o.accumulated.samples == 1 for lay in report.layers for o in lay.outputs if o.paired)
+    assert all(not o.paired for o in report.outputs)
+
+
+@pytest.mark.parametrize("plan, backend, message", [
+    (PrecisionPlan("int8", {"softmax": "fp16"}), "ort",
+     "the ONNX Runtime backend realises INT8 or FP16 plans, not both in one model: pin the other nodes to fp32, or "
+     "use a TensorRT backend"),
+    (PrecisionPlan("bf16"), "ort", "ONNX Runtime's CPU provider cannot realise a BF16 plan (it has no BF16 kernels); "
+                                   "use trt-bf16 on a machine with TensorRT, or an fp16 plan"),
+    (PrecisionPlan.uniform("fp16", pin_fp32={"conv1"}), "ort-trt-fp16",
+     "ort-trt-fp16 runs the whole model in fp16 (onnxruntime-gpu's providers take no per-node precisions); use "
+     "ort-int8 / ort-fp16 on the CPU, or trt-* with TensorRT, to pin nodes"),
+    (PrecisionPlan.uniform("int8"), "ort-cuda",
+     "ort-cuda runs the whole model in fp32 (onnxruntime-gpu's providers take no per-node precisions); use "
+     "ort-int8 / ort-fp16 on the CPU, or trt-* with TensorRT, to pin nodes"),
+])
+def test_a_backend_that_cannot_realise_a_plan_says_so(session, plan, backend, message):
+    with pytest.raises(BackendError) as err:
+        session.realise(plan, backend)
+    assert str(err.value) == message
+
+
+def test_a_spec_and_a_plan_that_disagree(session):
+    """The report's finding: PrecisionPlan.uniform("fp16") with ort-int8 built an unquantized model still
+    labelled as QDQ INT8."""
+    with pytest.raises(BadInput) as err:
+        session.candidate("ort-int8", PrecisionPlan.uniform("fp16"))
+    assert str(err.value) == ("--candidate ort-int8 with a plan that has no int8 node; use a plan with default int8 "
+                              "(nodes pinned to fp32 are fine)")
+
+
+def test_fake_backend_injects_a_known_error_per_node(session):
+    fake = FakeBackend(session.model, errors={"conv3": 0.05}, default_error=1e-3)
+    report = session.compare(session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv2"}), backend=fake))
+    rows = {lay.name: lay for lay in report.layers}
+    assert layerdiff.rank_layers(report)[0].name == "conv3"
+    # y * (1 + e sin(997 y)): a relative error of e times the RMS of the sine, about e / sqrt(2)
+    assert rows["conv3"].local_rel_rms == pytest.approx(0.05 / np.sqrt(2), rel=0.1)
+    assert rows["relu1"].local_rel_rms == pytest.approx(1e-3 / np.sqrt(2), rel=0.2)
+    assert rows["conv2"].local_rel_rms < 1e-6 and rows["conv2"].precision == "fp32"  # pinned: FP32 rounding only
+    assert rows["conv3"].precision == "int8" and rows["conv3"].kernels == ("fake",)
+    assert report.capture.exposed_vs_plain_max_abs == 0.0
+    again = session.compare(session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv2"}), backend=fake))
+    assert again.layers == report.layers  # deterministic
