@@ -57,6 +57,9 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
     if first is None and not any(lay.has_local for lay in compute):
         why = next((lay.local_unavailable for lay in compute if lay.local_unavailable), "no layer was compared")
         note = f"not computed: no local error could be computed ({why})"
+    elif first is None and not any(o.local.worst.count for lay in compute for o in lay.outputs if o.local):
+        note = ("not computed: every local error compares NaN or Inf only (no element is finite in both the "
+                "candidate and the FP32 recomputation)")
     tolerance = None
     if min_cosine is not None:
         failed = tuple(o.tensor for o in outputs if o.match_rate is None

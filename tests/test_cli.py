@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import layerdiff
-from tests.conftest import FIXTURES, SHARED
+from tests.conftest import FIXTURES, run_plain
 
 
 def test_compare_prints_summary_and_writes_report(cli, tmp_path):
@@ -15,7 +15,7 @@ def test_compare_prints_summary_and_writes_report(cli, tmp_path):
     code, stdout, _ = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-int8", "--inputs",
                           FIXTURES / "cnn_inputs", "-o", out, "--top", "3")
     assert code == 0
-    assert "output probs: cosine 0.99" in stdout and "worst 3 layers by local error" in stdout
+    assert "output probs: cosine 0.99" in stdout and "worst 3 rows by local error" in stdout
     assert "first divergent layer: none" in stdout
     d = json.loads(out.read_text())
     assert d["inputs"]["samples"] == 4 and not d["inputs"]["random"]
@@ -96,11 +96,16 @@ def test_help_and_version(cli):
 
 def test_public_api():
     assert sorted(layerdiff.__all__) == sorted([
-        "BackendError", "BadInput", "LayerDiff", "LayerdiffError", "PrecisionPlan", "Report", "TensorDiff",
-        "__version__", "compare", "rank_layers", "write_report",
+        "BackendError", "BadInput", "Cancelled", "Candidate", "CandidateInfo", "CandidateSource", "CaptureInfo",
+        "Counts", "Divergence", "EngineInfoError", "Evaluation", "FakeBackend", "InputDataError", "InputsInfo", "Kernel",
+        "LayerDiff", "LayerdiffError", "ModelError", "ModelInfo", "OutputDiff", "OutputPathError", "PlanError",
+        "PrecisionPlan", "ReferenceInfo", "Report", "ReportError", "Session", "TensorDiff", "Thresholds", "Tolerance",
+        "__version__", "compare", "load_report", "prepare", "rank_layers", "write_report",
     ])
     for name in layerdiff.__all__:
         assert hasattr(layerdiff, name)
+    assert all(issubclass(getattr(layerdiff, e), layerdiff.LayerdiffError) for e in layerdiff.__all__
+               if e.endswith(("Error", "Input")) or e == "Cancelled")
 
 
 def test_import_layerdiff_imports_neither_textual_nor_tensorrt():
@@ -115,23 +120,25 @@ def test_console_script_entry_point():
     assert out.returncode == 2 and out.stderr.strip().startswith("layerdiff: error: model not found")
 
 
-def test_shared_dir_constant_points_beside_project():
-    assert SHARED.name == "shared"
+def test_ci_checks_that_shared_is_there():
+    """Tests that read ../shared skip where it is missing (a user's clone); CI must not let them skip."""
+    run = (FIXTURES.parent / ".ci" / "run").read_text()
+    assert "../shared" in run and "exit 1" in run
 
 
 def test_interrupt_keeps_what_finished(cli, tmp_path, monkeypatch):
-    """Ctrl-C during the third model run: the report keeps the first sample, says so, exit 130."""
-    from layerdiff.backends import ort as ort_backend
+    """Ctrl-C while the second sample is compared: the report keeps the first sample, says so, exit 130."""
+    from layerdiff import capture
 
-    real_run, calls = ort_backend.Session.run, []
+    real, calls = capture._Capture._compare, []
 
-    def run(self, names, feed):
+    def compare(self, compared, r, c):
         calls.append(1)
-        if len(calls) == 4:  # sample 0: reference, candidate, exploded graph; then Ctrl-C in sample 1
+        if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(self, names, feed)
+        return real(self, compared, r, c)
 
-    monkeypatch.setattr(ort_backend.Session, "run", run)
+    monkeypatch.setattr(capture._Capture, "_compare", compare)
     out = tmp_path / "r.json"
     code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-fp16", "--inputs",
                        FIXTURES / "cnn_inputs", "-o", out, "-q")
@@ -139,11 +146,83 @@ def test_interrupt_keeps_what_finished(cli, tmp_path, monkeypatch):
     assert err == f"layerdiff: interrupted after 1 of 4 sample(s) in every chunk; the partial report is in {out}\n"
     d = json.loads(out.read_text())
     assert d["capture"]["interrupted"] and d["capture"]["samples_done"] == 1
-    assert all(o["samples"] == 1 for lay in d["layers"] for o in lay["outputs"])
-    assert d["outputs"][0]["paired"] is False  # the final plain run never happened
+    assert all(o["samples"] == 1 for lay in d["layers"] for o in lay["outputs"] if o["paired"])
+    assert any(o["paired"] for lay in d["layers"] for o in lay["outputs"])
 
 
 def test_debug_shows_the_traceback(cli, tmp_path):
     code, _, err = cli("compare", tmp_path / "nope.onnx", "--candidate", "ort-int8", "--debug")
     assert code == 2 and "Traceback" in err and err.rstrip().endswith(
         f"layerdiff: error: model not found: {tmp_path / 'nope.onnx'} (give the path of an .onnx file)")
+
+
+def _bracketed_model(tmp_path):
+    """A model whose node names look like rich markup: `[/bold]relu` and `attn[i]`."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="attn[i]"),
+             helper.make_node("Relu", ["h"], ["y"], name="[/bold]relu")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "brackets.onnx")
+    return tmp_path / "brackets.onnx"
+
+
+def test_names_are_never_read_as_markup(cli, tmp_path):
+    model = _bracketed_model(tmp_path)
+    code, out, err = cli("compare", model, "--candidate", "fake", "--top", "5", "-o", tmp_path / "r.json")
+    assert code == 0, err
+    assert "attn[i]" in out and "[/bold]relu" in out
+
+
+def test_inspect_shows_torch_tensorrt_names_with_brackets(cli, shared_dir):
+    """The report's crash: layerdiff inspect exited 1 on the real Torch-TensorRT file (aten layer names)."""
+    path = shared_dir / "fixtures" / "trt_engine_info" / "fuzzylabs_resnet18_torchtrt_fp16_trt10x.engine_layer_information.json"
+    code, out, err = cli("inspect", path)
+    assert code == 0, err
+    raw = json.loads(path.read_text())["Layers"][0]["Name"]
+    assert "[" in raw and raw[:40] in out.replace("\n", "")
+
+
+def test_the_table_fits_80_columns(tmp_path):
+    """In a terminal 80 columns wide nothing is wider, and numbers are never cut."""
+    from rich.console import Console
+
+    from layerdiff.console import print_summary
+
+    report = layerdiff.compare(FIXTURES / "cnn.onnx", "ort-int8", inputs=FIXTURES / "cnn_inputs",
+                               reference_provider="cpu")
+    console = Console(width=80, record=True, force_terminal=False, color_system=None)
+    print_summary(report, console, 15)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    table = text[text.index("worst 15 rows"):]
+    for lay in layerdiff.rank_layers(report)[:15]:
+        assert f"{lay.local_cosine:.6f}" in table  # the number whole
+
+
+def test_save_candidate_writes_the_deployable_fp16_model(cli, tmp_path):
+    """The report's finding: --save-candidate with ort-fp16 wrote the emulation model (casts around FP32 ops)."""
+    cand, emu = tmp_path / "fp16.onnx", tmp_path / "emu.onnx"
+    code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-fp16", "--inputs", FIXTURES / "cnn_inputs",
+                       "--save-candidate", cand, "--save-emulation", emu, "-q")
+    assert code == 0, err
+    saved, emulation = onnx.load(cand), onnx.load(emu)
+    conv = next(n for n in saved.graph.node if n.name == "conv1")
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(saved).graph.value_info}
+    assert types[conv.output[0]] == onnx.TensorProto.FLOAT16  # the real FP16 model
+    assert not any("::cast_" in n.name for n in saved.graph.node)
+    assert any("::cast_out" in n.name for n in emulation.graph.node)
+
+
+def test_first_divergence_not_computed_says_why(cli, tmp_path):
+    """All-NaN inputs: every local error compares nothing, and the summary says so instead of "none"."""
+    np.savez(tmp_path / "nan.npz", input=np.full((1, 3, 32, 32), np.nan, np.float32))
+    code, stdout, _ = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-fp16", "--inputs", tmp_path / "nan.npz")
+    assert code == 0
+    assert ("first divergent layer: not computed: every local error compares NaN or Inf only (no element is finite "
+            "in both the candidate and the FP32 recomputation)") in stdout.replace("\n", " ")
+    assert "first divergent layer: none" not in stdout

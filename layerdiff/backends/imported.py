@@ -116,6 +116,7 @@ class ImportedRunner:
         self.by_feed = {feed_key(feed): it for feed, it in zip(samples.feeds, iterations, strict=True)}
         self.tensors = set().union(*(it.keys() for it in iterations)) if iterations else set()
         self.outputs = [o for o in model.outputs if o in self.tensors]
+        self.tensors |= {i.name for i in model.inputs}  # the feed itself
         self.groups: list = []
         self.engine_producer: dict = {}
         if info is not None:
