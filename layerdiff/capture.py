@@ -24,7 +24,9 @@ import onnx
 from layerdiff.backends.base import CandidateSource, Deployment
 from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled
-from layerdiff.graph import LoadedModel, explode, fixed_shape_types
+from layerdiff.graph import LoadedModel
+from layerdiff.rewrite import fixed_shape_types
+from layerdiff.rewrite import explode
 from layerdiff.inputs import Samples
 from layerdiff.metrics import TensorMetrics, diff_metrics
 from layerdiff.rows import REFERENCE, Row

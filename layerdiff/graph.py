@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -203,7 +202,7 @@ def from_proto(proto: onnx.ModelProto, path: Path | str = "<memory>", sha256: st
     initializers = frozenset(t.name for t in graph.initializer)
     types = proto_tensor_types(proto, infer=False)
     inputs = tuple(
-        InputSpec(vi.name, vi.type.tensor_type.elem_type, _shape_of(vi))
+        InputSpec(vi.name, vi.type.tensor_type.elem_type, shape_of(vi))
         for vi in graph.input
         if vi.name not in initializers
     )
@@ -236,7 +235,7 @@ def tensor_info(model: onnx.ModelProto, infer: bool = True
         model = _infer_shapes(model)
     g = model.graph
     shapes = {vi.name: s for vi in list(g.input) + list(g.value_info) + list(g.output)
-              if vi.type.HasField("tensor_type") and (s := _shape_of(vi)) is not None}
+              if vi.type.HasField("tensor_type") and (s := shape_of(vi)) is not None}
     types = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(g.input) + list(g.value_info) + list(g.output)
@@ -272,7 +271,7 @@ def _through_qdq(g: onnx.GraphProto, types: dict[str, int], shapes: dict) -> Non
             break
 
 
-def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+def shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return None
@@ -368,128 +367,13 @@ def _name_nodes(graph: onnx.GraphProto, layers: tuple[Layer, ...]) -> None:
             node.name = by_output[outs[0]]
 
 
-def _value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
+def value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
     if elem_type:
         return helper.make_tensor_value_info(name, elem_type, None)
     return helper.make_empty_tensor_value_info(name)
-
-
-def with_outputs(blob: bytes, names: list[str], types: dict[str, int] | None = None,
-                 present: set[str] | frozenset[str] = frozenset()) -> bytes:
-    """`blob` (a serialised model) with `names` appended to its graph outputs (those in `present`, its
-    outputs already, are skipped). Protobuf merges a message serialised after another of the same type
-    and appends repeated fields, so this costs the size of the new outputs, not a copy of the weights,
-    and never touches a shared ModelProto."""
-    extra = [_value_info(n, (types or {}).get(n)) for n in dict.fromkeys(names) if n not in present]
-    if not extra:
-        return blob
-    return blob + onnx.ModelProto(graph=onnx.GraphProto(output=extra)).SerializeToString()
-
-
-def with_nodes(blob: bytes, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> bytes:
-    """`blob` with `nodes` and `initializers` appended to its graph (see `with_outputs`)."""
-    if not nodes and not initializers:
-        return blob
-    return blob + onnx.ModelProto(graph=onnx.GraphProto(node=nodes, initializer=initializers)).SerializeToString()
-
-
-def expose_tensors(model: LoadedModel, names: list[str]) -> bytes:
-    """The model, serialised, with `names` as extra outputs (its own outputs come first)."""
-    return with_outputs(model.blob, names, model.tensor_types, set(model.outputs))
 
 
 def serialize(proto: onnx.ModelProto) -> bytes:
     if proto.ByteSize() >= _PROTO_LIMIT:
         raise ModelError("models over 2 GB are not supported yet: protobuf cannot serialise them in memory")
     return proto.SerializeToString()
-
-
-Read = Callable[[Layer, int, str], str]  # (layer, input slot, tensor) -> the candidate tensor it really reads
-
-
-@dataclass(frozen=True)
-class Exploded:
-    blob: bytes
-    local: dict[str, str]  # reference tensor -> its recomputation (an output of the exploded graph)
-    feeds: dict[str, str]  # graph input -> the candidate tensor that feeds it
-
-
-def explode(model: LoadedModel, units: list[Unit], read: Read | None = None) -> Exploded:
-    """A graph that recomputes each unit (one layer, or layers fused into one kernel) in FP32 from graph
-    inputs. Inside a unit, a layer reads the recomputed outputs of the unit's other layers; weights
-    (initializers, Constant nodes) keep their FP32 values; every other input is a graph input named
-    `read(layer, slot, tensor)`: the candidate's tensor that the layer really reads there (after any
-    DequantizeLinear or Cast). Tensors a subgraph body reads from the outer scope keep their names.
-    Outputs are renamed `<tensor>::local`."""
-    read = read or (lambda layer, slot, tensor: tensor)
-    graph = model.proto.graph
-    by_output = {o: n for n in graph.node for o in n.output if o}
-    inits = {t.name: t for t in graph.initializer}
-    constants = model.constants
-    nodes, inputs, local, feeds, used_inits, embedded = [], {}, {}, {}, set(), set()
-    for unit in units:
-        inside = {t for lay in unit for t in lay.outputs}
-        for layer in unit:
-            node = onnx.NodeProto()
-            node.CopyFrom(by_output[layer.outputs[0]])
-            for slot, name in enumerate(node.input):
-                if not name:
-                    continue
-                if name in inside:
-                    node.input[slot] = name + LOCAL_SUFFIX
-                elif name in inits:
-                    used_inits.add(name)
-                elif name in constants:
-                    if name not in embedded:  # the Constant node itself, with its FP32 value
-                        nodes.append(by_output[name])
-                        embedded.add(name)
-                else:
-                    key = read(layer, slot, name)
-                    node.input[slot] = key
-                    inputs.setdefault(key, model.tensor_types.get(name))
-                    feeds[key] = key
-            for name in layer.inputs[len([i for i in node.input if i]):]:  # outer-scope reads of subgraphs
-                if name in inits:
-                    used_inits.add(name)
-                elif name not in inside and name not in constants:
-                    inputs.setdefault(name, model.tensor_types.get(name))
-                    feeds[name] = read(layer, -1, name)
-            renamed = [o + LOCAL_SUFFIX if o else "" for o in node.output]
-            local.update({o: o + LOCAL_SUFFIX for o in node.output if o})
-            del node.output[:]
-            node.output.extend(renamed)
-            nodes.append(node)
-    new_graph = helper.make_graph(
-        nodes, "layerdiff_exploded",
-        [_value_info(n, t) for n, t in inputs.items()],
-        [_value_info(local[o], model.tensor_types.get(o)) for o in local],
-        [inits[n] for n in sorted(used_inits)],
-    )
-    out = helper.make_model(new_graph, opset_imports=model.proto.opset_import)
-    out.ir_version = model.proto.ir_version
-    return Exploded(serialize(out), local, feeds)
-
-
-def fixed_shape_types(model: LoadedModel, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    """Static shapes of tensors once the inputs have `shapes` (shape inference, no run). Tensors whose
-    shape still depends on data are left out."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for vi in proto.graph.input:
-        if vi.name in shapes:
-            dims = vi.type.tensor_type.shape.dim
-            del dims[:]
-            for d in shapes[vi.name]:
-                dims.add().dim_value = int(d)
-    del proto.graph.value_info[:]
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except onnx.shape_inference.InferenceError:
-        return {}
-    out = {}
-    for vi in list(proto.graph.value_info) + list(proto.graph.output):
-        s = _shape_of(vi)
-        if s is not None and all(isinstance(d, int) for d in s):
-            out[vi.name] = tuple(s)  # type: ignore[arg-type]
-    return out
-

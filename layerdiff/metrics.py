@@ -18,10 +18,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 FP16_MAX = 65504.0
-# 64 KiB of float64 per operand: the block stays in cache, and OpenBLAS computes a dot product this short
-# on the calling thread (it splits only those over 10,000 elements), so the sums are added in the same
-# order whatever BLAS's thread settings: metrics are bit-identical across runs and threads.
-_BLOCK = 1 << 13
+# 512 KiB of float64 per operand: the block stays in cache. Dot products are numpy's own einsum loops,
+# not BLAS: BLAS splits long dot products over its threads, which changes the order of the additions
+# with its thread settings; einsum adds in one fixed order, so metrics are bit-identical across runs,
+# threads and machines' BLAS settings (and layerdiff never has to change those process-wide settings).
+_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,8 +155,12 @@ def _block_sums(r: np.ndarray, c: np.ndarray) -> tuple[float, ...]:
     with np.errstate(invalid="ignore", over="ignore"):
         d = c - r
         ad = np.abs(d)
-        return (float(r @ r), float(c @ c), float(r @ c), float(d @ d), float(ad.sum()), float(ad.max()),
+        return (_dot(r, r), _dot(c, c), _dot(r, c), _dot(d, d), float(ad.sum()), float(ad.max()),
                 float(np.abs(r).max()))
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.einsum("i,i->", a, b))
 
 
 _LOWER_IS_WORSE = {"cosine", "sqnr_db"}

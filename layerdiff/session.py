@@ -31,7 +31,8 @@ from layerdiff.backends.ort import providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import capture, tensor_sizes
 from layerdiff.errors import BadInput, Cancelled, InputDataError, ModelError, OutputPathError
-from layerdiff.graph import LoadedModel, expose_tensors, load_model
+from layerdiff.graph import LoadedModel, load_model
+from layerdiff.rewrite import expose_tensors
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.match import identity_pairing, match_tensors
 from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate

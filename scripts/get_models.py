@@ -2,8 +2,9 @@
 
 Models: PP-OCR (PaddleOCR) detection, direction-classification and recognition models, as shipped inside
 the `rapidocr-onnxruntime` wheel on PyPI (downloaded with pip, never committed). Inputs: photos from
-scikit-image's `skimage.data` (pip install scikit-image), preprocessed as PP-OCR does.
+scikit-image's `skimage.data`, preprocessed as PP-OCR does (scikit-image comes with the `models` extra).
 
+    pip install -e '.[models]'              # scikit-image, once
     python scripts/get_models.py            # -> models/<name>/model.onnx, inputs/*.npz, calib/*.npz
 """
 
@@ -68,6 +69,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "models")
     args = parser.parse_args()
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        print("get_models.py makes inputs from scikit-image's photos: pip install -e '.[models]' (or "
+              "pip install scikit-image), then run it again", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, WHEEL], check=True)
         wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))

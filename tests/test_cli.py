@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 import layerdiff
-from tests.conftest import FIXTURES, run_plain
+from tests.conftest import FIXTURES
 
 
 def test_compare_prints_summary_and_writes_report(cli, tmp_path):

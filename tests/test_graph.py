@@ -4,7 +4,8 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 from layerdiff.backends.ort import make_session
-from layerdiff.graph import LOCAL_SUFFIX, explode, expose_tensors, from_proto, load_model
+from layerdiff.graph import LOCAL_SUFFIX, from_proto, load_model
+from layerdiff.rewrite import explode, expose_tensors
 from tests.conftest import FIXTURES
 
 

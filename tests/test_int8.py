@@ -126,7 +126,7 @@ def test_calibration_methods_and_budget():
 
 def _exposed(model, tensor, feed):
     from layerdiff.backends.ort import make_session
-    from layerdiff.graph import expose_tensors
+    from layerdiff.rewrite import expose_tensors
 
     return make_session(expose_tensors(model, [tensor])).run([tensor], feed)[tensor]
 

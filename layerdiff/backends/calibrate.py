@@ -25,7 +25,9 @@ from onnx import TensorProto, helper
 
 from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled, InputDataError
-from layerdiff.graph import LoadedModel, fixed_shape_types, with_nodes, with_outputs
+from layerdiff.graph import LoadedModel
+from layerdiff.rewrite import fixed_shape_types
+from layerdiff.rewrite import with_nodes, with_outputs
 from layerdiff.inputs import Samples
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")

@@ -29,7 +29,8 @@ from onnx import TensorProto
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import Session, make_session, optimized_model
 from layerdiff.errors import BackendError
-from layerdiff.graph import tensor_info, with_nodes, with_outputs
+from layerdiff.graph import tensor_info
+from layerdiff.rewrite import with_nodes, with_outputs
 
 SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
 _EXACT_STEPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})

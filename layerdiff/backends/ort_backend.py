@@ -25,7 +25,8 @@ from layerdiff.backends.int8 import TRT_QDQ_OPS, Int8Quantizer
 from layerdiff.backends.kernels import OrtKernels, OrtSource
 from layerdiff.backends.ort import provider_loads
 from layerdiff.errors import BackendError
-from layerdiff.graph import LoadedModel, proto_tensor_types, serialize, with_outputs
+from layerdiff.graph import LoadedModel, proto_tensor_types, serialize
+from layerdiff.rewrite import with_outputs
 from layerdiff.inputs import Samples
 from layerdiff.plan import PrecisionPlan
 
@@ -47,6 +48,9 @@ class OrtRunner:
                  expect_provider: str | None = None):
         self.executed, self.providers, self.level = executed, providers, level
         self.capture, self.expect = capture, expect_provider
+        # ONNX Runtime's TensorRT provider builds its own engines: which precision each layer ran in is not
+        # known from the ONNX graph (its labels would say fp32 while TensorRT ran FP16)
+        self.opaque = expect_provider if expect_provider == "TensorrtExecutionProvider" else None
         self._lock = threading.Lock()
         self._deployment = None
 
@@ -93,6 +97,8 @@ class MarkedOutputs:
         node = self.producer.get(tensor)
         if node is None:
             return None
+        if self.runner.opaque:  # a provider that compiles the graph its own way (TensorRT) does not say
+            return Kernel(self.runner.opaque, "unknown")
         kinds = [_LOW.get(self.types.get(t, 0)) for t in node.input if t in self.producer or t in self.inputs]
         precision = next((k for k in kinds if k), "fp32")
         dq = any(self.producer[t].op_type == "DequantizeLinear" for t in node.input if t in self.producer)
