@@ -195,8 +195,10 @@ def _quiet_libraries(debug: bool) -> None:
     advice) are shown only with --debug. The library never changes these; the command may, at start."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(name)s: %(message)s")
     import onnxruntime
+    from polygraphy.logger import G_LOGGER
 
     onnxruntime.set_default_logger_severity(0 if debug else 3)
+    G_LOGGER.module_severity = G_LOGGER.VERBOSE if debug else G_LOGGER.ERROR  # its loaders print to stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,3 +155,22 @@ def test_fake_backend_injects_a_known_error_per_node(session):
     assert report.capture.exposed_vs_plain_max_abs == 0.0
     again = session.compare(session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv2"}), backend=fake))
     assert again.layers == report.layers  # deterministic
+
+
+def test_a_plan_naming_nodes_the_model_lacks(session):
+    with pytest.raises(layerdiff.PlanError) as err:
+        session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv9", "conv2"}))
+    assert str(err.value) == ("the plan names 1 node(s) the model does not have: conv9; node names are those in the "
+                              "report's 'name' field")
+
+
+def test_tensorrt_provider_rows_say_unknown_precision(session):
+    """The report's finding: ort-trt-fp16 read its labels from the FP32 graph, so every row said fp32 while
+    TensorRT ran FP16. ONNX Runtime's TensorRT provider builds its own engines; the label is unknown."""
+    from layerdiff.backends.ort_backend import OrtRunner
+
+    runner = OrtRunner(session.model.proto, None, "all", "mark-outputs", expect_provider="TensorrtExecutionProvider")
+    kernel = runner.deployment().kernel("conv1_out")
+    assert (kernel.op, kernel.precision) == ("TensorrtExecutionProvider", "unknown")
+    cpu = OrtRunner(session.model.proto, None, "all", "mark-outputs").deployment().kernel("conv1_out")
+    assert (cpu.op, cpu.precision) == ("Conv", "fp32")
