@@ -163,7 +163,7 @@ def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) 
             raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
         write_atomic(save_emulation, serialize(cand.executed))
     if save_engine_info:
-        text = cand.details.get("engine_info_json")
+        text = cand.artifacts.get("engine_info.json")
         if text is None:
             raise BadInput("--save-engine-info writes the layer information of an engine layerdiff built: use it "
                            "with --candidate trt-*")

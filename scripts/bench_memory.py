@@ -1,4 +1,6 @@
-"""Peak memory of `layerdiff compare` under `--max-memory` budgets, and the chunks each needed.
+"""Peak memory of `layerdiff compare` under `--max-memory` budgets, and the chunks each needed: once
+with the candidate saved beforehand (capture only), once building it (`ort-int8`: calibration, which
+the budget bounds too, quantization and capture), with the percentile calibration that needs histograms.
 
     python scripts/bench_memory.py [MODEL INPUTS CANDIDATE]   # default: models/ppocr_det (get_models.py)
 
@@ -29,20 +31,22 @@ def main() -> int:
     from rich.table import Table
 
     table = Table(title=f"layerdiff compare peak memory by --max-memory ({model.parent.name}, {cand_kind})")
-    for col in ("--max-memory", "chunks", "wall s", "peak RSS MB", "final-output cosine"):
+    for col in ("candidate", "--max-memory", "chunks", "wall s", "peak RSS MB", "final-output cosine"):
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         cand = Path(tmp) / "cand.onnx"
         subprocess.run([str(BIN / "layerdiff"), "compare", str(model), "--candidate", cand_kind, "--inputs",
                         str(inputs), "--save-candidate", str(cand), "-q"], check=True)
-        for budget in (None, "1GiB", "512MiB", "256MiB", "128MiB"):
-            out = Path(tmp) / "r.json"
-            cmd = [str(BIN / "layerdiff"), "compare", str(model), "--candidate", str(cand), "--inputs", str(inputs),
-                   "-q", "-o", str(out)] + (["--max-memory", budget] if budget else [])
-            wall, rss = measure(cmd)
-            d = json.loads(out.read_text())
-            table.add_row(budget or "none", str(d["capture"]["chunks"]), f"{wall:.1f}", f"{rss / 1e6:.0f}",
-                          f"{d['outputs'][0]['cosine']}")
+        for label, spec, extra in (("saved file", str(cand), []),
+                                   (f"{cand_kind}, percentile", cand_kind, ["--calibration", "percentile"])):
+            for budget in (None, "1GiB", "512MiB", "256MiB", "128MiB"):
+                out = Path(tmp) / "r.json"
+                cmd = [str(BIN / "layerdiff"), "compare", str(model), "--candidate", spec, "--inputs", str(inputs),
+                       "-q", "-o", str(out), *extra] + (["--max-memory", budget] if budget else [])
+                wall, rss = measure(cmd)
+                d = json.loads(out.read_text())
+                table.add_row(label, budget or "none", str(d["capture"]["chunks"]), f"{wall:.1f}",
+                              f"{rss / 1e6:.0f}", f"{d['outputs'][0]['cosine']}")
     Console(width=120).print(table)
     return 0
 

@@ -20,7 +20,7 @@ def test_tensorrt_candidate_end_to_end(spec, tmp_path):
     cand = session.candidate(spec)
     report = session.compare(cand)
     layers = tmp_path / "layers.json"
-    layers.write_text(cand.details["engine_info_json"])
+    layers.write_text(cand.artifacts["engine_info.json"])
     assert report.capture.mode in ("debug-tensors", "mark-outputs")
     assert isinstance(report.capture.matches_plain_engine, bool)
     assert report.output_metrics("probs").cosine > 0.99

@@ -90,6 +90,7 @@ class Candidate:
     emulated: frozenset[str] = frozenset()  # nodes whose FP16 is emulated by rounding
     requested: Mapping[str, str] = field(default_factory=dict)  # node -> precision the plan asked for
     details: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts for the report
+    artifacts: Mapping[str, str] = field(default_factory=dict, repr=False)  # files a user may save (engine info)
 
     @property
     def key(self) -> tuple[str, str, PrecisionPlan | None]:

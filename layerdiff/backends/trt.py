@@ -62,7 +62,8 @@ class TrtSource:
         missing = [n for n in names if n not in out]
         if missing:
             raise BackendError(f"TensorRT did not return tensor '{missing[0]}' (fused away despite capture)")
-        return {n: np.asarray(out[n]) for n in names}
+        # copies: the runner reuses its host buffers for the next inference
+        return {n: np.array(out[n], copy=True) for n in names}
 
 
 class TrtDeployment:
@@ -187,11 +188,12 @@ class TrtBackend:
             onnx_model = self._typed_onnx(plan, precision)
         runners = TrtRunnerSet(self.model, onnx_model, precision, plan, self.calib, strongly_typed)
         details = {"engine_info": {**runners.info_summary, "path": "(read from the built engine)"},
-                   "strongly_typed": strongly_typed, "engine_info_json": runners.engine_info_json}
+                   "strongly_typed": strongly_typed}
         return Candidate(spec=f"trt-{precision}", kind=f"trt-{precision}", backend=self.name,
                          runtime=f"TensorRT {version}", plan=plan, model=onnx_model if strongly_typed else None,
                          executed=onnx_model if strongly_typed else None, runner=runners, pinned=plan.pinned,
-                         requested=dict(plan.overrides), details=details)
+                         requested=dict(plan.overrides), details=details,
+                         artifacts={"engine_info.json": runners.engine_info_json})
 
     def _typed_onnx(self, plan: PrecisionPlan, precision: str) -> onnx.ModelProto:
         if precision == "bf16":
