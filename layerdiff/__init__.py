@@ -19,13 +19,35 @@ from layerdiff.backends.base import Candidate, CandidateSource, Kernel
 from layerdiff.backends.fake import FakeBackend
 from layerdiff.compare import compare
 from layerdiff.errors import (
-    BackendError, BadInput, Cancelled, EngineInfoError, InputDataError, LayerdiffError, ModelError, OutputPathError,
-    PlanError, ReportError,
+    BackendError,
+    BadInput,
+    Cancelled,
+    EngineInfoError,
+    InputDataError,
+    LayerdiffError,
+    ModelError,
+    OutputPathError,
+    PlanError,
+    ReportError,
 )
 from layerdiff.plan import PrecisionPlan
 from layerdiff.report import (
-    CandidateInfo, CaptureInfo, Counts, Divergence, InputsInfo, LayerDiff, ModelInfo, OutputDiff, ReferenceInfo,
-    Report, TensorDiff, Thresholds, Tolerance, load_report, rank_layers, write_report,
+    CandidateInfo,
+    CaptureInfo,
+    Counts,
+    Divergence,
+    InputsInfo,
+    LayerDiff,
+    ModelInfo,
+    OutputDiff,
+    ReferenceInfo,
+    Report,
+    TensorDiff,
+    Thresholds,
+    Tolerance,
+    load_report,
+    rank_layers,
+    write_report,
 )
 from layerdiff.session import Evaluation, Session, prepare
 

@@ -13,8 +13,19 @@ from layerdiff.graph import LoadedModel
 from layerdiff.inputs import RANDOM_WARNING, Samples
 from layerdiff.metrics import aggregate
 from layerdiff.report import (
-    CandidateInfo, CaptureInfo, Counts, Divergence, InputsInfo, LayerDiff, ModelInfo, OutputDiff, ReferenceInfo,
-    Report, TensorDiff, Thresholds, Tolerance,
+    CandidateInfo,
+    CaptureInfo,
+    Counts,
+    Divergence,
+    InputsInfo,
+    LayerDiff,
+    ModelInfo,
+    OutputDiff,
+    ReferenceInfo,
+    Report,
+    TensorDiff,
+    Thresholds,
+    Tolerance,
 )
 from layerdiff.rows import Row
 

@@ -25,10 +25,9 @@ from layerdiff.backends.base import CandidateSource, Deployment
 from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled
 from layerdiff.graph import LoadedModel
-from layerdiff.rewrite import fixed_shape_types
-from layerdiff.rewrite import explode
 from layerdiff.inputs import Samples
 from layerdiff.metrics import TensorMetrics, diff_metrics
+from layerdiff.rewrite import explode, fixed_shape_types
 from layerdiff.rows import REFERENCE, Row
 
 Progress = Callable[[str, int, int], None]  # (what is running, steps done, steps in all)

@@ -105,7 +105,8 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             capture_mode, ort_optimization, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     from layerdiff.console import print_summary, progress_bar
-    from layerdiff.report import check_writable, write_atomic, write_report
+    from layerdiff.files import check_writable, write_atomic
+    from layerdiff.report import write_report
     from layerdiff.session import prepare
 
     budget = parse_size(max_memory) if max_memory else None

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -24,18 +31,29 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 @contextlib.contextmanager
-def progress_bar(console: Console, quiet: bool) -> Iterator[ProgressFn | None]:
+def progress_bar(console: Console, quiet: bool, delay: float = 1.0) -> Iterator[ProgressFn | None]:
+    """A progress bar on `console` (stderr), shown once the work has taken `delay` seconds: a run that
+    is over sooner never flickers one. None when quiet or not on a terminal."""
     if quiet or not console.is_terminal:
         yield None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("preparing", total=None)
+    start = time.monotonic()
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task("preparing", total=None)
 
-        def update(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what[:40], completed=done, total=total)
+    def update(what: str, done: int, total: int) -> None:
+        if not bar.live.is_started and time.monotonic() - start < delay:
+            return
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, description=Text(what[:30]).plain, completed=done, total=total)
 
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def fmt(x: float | None, spec: str = ".6f") -> str:
@@ -47,11 +65,16 @@ def fmt(x: float | None, spec: str = ".6f") -> str:
 
 
 def shorten(name: str, width: int) -> str:
-    """`name` cut in the middle to `width` characters (the start and the end tell most names apart)."""
-    if len(name) <= width or width < 5:
+    """`name` cut in the middle to `width` characters (the start and the end tell most names apart),
+    marked with `..` (ASCII, so byte-counting tools agree with the terminal)."""
+    if len(name) <= width or width < 6:
         return name
-    head = (width - 1) // 2
-    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+    head = (width - 2) // 2
+    return name[:head] + ".." + name[len(name) - (width - 2 - head):]
+
+
+# rich's SIMPLE_HEAD in ASCII: only a rule under the header
+_ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)
 
 
 def precision_label(layer: LayerDiff) -> str:
@@ -124,7 +147,7 @@ def print_summary(report: Report, console: Console, top: int) -> None:
         if any(precision_label(lay) == "fp32q" for lay in ranked):
             legend.append("fp32q: a float kernel on INT8 values read through DequantizeLinear")
         if any(lay.kind == "conversion" for lay in ranked):
-            legend.append("Q/Cast rows: the rounding of a tensor before its readers")
+            legend.append("Q/DQ and Cast rows: the rounding of the named tensor before its readers")
         for note in legend:
             console.print(Text(note, style="dim"))
 
@@ -133,7 +156,7 @@ def worst_table(ranked: list[LayerDiff], width: int) -> Table:
     fixed = [("#", 4), ("op", 10), ("prec", 6), ("local cos", 9), ("local rel", 9), ("cosine", 9), ("max_abs", 9)]
     name_width = max(12, width - sum(w for _, w in fixed) - 2 * len(fixed) - 1)
     table = Table(title=f"worst {len(ranked)} rows by local error (the error each one introduces)",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
+                  box=_ASCII_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("layer", no_wrap=True, max_width=name_width)
     for col, w in fixed[1:]:
@@ -143,8 +166,9 @@ def worst_table(ranked: list[LayerDiff], width: int) -> Table:
         acc = [o.accumulated.worst for o in layer.outputs if o.accumulated is not None]
         op = "Q/DQ" if layer.op == "QuantizeLinear" else layer.op
         local = "NaN/Inf" if layer.local_nonfinite else fmt(layer.local_rel_rms, ".3g")
+        name = layer.converts if layer.kind == "conversion" else layer.name  # the tensor it rounds
         table.add_row(
-            str(layer.index), Text(shorten(layer.name, name_width)), Text(shorten(op, 10)), precision_label(layer),
+            str(layer.index), Text(shorten(name, name_width)), Text(shorten(op, 10)), precision_label(layer),
             fmt(layer.local_cosine, ".6f"), local, fmt(min((m.cosine for m in acc), default=None), ".6f"),
             fmt(max((m.max_abs for m in acc), default=None), ".3g"),
             style="red" if layer.diverges else None,
@@ -156,7 +180,7 @@ def print_engine_info(info, console: Console) -> None:
     counts = Counter(layer.precision for layer in info.layers)
     _line(console, (str(info.path), "bold"), f" ({info.kind}): {len(info.layers)} engine layers; precisions: ",
           ", ".join(f"{p} {n}" for p, n in counts.most_common()))
-    table = Table(box=box.SIMPLE_HEAD)
+    table = Table(box=_ASCII_HEAD)
     for col, just in [("#", "right"), ("layer", "left"), ("type", "left"), ("precision", "left"),
                       ("ONNX nodes", "left"), ("from", "left")]:
         table.add_column(col, justify=just, overflow="fold")

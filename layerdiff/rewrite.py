@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from layerdiff.graph import LOCAL_SUFFIX, Layer, LoadedModel, Unit, shape_of, serialize, value_info
+from layerdiff.graph import (
+    LOCAL_SUFFIX,
+    Layer,
+    LoadedModel,
+    Unit,
+    serialize,
+    shape_of,
+    value_info,
+)
 
 
 def with_outputs(blob: bytes, names: list[str], types: dict[str, int] | None = None,

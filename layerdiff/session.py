@@ -30,14 +30,20 @@ from layerdiff.backends.kernels import OrtSource
 from layerdiff.backends.ort import providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import capture, tensor_sizes
-from layerdiff.errors import BadInput, Cancelled, InputDataError, ModelError, OutputPathError
+from layerdiff.errors import (
+    BadInput,
+    Cancelled,
+    InputDataError,
+    ModelError,
+    OutputPathError,
+)
 from layerdiff.graph import LoadedModel, load_model
-from layerdiff.rewrite import expose_tensors
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.match import identity_pairing, match_tensors
 from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
 from layerdiff.plan import PrecisionPlan
 from layerdiff.report import CandidateInfo, OutputDiff, Report
+from layerdiff.rewrite import expose_tensors
 from layerdiff.rows import plan_rows
 
 Progress = Callable[[str, int, int], None]
@@ -208,7 +214,7 @@ class Session:
         if path is None or path.exists() or backend is None or backend.quantizer is None:
             return
         if backend.quantizer._ranges is not None:
-            from layerdiff.report import write_atomic
+            from layerdiff.files import write_atomic
 
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(ranges_to_json(backend.quantizer._ranges)).encode())

@@ -1,18 +1,24 @@
 """Fuzz layerdiff's file parsers with hypothesis: whatever a file holds, a parser returns its result or
 raises its own error (one line), never anything else.
 
-    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info] [--seed N]
+    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report] [--seed N]
 
-Each entry of TARGETS is one parser: a hypothesis strategy of file contents and a check that parses one
-file. tests/test_fuzz_engine_info.py runs the same strategies with fewer cases. To fuzz another parser
-(Polygraphy results, reports, recipes), add its strategy and check and one TARGETS entry.
+Each entry of TARGETS is one parser: a hypothesis strategy of file contents (or directories) and a check
+that parses one. tests/test_fuzz_engine_info.py and tests/test_fuzz_parsers.py run the same strategies
+with fewer cases. To fuzz another parser (recipes, ...), add its strategy and check and one TARGETS entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import io
 import json
+import os
+import pickle
+import re
+import shutil
 import sys
 import tempfile
 import traceback
@@ -164,6 +170,27 @@ def _paths(value: Any, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _damaged(draw: Callable, doc: Any, keys: list[str], wrong: st.SearchStrategy = WRONG) -> Any:
+    """A deep copy of `doc` with up to 3 fields (those named in `keys` more often) deleted, or replaced by a
+    value of the wrong type (from `wrong`) or by random JSON."""
+    doc = copy.deepcopy(doc)
+    for _ in range(draw(st.integers(0, 3))):
+        paths = _paths(doc)
+        if not paths:
+            break
+        interesting = [p for p in paths if p[-1] in keys]
+        path = draw(st.sampled_from(interesting if interesting and draw(st.booleans()) else paths))
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        how = draw(st.sampled_from(["delete", "wrong type", "garbage"]))
+        if how == "delete":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = copy.deepcopy(draw(wrong if how == "wrong type" else json_values))  # WRONG's are shared
+    return doc
+
+
 @st.composite
 def _mutated(draw, docs: st.SearchStrategy[Any]) -> bytes:
     """A real file, cut to a few layers, with up to 3 fields deleted or replaced, serialized in one of the
@@ -174,21 +201,7 @@ def _mutated(draw, docs: st.SearchStrategy[Any]) -> bytes:
         doc = {**doc, "Layers": doc["Layers"][start:start + draw(st.integers(0, 12))]}
     elif isinstance(doc, list):
         doc = doc[:draw(st.integers(0, 12))]
-    doc = copy.deepcopy(doc)
-    for _ in range(draw(st.integers(0, 3))):
-        paths = _paths(doc)
-        if not paths:
-            break
-        interesting = [p for p in paths if p[-1] in KEYS]
-        path = draw(st.sampled_from(interesting if interesting and draw(st.booleans()) else paths))
-        parent = doc
-        for key in path[:-1]:
-            parent = parent[key]
-        how = draw(st.sampled_from(["delete", "wrong type", "garbage"]))
-        if how == "delete":
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = copy.deepcopy(draw(WRONG if how == "wrong type" else json_values))  # WRONG's are shared
+    doc = _damaged(draw, doc, KEYS)
     text = draw(_serialized(doc))
     if draw(st.integers(0, 3)) == 0:
         text = text[:draw(st.integers(0, len(text)))]
@@ -266,24 +279,408 @@ def check_engine_info(path: Path) -> None:
                 assert set(layer.onnx_nodes) <= {x.name for x in m.layers}, (layer.name, layer.onnx_nodes)
 
 
+# ---------------------------------------------------------------- Polygraphy results (layerdiff.backends.imported)
+
+POLYGRAPHY_DIR = ROOT.parent / "shared" / "fixtures" / "polygraphy_results"
+RESULT_OUTPUTS = ("probs", "logits", "A-V-12-Add", "A-V-14-ArgMax")
+RESULT_KEYS = ["lst", "outputs", "values", "array", "polygraphy_class", "runtime", "runner_name", "tensor"]
+LEGACY = "polygraphy_serialized_json_type"
+# made (a directory) by any loader that unpickles what the fuzzer gives it
+UNPICKLED = Path(tempfile.gettempdir()) / f"layerdiff-fuzz-unpickled-{os.getpid()}"
+
+
+class Unpickled:
+    """Unpickling this object runs os.mkdir(UNPICKLED): proof that a loader executed pickled code."""
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(UNPICKLED),)
+
+
+def _npy(arr: Any, allow_pickle: bool = False) -> bytes:
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, arr, allow_pickle=allow_pickle)
+    return out.getvalue()
+
+
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    import numpy as np
+
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _ndarray(payload: Any) -> dict:
+    return {"array": payload, "polygraphy_class": "ndarray"}
+
+
+def _lazy(value: Any) -> dict:
+    return {"values": value, "polygraphy_class": "LazyNumpyArray"}
+
+
+@cache
+def pickled_payloads() -> dict[str, Any]:
+    """Content that runs code if unpickled, in each place a Polygraphy JSON file can carry a pickle."""
+    import numpy as np
+
+    evil = pickle.dumps(Unpickled())
+    npz = io.BytesIO()
+    np.savez(npz, x=np.array([Unpickled()], dtype=object))
+    obj_npy = _npy(np.array([Unpickled(), 1], dtype=object), allow_pickle=True)
+    return {
+        "object array (npy)": _ndarray(_b64(obj_npy)),
+        "object array (npy, latin-1)": _ndarray(obj_npy.decode("latin-1")),
+        "object array (npz)": _ndarray(_b64(npz.getvalue())),
+        "pickle as an array": _ndarray(_b64(evil)),
+        "torch tensor": {"tensor": _b64(evil), "polygraphy_class": "Tensor"},
+        "torch tensor (legacy)": {"Tensor": LEGACY, "tensor": _b64(evil)},
+        "torch tensor (legacy, encoded)": {"__polygraphy_encoded_Tensor": LEGACY, "tensor": _b64(evil)},
+    }
+
+
+@cache
+def _array_payloads() -> list[Any]:
+    """Values of an ndarray's "array" field: right, damaged, of other dtypes, or not arrays at all."""
+    import numpy as np
+
+    good = [_npy(a) for a in (np.arange(6, dtype=np.float32).reshape(2, 3), np.array(3.5, np.float16),
+                              np.array([1, 2], np.int32), np.array([True]), np.zeros((1, 0), np.float32))]
+    npz = io.BytesIO()
+    np.savez(npz, np.ones(2, np.float32))
+    empty_npz = io.BytesIO()
+    np.savez(empty_npz)
+    others = [_npy(np.array(["ab"])), _npy(np.array([b"x"])), _npy(np.zeros(2, [("a", "<f4")])),
+              _npy(np.array(["2024-01-01"], "datetime64[D]")), _npy(np.array([1j]))]
+    return [*map(_b64, good), good[0].decode("latin-1"), _b64(npz.getvalue()), _b64(empty_npz.getvalue()),
+            *map(_b64, others), _b64(good[0][:20]), _b64(good[0][:-3]), good[0][:40].decode("latin-1"),
+            _b64(_npy_header("<f4", (10 ** 12,))), _b64(_npy_header("<f4", (10 ** 9,))),
+            _b64(_npy_header("<f4", (-1,))), _b64(_npy_header("|O", (1,))), _b64(_npy_header("xx", (1,))),
+            _b64(b"PK\x03\x04broken zip"), "", "not base64!", "\u2603", "k05VTVBZ", 5, None, [], {"array": "x"}]
+
+
+def _result_values() -> st.SearchStrategy:
+    """What a results file's JSON may hold where Polygraphy expects one of its types: wrong types, other
+    Polygraphy types, pickles, arrays that are not numbers."""
+    return st.one_of(WRONG, st.sampled_from(list(pickled_payloads().values())),
+                     st.sampled_from(_array_payloads()).map(_ndarray),
+                     st.sampled_from([{"polygraphy_class": name} for name in
+                                      ("Foo", "AccuracyResult", "FormattedArray", "RunResults", "IterationResult",
+                                       "LazyNumpyArray", "ndarray", "Tensor", "")]),
+                     st.sampled_from([{"polygraphy_class": 5}, {"polygraphy_class": ["ndarray"]},
+                                      {"ndarray": LEGACY}, {"Foo": LEGACY}, {"RunResults": LEGACY, "lst": 3}]))
+
+
+def _sometimes_wrong_result(right: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(right, right, right, right, st.deferred(_result_values), json_values)
+
+
+runner_names = st.sampled_from(["trt-runner-N0-08/24/23-07:55:24", "onnxrt-runner-N0", "custom_runner"]) | st.text(
+    max_size=8)
+arrays_json = st.deferred(lambda: st.sampled_from(_array_payloads()).map(_ndarray))
+iteration_objects = st.fixed_dictionaries(
+    {"polygraphy_class": _sometimes_wrong_result(st.just("IterationResult"))},
+    optional={"outputs": _sometimes_wrong_result(st.dictionaries(
+                  st.sampled_from(RESULT_OUTPUTS) | st.text(max_size=6),
+                  _sometimes_wrong_result(arrays_json.map(_lazy) | arrays_json), max_size=3)),
+              "runtime": _sometimes_wrong_result(st.floats(0, 1)),
+              "runner_name": _sometimes_wrong_result(runner_names)})
+run_results = st.fixed_dictionaries({
+    "lst": _sometimes_wrong_result(st.lists(_sometimes_wrong_result(
+        st.tuples(_sometimes_wrong_result(runner_names),
+                  _sometimes_wrong_result(st.lists(_sometimes_wrong_result(iteration_objects), max_size=3))).map(list)),
+        max_size=3)),
+    "polygraphy_class": _sometimes_wrong_result(st.just("RunResults"))})
+
+
+def _legacy(doc: Any) -> Any:
+    """The legacy encoding: the type name as a key whose value is the marker."""
+    if isinstance(doc, list):
+        return [_legacy(x) for x in doc]
+    if not isinstance(doc, dict):
+        return doc
+    out = {k: _legacy(v) for k, v in doc.items() if k != "polygraphy_class"}
+    if isinstance(doc.get("polygraphy_class"), str):
+        out[doc["polygraphy_class"]] = LEGACY
+    return out
+
+
+# placeholders put in a document as strings, replaced in its text by what json.dumps will not write
+RAW = ["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1e-400", "9" * 5000, "-0", "123456789012345678901234567890"]
+DEEP = [10, 500, 990, 1500, 100_000]
+PLACEHOLDERS = [f"@@RAW{i}@@" for i in range(len(RAW))] + [f"@@DEEP{n}@@" for n in DEEP]
+
+
+def _fill(text: str) -> str:
+    if "@@" not in text:
+        return text
+    text = re.sub(r'"@@RAW(\d+)@@"', lambda m: RAW[int(m[1])], text)
+    return re.sub(r'"@@DEEP(\d+)@@"', lambda m: "[" * int(m[1]) + "]" * int(m[1]), text)
+
+
+@st.composite
+def _json_text(draw, doc: Any, indent: int | None = 4) -> bytes:
+    """`doc` as JSON (indented as Polygraphy writes it, or compact), placeholders filled, sometimes truncated."""
+    text = _fill(json.dumps(doc, indent=indent if draw(st.booleans()) else None))
+    if draw(st.integers(0, 3)) == 0:
+        text = text[:draw(st.integers(0, len(text)))]
+    return text.encode()
+
+
+@st.composite
+def _results_file(draw, docs: st.SearchStrategy[Any]) -> bytes:
+    doc = draw(docs)
+    if draw(st.integers(0, 4)) == 0:
+        doc = _legacy(doc)
+    return draw(_json_text(doc))
+
+
+@st.composite
+def _results_dir(draw, files: st.SearchStrategy[bytes]) -> dict:
+    """A directory of per-iteration files, some of them broken, or not .json, or directories."""
+    names = ["0000000000.json", "0000000001.json", "0000000002.json", "x.json", ".hidden.json", "notes.txt",
+             "0000000003.JSON"]
+    out: dict[str, Any] = {}
+    for name in draw(st.lists(st.sampled_from(names), unique=True, max_size=4)):
+        out[name] = draw(files) if draw(st.integers(0, 5)) else {"0.json": b"{}"}
+    return out
+
+
+def _single_iteration(doc: dict) -> list[dict]:
+    """`doc` (RunResults JSON) split into one RunResults per iteration, as in a directory of them."""
+    lst = doc["lst"]
+    count = max(len(iters) for _, iters in lst)
+    return [{**doc, "lst": [[name, iters[i:i + 1]] for name, iters in lst if i < len(iters)]} for i in range(count)]
+
+
+def _written_runs() -> list:
+    """RunResults of small arrays of several dtypes, with one to three runners and iterations."""
+    import numpy as np
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+
+    rng = np.random.default_rng(0)
+    outputs = [
+        {"probs": rng.random((1, 4), np.float32), "logits": rng.standard_normal((1, 4)).astype(np.float16)},
+        {"A-V-12-Add": rng.random((2, 3)).astype(np.float32), "A-V-14-ArgMax": np.array([1, 0], np.int32)},
+        {"probs": np.array([[np.nan, np.inf, 0.5]], np.float32), "mask": np.array([True, False])},
+    ]
+    runs = []
+    for i, runners in enumerate([["trt-runner-N0"], ["onnxrt-runner-N0", "trt-runner-N1"], ["custom_runner"]]):
+        results = RunResults()
+        for r, name in enumerate(runners):
+            results.append((name, [IterationResult(outputs[(i + r + k) % 3], runtime=0.01, runner_name=name)
+                                   for k in range(1 + (i + r) % 2)]))
+        runs.append(results)
+    return runs
+
+
+def written_results(directory: Path) -> list[Path]:
+    """The RunResults of _written_runs, written into `directory` by Polygraphy's RunResults.save."""
+    from polygraphy.logger import G_LOGGER
+
+    paths = []
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+        for i, results in enumerate(_written_runs()):
+            paths.append(directory / f"written{i}.json")
+            results.save(str(paths[-1]))
+    return paths
+
+
+@cache
+def results_file_mutations(*directories: Path, written: bool = False) -> st.SearchStrategy[bytes | dict]:
+    """Damaged copies of the RunResults files in `directories` (and, with `written`, of _written_runs as
+    RunResults.save writes them); nothing when there are none. Single files, and directories of
+    per-iteration files one of which is damaged."""
+    docs = [json.loads(p.read_text(encoding="utf-8")) for d in directories for p in sorted(d.glob("*.json"))]
+    docs = [d for d in docs if isinstance(d, dict) and "lst" in d]  # not --save-inputs files
+    docs += [json.loads(results.to_json()) for results in _written_runs()] if written else []
+    if not docs:
+        return st.nothing()
+
+    @st.composite
+    def damaged(draw) -> bytes:
+        doc = _damaged(draw, draw(st.sampled_from(docs)), RESULT_KEYS, _result_values() | st.sampled_from(
+            PLACEHOLDERS))
+        return draw(_results_file(st.just(doc)))
+
+    @st.composite
+    def split(draw) -> dict:
+        parts = _single_iteration(draw(st.sampled_from(docs)))
+        files = {f"{i:010d}.json": json.dumps(part, indent=4).encode() for i, part in enumerate(parts)}
+        files[draw(st.sampled_from(sorted(files) + ["0000000009.json"]))] = draw(damaged())
+        return files
+
+    return st.one_of(damaged(), damaged(), split())
+
+
+def generated_results() -> st.SearchStrategy[bytes | dict]:
+    """Results-like files and directories made from scratch."""
+    files = st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=100).map(str.encode),
+        json_values.flatmap(_json_text),
+        _results_file(run_results),
+        _results_file(_result_values()),
+        st.sampled_from(list(pickled_payloads().values())).flatmap(lambda v: _results_file(st.just(
+            {"lst": [["trt-runner", [{"outputs": {"probs": v}, "runtime": 0.1, "runner_name": "trt-runner",
+                                      "polygraphy_class": "IterationResult"}]]], "polygraphy_class": "RunResults"}))),
+        st.just(pickle.dumps(Unpickled())),  # Polygraphy 0.26 and older pickled its results
+        st.sampled_from(PLACEHOLDERS).flatmap(lambda v: _json_text({"lst": v, "polygraphy_class": "RunResults"})),
+    )
+    return files | _results_dir(files)
+
+
+def results_inputs() -> st.SearchStrategy[bytes | dict]:
+    return generated_results() | results_file_mutations(POLYGRAPHY_DIR, written=True)
+
+
+def check_polygraphy_results(path: Path) -> None:
+    """load_polygraphy_results returns (iterations, runner) of numeric arrays or raises a one-line
+    BadInput, and never unpickles anything."""
+    import numpy as np
+
+    from layerdiff.backends.imported import load_polygraphy_results
+    from layerdiff.errors import BadInput
+
+    try:
+        iterations, runner = load_polygraphy_results(path, RESULT_OUTPUTS, 1)
+    except BadInput as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+    else:
+        assert isinstance(runner, str) and isinstance(iterations, list) and len(iterations) == 1
+        for it in iterations:
+            assert all(isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
+                       for k, v in it.items()), it
+    finally:
+        if UNPICKLED.exists():
+            UNPICKLED.rmdir()
+            raise AssertionError("the loader unpickled an object from the file")
+
+
+# ---------------------------------------------------------------- reports (layerdiff.load_report)
+
+REPORT_KEYS = ["schema", "model", "inputs", "reference", "candidate", "capture", "layers", "outputs",
+               "first_divergence", "thresholds", "counts", "tolerance", "warnings", "paired", "mean", "local",
+               "samples", "nonfinite", "nonfinite_values", "count", "cosine", "shape", "index", "name", "tensor",
+               "onnx_nodes", "kind", "plan", "pinned_fp32", "match_rate", "min_cosine", "failed", "max_memory"]
+REPORT_WRONG = st.one_of(WRONG, st.sampled_from(PLACEHOLDERS), st.sampled_from(
+    ["nan", "inf", "-inf", -0.0, 1e308, -1e308, 2 ** 63, 2 ** 64, 10 ** 400, "layerdiff.report/1", {"cosine": None},
+     {"mean": {}}, [None], {"reference": "x"}, {"cosine": "nan"}, False]))
+
+
+@cache
+def real_reports() -> list[dict]:
+    """Reports of two fixture runs, written by write_report and read back as JSON: the fake candidate on
+    the CNN, and FP16 on a model whose FP16 run overflows (NaN and inf metrics, a failed tolerance)."""
+    import layerdiff
+
+    fixtures = ROOT / "fixtures"
+    reports = [layerdiff.compare(fixtures / "cnn.onnx", "fake", inputs=fixtures / "cnn_inputs",
+                                 reference_provider="cpu"),
+               layerdiff.compare(fixtures / "fp16_overflow.onnx", "ort-fp16", reference_provider="cpu",
+                                 min_cosine=0.99)]
+    with tempfile.TemporaryDirectory() as tmp:
+        docs = []
+        for report in reports:
+            layerdiff.write_report(report, Path(tmp) / "r.json")
+            docs.append(json.loads((Path(tmp) / "r.json").read_text()))
+    return docs
+
+
+@st.composite
+def damaged_reports(draw) -> bytes:
+    """A real report cut to a few rows, with up to 3 fields deleted or replaced, sometimes truncated."""
+    doc = draw(st.sampled_from(real_reports()))
+    layers = doc["layers"]
+    start = draw(st.integers(0, len(layers)))  # fewer rows: smaller and faster, damage more likely to matter
+    doc = {**doc, "layers": layers[start:start + draw(st.integers(0, 4))]}
+    return draw(_json_text(_damaged(draw, doc, REPORT_KEYS, REPORT_WRONG), indent=1))
+
+
+def generated_reports() -> st.SearchStrategy[bytes]:
+    """Report-like files made from scratch: random bytes, random JSON, objects with the report's schema."""
+    return st.one_of(
+        st.binary(max_size=300),
+        json_values.flatmap(_json_text),
+        st.dictionaries(st.sampled_from(REPORT_KEYS), json_values | REPORT_WRONG, max_size=8).flatmap(
+            lambda d: _json_text({"schema": "layerdiff.report/1", **d})),
+    )
+
+
+def report_inputs() -> st.SearchStrategy[bytes]:
+    return damaged_reports() | generated_reports()
+
+
+def check_report(path: Path) -> None:
+    """load_report returns a Report or raises a one-line ReportError; a report it returns can be written
+    again and reads back equal, and ranks."""
+    from layerdiff.errors import ReportError
+    from layerdiff.report import Report, load_report, rank_layers, write_report
+
+    try:
+        report = load_report(path)
+    except ReportError as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+        return
+    assert isinstance(report, Report)
+    again = path.with_name(path.name + ".again.json")
+    write_report(report, again)
+    assert load_report(again) == report, "read back differently"
+    for layer in rank_layers(report):
+        assert layer.local_rel_rms is None or isinstance(layer.local_rel_rms, float)
+    for layer in report.layers:  # the rows' derived values compute on whatever was read
+        assert layer.request_realised in (None, True, False) and isinstance(layer.local_nonfinite, bool)
+        assert all(x is None or isinstance(x, float) for x in (layer.cosine, layer.local_cosine))
+
+
 # ---------------------------------------------------------------- targets
 
 
+Input = bytes | dict  # a file's contents, or a directory: {name: Input}
+
+
 class Target(NamedTuple):
-    inputs: Callable[[], st.SearchStrategy[bytes]]  # file contents to try
+    inputs: Callable[[], st.SearchStrategy[Input]]  # files (or directories) to try
     check: Callable[[Path], None]  # parses one file; raises on a bug
     needs: Path | None = None  # real files its strategy also mutates, where present
 
 
 TARGETS: dict[str, Target] = {
     "engine-info": Target(engine_info_inputs, check_engine_info, ENGINE_INFO_DIR),
+    "polygraphy-results": Target(results_inputs, check_polygraphy_results, POLYGRAPHY_DIR),
+    "report": Target(report_inputs, check_report),
 }
 
 
-def fuzz(target: Target, cases: int, seed_value: int | None = None) -> tuple[int, list[tuple[bytes, BaseException]]]:
+def write_input(path: Path, data: Input) -> None:
+    """Make `path` hold `data` (a file's bytes, or a directory), replacing what was there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+        return
+    path.mkdir()
+    for name, content in data.items():
+        write_input(path / name, content)
+
+
+def _show(data: Input) -> str:
+    text = repr(data)
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def fuzz(target: Target, cases: int, seed_value: int | None = None) -> tuple[int, list[tuple[Input, BaseException]]]:
     """Run `cases` inputs through `target.check`; return how many ran and the (input, exception) of each
     failure. Not stopping at the first failure, and not shrinking: this counts failures."""
-    failures: list[tuple[bytes, BaseException]] = []
+    failures: list[tuple[Input, BaseException]] = []
     ran = 0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "input"
@@ -291,10 +688,10 @@ def fuzz(target: Target, cases: int, seed_value: int | None = None) -> tuple[int
         @settings(max_examples=cases, deadline=None, database=None, derandomize=seed_value is None,
                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
         @given(target.inputs())
-        def one(data: bytes) -> None:
+        def one(data: Input) -> None:
             nonlocal ran
             ran += 1
-            path.write_bytes(data)
+            write_input(path, data)
             try:
                 target.check(path)
             except Exception as err:  # noqa: BLE001 - anything the parser raises is a finding to count
@@ -318,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = target.needs is not None and not any(target.needs.glob("*.json"))
         print(f"{name}: {ran} cases, {len(failures)} failures"
               + (f" (no real files in {target.needs}: generated inputs only)" if missing else ""))
-        kinds: dict[str, tuple[int, bytes, BaseException]] = {}
+        kinds: dict[str, tuple[int, Input, BaseException]] = {}
         for data, err in failures:  # one line per exception type and place raised
             frames = traceback.extract_tb(err.__traceback__)
             frame = next((f for f in reversed(frames) if "/layerdiff/" in f.filename), frames[-1])
@@ -328,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             kinds[kind] = (count + 1, first, first_err)
         for kind, (count, data, err) in kinds.items():
             message = (str(err).splitlines() or [""])[0][:150]
-            print(f"  {count} x {kind}: {message}\n    first input: {data[:200]!r}{'...' if len(data) > 200 else ''}")
+            print(f"  {count} x {kind}: {message}\n    first input: {_show(data)}")
         failed = failed or bool(failures)
     return 1 if failed else 0
 

@@ -26,9 +26,8 @@ from onnx import TensorProto, helper
 from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled, InputDataError
 from layerdiff.graph import LoadedModel
-from layerdiff.rewrite import fixed_shape_types
-from layerdiff.rewrite import with_nodes, with_outputs
 from layerdiff.inputs import Samples
+from layerdiff.rewrite import fixed_shape_types, with_nodes, with_outputs
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 Progress = Callable[[str, int, int], None]

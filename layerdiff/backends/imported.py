@@ -9,9 +9,13 @@ whose saved inputs equal `feed`, and refuses any other feed.
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
+import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,28 +34,111 @@ def feed_key(feed: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+# The Polygraphy types a results file holds (FormattedArray: TensorRT outputs in a vectorized format,
+# refused below as not an array). Polygraphy's decoder knows more, and some run code: Polygraphy 0.49
+# (which pyproject allows) decodes a serialized torch tensor with torch.load, an unpickler unless torch is
+# 2.6 or newer, wherever torch is installed. So each file is first parsed as plain JSON, and refused if it
+# names any other type, before Polygraphy decodes it.
+_RESULT_TYPES = frozenset({"RunResults", "IterationResult", "LazyArray", "LazyNumpyArray", "ndarray",
+                           "FormattedArray"})
+_TYPE_MARKER, _LEGACY_TYPE_MARKER = "polygraphy_class", "polygraphy_serialized_json_type"
+_SAVE_AGAIN = "save them again with polygraphy run --save-outputs"
+
+
+class _ForeignType(Exception):
+    pass
+
+
+def _refuse_foreign_types(pairs: list[tuple[str, Any]]) -> None:
+    """A json object hook: raise _ForeignType for an object Polygraphy would decode as another type."""
+    for key, value in pairs:
+        name = value if key == _TYPE_MARKER else key if value == _LEGACY_TYPE_MARKER else None
+        name = name.removeprefix("__polygraphy_encoded_") if isinstance(name, str) else None
+        if name is not None and name not in _RESULT_TYPES:
+            raise _ForeignType(name)
+
+
+def _check_results_file(file: str) -> None:
+    """`file` is JSON and names no Polygraphy type but those of results (before Polygraphy decodes it)."""
+    try:
+        json.loads(Path(file).read_bytes(), object_pairs_hook=_refuse_foreign_types)
+    except _ForeignType as err:
+        raise BadInput(f"{file} holds a serialized {_short(err.args[0])} object, not only arrays: refused, because "
+                       f"results files are data, never code; {_SAVE_AGAIN}") from None
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8, a 5000-digit number
+        raise _unreadable(file, err) from err
+
+
+def _unreadable(file: str | Path, err: BaseException) -> BadInput:
+    """The one-line BadInput for a file that JSON or Polygraphy's decoder could not read."""
+    text = str(err).strip()
+    first = text.splitlines()[0][:200] if text else type(err).__name__
+    if isinstance(err, ValueError) and "pickle" in first:  # numpy, refusing an object array or a pickle
+        return BadInput(f"{file} holds pickled Python objects, not only arrays: refused, because results files are "
+                        f"data, never code; {_SAVE_AGAIN}")
+    detail = f"an object lacks {first}" if isinstance(err, KeyError) else first
+    return BadInput(f"{file} is not a Polygraphy --save-outputs results file ({detail}); {_SAVE_AGAIN}")
+
+
+def _what(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of {value.dtype}"
+    for kind, name in ((dict, "a JSON object"), (list, "a JSON array"), (str, "a string"), (bool, "a boolean"),
+                       ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _arrays(it: object, runner: str, path: Path) -> dict[str, np.ndarray]:
+    """The outputs of one decoded iteration, if it is an IterationResult of numeric arrays."""
+    from polygraphy.comparator.struct import IterationResult
+
+    if not isinstance(it, IterationResult):
+        raise BadInput(f"{path}: an iteration of runner {_short(runner)} is {_what(it)}, not a Polygraphy "
+                       f"IterationResult; {_SAVE_AGAIN}")
+    arrays = dict(it.items())
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise BadInput(f"{path}: output {_short(name)} of runner {_short(runner)} is {_what(arr)}, not an array "
+                           f"of numbers; {_SAVE_AGAIN}")
+    return arrays
+
+
 def load_polygraphy_results(path: str | Path, model_outputs: tuple[str, ...], samples: int
                             ) -> tuple[list[dict[str, np.ndarray]], str]:
     """(iterations, runner) of `polygraphy run --save-outputs` results (a JSON file, or a directory of
     per-iteration files), read with Polygraphy's own loader. With several runners: the TensorRT one
-    (its name starts with 'trt')."""
+    (its name starts with 'trt'). Anything but runner names and numeric arrays is a BadInput."""
     from polygraphy.comparator import RunResults
-    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
 
     path = Path(path)
     if not path.exists():
         raise BadInput(f"Polygraphy results not found: {path}")
+    # the files Polygraphy reads: a directory's *.json, as its list_iteration_files lists them
+    files = sorted(glob.glob(os.path.join(glob.escape(str(path)), "*.json"))) if path.is_dir() else [str(path)]
+    for file in files:
+        _check_results_file(file)
     runs: dict[str, list[dict[str, np.ndarray]]] = {}
-    try:
-        for one in RunResults.load_streaming(str(path)):
-            for runner, iters in one.items():
-                runs.setdefault(str(runner), []).extend({str(k): np.asarray(v) for k, v in it.items()} for it in iters)
-    except (PolygraphyException, ValueError, KeyError, TypeError, OSError, AttributeError, IndexError,
-            RecursionError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(f"{path} is not a Polygraphy --save-outputs results file: {first}") from err
+    try:  # Polygraphy's messages are multi-line (with the whole decoded object): the first line goes in ours
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+            for one in RunResults.load_streaming(str(path)):
+                for runner, iters in one.items():
+                    if not isinstance(runner, str):
+                        raise BadInput(f"{path}: a runner name is {_what(runner)}, not a string; {_SAVE_AGAIN}")
+                    runs.setdefault(runner, []).extend(_arrays(it, runner, path) for it in iters)
+    except BadInput:
+        raise
+    except Exception as err:  # third-party code decoding a user's file: any failure means it is unreadable
+        raise _unreadable(path, err) from err
     if not runs:
-        raise BadInput(f"{path} holds no runner results")
+        raise BadInput(f"{path} holds no runner results; give the results polygraphy run --save-outputs wrote")
     runner = next((r for r in runs if r.startswith("trt")), next(iter(runs)))
     iterations = runs[runner]
     names = set().union(*(it.keys() for it in iterations)) if iterations else set()

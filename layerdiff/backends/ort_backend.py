@@ -26,9 +26,9 @@ from layerdiff.backends.kernels import OrtKernels, OrtSource
 from layerdiff.backends.ort import provider_loads
 from layerdiff.errors import BackendError
 from layerdiff.graph import LoadedModel, proto_tensor_types, serialize
-from layerdiff.rewrite import with_outputs
 from layerdiff.inputs import Samples
 from layerdiff.plan import PrecisionPlan
+from layerdiff.rewrite import with_outputs
 
 GPU_PROVIDERS = {
     "cuda": ("CUDAExecutionProvider", {}),

@@ -96,7 +96,11 @@ class TrtRunnerSet:
                  calib: Samples, strongly_typed: bool):
         import tensorrt as trt
         from polygraphy.backend.trt import (
-            Calibrator, CreateConfig, EngineFromNetwork, ModifyNetworkOutputs, NetworkFromOnnxBytes,
+            Calibrator,
+            CreateConfig,
+            EngineFromNetwork,
+            ModifyNetworkOutputs,
+            NetworkFromOnnxBytes,
             SetLayerPrecisions,
         )
         from polygraphy.common import constants

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from layerdiff.engine_info.formats import EngineInfoError, read_layer_info
-from layerdiff.engine_info.origin import NodeIndex, metadata_nodes, name_nodes, served_layer
+from layerdiff.engine_info.origin import (
+    NodeIndex,
+    metadata_nodes,
+    name_nodes,
+    served_layer,
+)
 from layerdiff.engine_info.precision import format_precision, layer_precision
 from layerdiff.graph import LoadedModel
 
