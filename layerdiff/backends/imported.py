@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from layerdiff.backends.base import Candidate, Kernel
+from layerdiff.backends.base import Candidate
+from layerdiff.backends.engine import EngineView
 from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
@@ -174,21 +175,12 @@ class ImportedSource:
         return {n: values[n] for n in names if n in values}
 
 
-class ImportedDeployment:
+class ImportedDeployment(EngineView):
     mode = "imported"
 
     def __init__(self, runner: ImportedRunner):
+        super().__init__(runner.model, runner.tensors, runner.info)
         self.runner = runner
-
-    def available(self, tensor: str) -> bool:
-        return tensor in self.runner.tensors
-
-    def kernel(self, tensor: str) -> Kernel | None:
-        layer = self.runner.engine_producer.get(tensor)
-        return Kernel(layer.type, layer.precision) if layer is not None else None
-
-    def groups(self):
-        return self.runner.groups
 
     def matches_plain(self) -> bool | None:
         return None
@@ -199,20 +191,10 @@ class ImportedDeployment:
 
 class ImportedRunner:
     def __init__(self, model: LoadedModel, iterations, samples: Samples, provider: str, info=None):
-        self.provider = provider
+        self.model, self.provider, self.info = model, provider, info
         self.by_feed = {feed_key(feed): it for feed, it in zip(samples.feeds, iterations, strict=True)}
         self.tensors = set().union(*(it.keys() for it in iterations)) if iterations else set()
         self.outputs = [o for o in model.outputs if o in self.tensors]
-        self.tensors |= {i.name for i in model.inputs}  # the feed itself
-        self.groups: list = []
-        self.engine_producer: dict = {}
-        if info is not None:
-            from layerdiff.groups import fused_units
-
-            units, engine_of = fused_units(model, info)
-            self.groups = [(tuple(lay.name for lay in unit), (el.name, el.type, el.precision))
-                           for unit in units if (el := engine_of.get(unit[0].name)) is not None]
-            self.engine_producer = {t.name: el for el in info.layers if not el.is_reformat for t in el.outputs}
 
     def open(self, cancel: threading.Event | None = None) -> ImportedSource:
         return ImportedSource(self.by_feed, self.outputs, self.provider)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from layerdiff.backends.base import Candidate, Kernel
+from layerdiff.backends.base import Candidate
+from layerdiff.backends.engine import EngineView
 from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel, serialize
 from layerdiff.inputs import Samples
@@ -66,20 +67,11 @@ class TrtSource:
         return {n: np.array(out[n], copy=True) for n in names}
 
 
-class TrtDeployment:
+class TrtDeployment(EngineView):
     def __init__(self, runner: TrtRunnerSet):
+        super().__init__(runner.model, runner.engine_tensors, runner.info)
         self.runner = runner
         self.mode = runner.mode
-
-    def available(self, tensor: str) -> bool:
-        return tensor in self.runner.tensors
-
-    def kernel(self, tensor: str) -> Kernel | None:
-        layer = self.runner.engine_producer.get(tensor)
-        return Kernel(layer.type, layer.precision) if layer is not None else None
-
-    def groups(self):
-        return self.runner.groups
 
     def matches_plain(self) -> bool | None:
         return self.runner.matches_plain
@@ -106,7 +98,6 @@ class TrtRunnerSet:
         from polygraphy.common import constants
 
         from layerdiff.engine_info import parse_engine_info
-        from layerdiff.groups import fused_units
 
         blob = serialize(onnx_model)
         debug = hasattr(trt.INetworkDefinition, "mark_unfused_tensors_as_debug_tensors")
@@ -143,13 +134,9 @@ class TrtRunnerSet:
             path.write_text(self.engine_info_json)
             self.info = parse_engine_info(path, model)
         self.info_summary = {"kind": self.info.kind, "engine_layers": len(self.info.layers)}
-        engine_tensors = {t.name for el in self.info.layers for t in el.inputs + el.outputs}
-        self.tensors = engine_tensors | set(model.outputs) | {i.name for i in model.inputs}
+        self.model = model
+        self.engine_tensors = {t.name for el in self.info.layers for t in el.inputs + el.outputs} | set(model.outputs)
         self.outputs = list(model.outputs)
-        units, engine_of = fused_units(model, self.info)
-        self.groups = [(tuple(lay.name for lay in unit), (el.name, el.type, el.precision))
-                       for unit in units if (el := engine_of.get(unit[0].name)) is not None]
-        self.engine_producer = {t.name: el for el in self.info.layers if not el.is_reformat for t in el.outputs}
 
     def open(self, cancel: threading.Event | None = None) -> TrtSource:
         return TrtSource(self.plain_engine, self.outputs, self.provider)
