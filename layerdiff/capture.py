@@ -27,10 +27,10 @@ from layerdiff.errors import Cancelled
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
 from layerdiff.metrics import TensorMetrics, diff_metrics
+from layerdiff.progress import Progress
 from layerdiff.rewrite import explode, fixed_shape_types
 from layerdiff.rows import REFERENCE, Row
 
-Progress = Callable[[str, int, int], None]  # (what is running, steps done, steps in all)
 Reference = Callable[[list[str]], CandidateSource]  # opens the FP32 model with these tensors exposed
 Key = tuple[str, str]  # (row name, reference tensor)
 

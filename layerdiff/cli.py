@@ -125,7 +125,9 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     with progress_bar(err, quiet) as progress:
         session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
                           reference_provider=reference_provider, max_memory=budget, cache_dir=cache_dir,
-                          optimization=ort_optimization, capture_mode=capture_mode)
+                          optimization=ort_optimization, capture_mode=capture_mode,
+                          reference_cache=0)  # one comparison per process: keeping every reference tensor saves nothing
+
         if progress:
             progress("building the candidate", 0, 1)
         cand = session.candidate(candidate, engine_info=engine_info)

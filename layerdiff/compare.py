@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from layerdiff.capture import Progress
 from layerdiff.plan import PrecisionPlan
+from layerdiff.progress import Progress
 from layerdiff.report import Report
 from layerdiff.session import prepare
 

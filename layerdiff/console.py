@@ -11,7 +11,7 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from rich import box
 from rich.console import Console
@@ -25,9 +25,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from layerdiff.progress import Progress as ProgressFn
 from layerdiff.report import LayerDiff, Report, precision_audit, rank_layers
-
-ProgressFn = Callable[[str, int, int], None]
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +41,11 @@ from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.match import identity_pairing, match_tensors
 from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
 from layerdiff.plan import PrecisionPlan
+from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
 from layerdiff.rewrite import expose_tensors
 from layerdiff.rows import plan_rows
 
-Progress = Callable[[str, int, int], None]
 CANDIDATE_SPECS = ("ort-int8", "ort-fp16", "ort-cuda", "ort-trt-fp16", "ort-trt-int8", "trt-fp16", "trt-int8",
                    "trt-bf16", "fake")
 IMPORTED = "polygraphy:"
@@ -311,10 +310,13 @@ class Session:
                          if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, self._reference, self.samples, budget=self.max_memory,
                          progress=progress, cancel=cancel, keep=graph_outputs)
-        try:
-            evaluation = self.evaluate(candidate, cancel=cancel, keep_values=bool(graph_outputs))
-        except Cancelled:
-            result.interrupted = True
+        evaluation = None
+        if not result.interrupted:  # a run stopped while comparing rows stops here too
+            try:
+                evaluation = self.evaluate(candidate, cancel=cancel, keep_values=bool(graph_outputs))
+            except (Cancelled, KeyboardInterrupt):
+                result.interrupted = True
+        if evaluation is None:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
         exposed = _exposed_vs_plain(result.kept, evaluation.values, pairing, self.model.outputs)

@@ -18,7 +18,6 @@ Nothing is printed and no file is written.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -27,10 +26,10 @@ from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled, InputDataError
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
+from layerdiff.progress import Progress
 from layerdiff.rewrite import fixed_shape_types, with_nodes, with_outputs
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-Progress = Callable[[str, int, int], None]
 
 
 def activations(model: LoadedModel) -> list[str]:
