@@ -174,3 +174,20 @@ def test_tensorrt_provider_rows_say_unknown_precision(session):
     assert (kernel.op, kernel.precision) == ("TensorrtExecutionProvider", "unknown")
     cpu = OrtRunner(session.model.proto, None, "all", "mark-outputs").deployment().kernel("conv1_out")
     assert (cpu.op, cpu.precision) == ("Conv", "fp32")
+
+
+def test_every_source_is_a_candidate_source(session):
+    """ONNX Runtime, imported and TensorRT sources all answer the one protocol (no hasattr dispatch)."""
+    from layerdiff import CandidateSource
+    from layerdiff.backends.imported import ImportedSource
+    from layerdiff.backends.kernels import OrtSource
+    from layerdiff.backends.trt import TrtSource
+
+    cand = session.realise(PrecisionPlan.uniform("int8"))
+    sources = [cand.open(), cand.deployment().open(["conv1_out"]), ImportedSource({}, None, "imported"),
+               TrtSource(engine=None, names=None, provider="TensorRT")]
+    assert all(isinstance(s, CandidateSource) for s in sources)
+    with cand.open() as plain, cand.deployment().open(["conv1_out"]) as exposed:
+        feed = session.samples.feeds[0]
+        assert set(plain.infer(feed)) == {"probs"} and set(exposed.infer(feed)) == {"conv1_out"}
+        assert plain.provider == exposed.provider == "CPUExecutionProvider"
