@@ -80,8 +80,8 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                 if o.paired and o.accumulated.worst.exceeds_fp16 and lay.kind == "layer"]
     fp16 = any(lay.precision in ("fp16", "bf16") for lay in compute) or candidate.backend == "trt"
     return Report(
-        model=ModelInfo(str(model.path), model.sha256, sum(1 for lay in model.layers if lay.op != "Constant"),
-                        model.opset, sum(1 for lay in model.layers if lay.op == "Constant")),
+        model=ModelInfo(str(model.path), model.sha256, len(model.layers) - len(model.weight_layers), model.opset,
+                        len(model.weight_layers)),
         inputs=_inputs(samples),
         reference=ReferenceInfo(f"onnxruntime {onnxruntime.__version__}", "fp32", res.reference_provider),
         candidate=candidate,
@@ -109,7 +109,7 @@ def _counts(model: LoadedModel, layers: list[LayerDiff], res: CaptureResult) -> 
     compared = sum(1 for o in outs if o.paired)
     non_float = {t for lay in model.layers for t in lay.outputs if t in model.tensor_types and not model.is_float(t)}
     exceeds = sum(1 for o in outs if o.paired and o.accumulated.worst.exceeds_fp16)
-    return Counts(layers=sum(1 for lay in model.layers if lay.op != "Constant"),
+    return Counts(layers=len(model.layers) - len(model.weight_layers),
                   rows=sum(1 for lay in layers if lay.kind != "constant"), float_tensors=len(outs), compared=compared,
                   unpaired=len(outs) - compared - fused, fused_away=fused, non_float_tensors=len(non_float),
                   exceeds_fp16=exceeds, local_errors=sum(1 for lay in layers if lay.has_local),

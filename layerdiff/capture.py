@@ -170,7 +170,7 @@ class _Capture:
         jobs = []
         for row, o in compared:
             key = (row.name, o.tensor)
-            ref, cand = r[o.tensor], c[o.candidate]
+            ref, cand = r[o.tensor], _like(c[o.candidate], r[o.tensor].shape)
             if ref.shape != cand.shape:
                 self.result.unpaired[key] = f"shapes differ: reference {ref.shape}, candidate {cand.shape}"
             elif ref.dtype.kind == "f" and cand.dtype.kind == "f":
@@ -188,6 +188,7 @@ class _Capture:
             into[key].append(m)
 
     def _local(self, feed, r, c, sess, exploded, rows: list[Row], dtypes) -> None:
+        tensor_of = {key: t for row in rows for _, _, t, key in row.reads}
         feeds = {}
         for name, key in exploded.feeds.items():
             if key.startswith(REFERENCE):
@@ -195,11 +196,13 @@ class _Capture:
             else:
                 value = c[key] if key in c else feed[key]
             dtype = dtypes.get(name)
+            value = _like(value, self.result.shapes.get(tensor_of.get(name, name), value.shape))
             feeds[name] = value.astype(dtype) if dtype is not None and value.dtype != dtype else value
         wanted = [(row, o) for row in rows for o in row.outputs
                   if o.candidate and o.tensor in exploded.local and (row.name, o.tensor) in self.result.tensors]
         values = sess.run(list(dict.fromkeys(exploded.local[o.tensor] for _, o in wanted)), feeds, self.cancel)
-        jobs = [((row.name, o.tensor), values[exploded.local[o.tensor]], c[o.candidate]) for row, o in wanted]
+        jobs = [((row.name, o.tensor), values[exploded.local[o.tensor]],
+                 _like(c[o.candidate], values[exploded.local[o.tensor]].shape)) for row, o in wanted]
         jobs = [j for j in jobs if j[1].shape == j[2].shape and j[1].dtype.kind == "f" and j[2].dtype.kind == "f"]
         self._record(self.result.local, jobs)
 
@@ -214,3 +217,13 @@ def _input_dtypes(model: LoadedModel, exploded, rows: list[Row]) -> dict[str, np
         if elem:
             out[name] = onnx.helper.tensor_dtype_to_np_dtype(elem)
     return out
+
+
+def _like(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` in `shape` when it holds the same elements in the same order and only dimensions of size 1
+    differ (ONNX Runtime's channels-last kernels write [N, C, 1, 1] as [N, 1, 1, C]); else as it is."""
+    if value.shape == shape or value.size != int(np.prod(shape, dtype=np.int64)):
+        return value
+    if [d for d in value.shape if d != 1] == [d for d in shape if d != 1]:
+        return value.reshape(shape)
+    return value

@@ -68,14 +68,30 @@ class LoadedModel:
         return self.tensor_types.get(tensor) in FLOAT_TYPES
 
     @cached_property
+    def weight_layers(self) -> frozenset[str]:
+        """Layers that compute from weights alone: Constant nodes, and nodes whose every input is an
+        initializer or the output of such a layer (a weight reshaped or transposed in the graph). They
+        are weights in the making (ONNX Runtime and TensorRT fold them into initializers), not layers
+        of the computation."""
+        weights: set[str] = set(self.initializers)
+        names = set()
+        for layer in self.layers:
+            if layer.has_subgraph:
+                continue
+            if (layer.op == "Constant" and not layer.inputs) or (layer.inputs and all(t in weights for t in layer.inputs)):
+                names.add(layer.name)
+                weights.update(layer.outputs)
+        return frozenset(names)
+
+    @cached_property
     def constants(self) -> frozenset[str]:
-        """Outputs of Constant nodes: weights in node form. A layer's local error treats them like
-        initializers (FP32 values), so the rounding of a weight counts against the layer that uses it."""
-        return frozenset(t for layer in self.layers if layer.op == "Constant" for t in layer.outputs)
+        """Outputs of the weight layers. A layer's local error treats them like initializers (FP32
+        values), so the rounding of a weight counts against the layer that uses it."""
+        return frozenset(t for layer in self.layers if layer.name in self.weight_layers for t in layer.outputs)
 
     @cached_property
     def fixed(self) -> frozenset[str]:
-        """Tensors whose value is part of the model: initializers and Constant outputs."""
+        """Tensors whose value is part of the model: initializers and the outputs of weight layers."""
         return self.initializers | self.constants
 
     @cached_property

@@ -77,7 +77,7 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
         for t in dict.fromkeys(n.input):
             if t:
                 consumers[t].append(i)
-    weights = {t.name for t in graph.initializer} | {o for n in nodes if n.op_type == "Constant" for o in n.output}
+    weights = _candidate_weights(graph)
     final = final_outputs(candidate)  # declared by the candidate: a node's raw output -> the value its readers see
     declared = {v: k for k, v in final.items()}
     taken: set[int] = set()  # candidate nodes paired with a layer; a paired Cast is the model's own, not transparent
@@ -131,7 +131,7 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
     for layer in model.layers:
         node = ref_nodes.get(layer.outputs[0]) if layer.outputs else None
         found: list[int] = []
-        if node is not None and layer.op != "Constant":
+        if node is not None and layer.name not in model.weight_layers:
             want = [_ref_source(model, t, raw) for t in node.input]
             active = next((s for s in want if s), None)
             pool = readers(active) if active else weight_only.get(layer.op, [])
@@ -139,7 +139,7 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
                      and (nodes[i].domain or "") == (node.domain or "")
                      and [w for w in want if w] == [s for s in (source(t) for t in nodes[i].input if t) if s]]
         if not found:
-            _unpaired(pairing, layer, nodes, by_name)
+            _unpaired(pairing, layer, nodes, by_name, model.weight_layers)
             continue
         # equal structure: the node of the same name if there is one, else the first in file order
         index = next((i for i in found if nodes[i].name == layer.name), min(found))
@@ -159,6 +159,23 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
     return pairing
 
 
+def _candidate_weights(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and every tensor computed from them alone (Constant nodes, a weight's DequantizeLinear
+    or Cast, a reshaped weight), whatever the order of the nodes in the file."""
+    weights = {t.name for t in graph.initializer}
+    pending = [n for n in graph.node if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                for a in n.attribute)]
+    while True:
+        ready = [n for n in pending if (n.op_type == "Constant" and not any(n.input))
+                 or (any(n.input) and all(not t or t in weights for t in n.input))]
+        if not ready:
+            return weights
+        for n in ready:
+            weights.update(o for o in n.output if o)
+        done = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in done]
+
+
 def _ref_source(model: LoadedModel, tensor: str, raw: dict[str, str]) -> str | None:
     if not tensor:
         return ""
@@ -167,8 +184,8 @@ def _ref_source(model: LoadedModel, tensor: str, raw: dict[str, str]) -> str | N
     return raw.get(tensor, f"<unpaired:{tensor}>")
 
 
-def _unpaired(pairing: Pairing, layer, nodes, by_name) -> None:
-    if layer.op == "Constant":
+def _unpaired(pairing: Pairing, layer, nodes, by_name, weights: frozenset[str] = frozenset()) -> None:
+    if layer.name in weights:
         why = "a weight: its rounding counts in the local error of the layers that read it"
     else:
         named = by_name.get(layer.name)

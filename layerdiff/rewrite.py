@@ -62,16 +62,29 @@ class Exploded:
 def explode(model: LoadedModel, units: list[Unit], read: Read | None = None) -> Exploded:
     """A graph that recomputes each unit (one layer, or layers fused into one kernel) in FP32 from graph
     inputs. Inside a unit, a layer reads the recomputed outputs of the unit's other layers; weights
-    (initializers, Constant nodes) keep their FP32 values; every other input is a graph input named
-    `read(layer, slot, tensor)`: the candidate's tensor that the layer really reads there (after any
-    DequantizeLinear or Cast). Tensors a subgraph body reads from the outer scope keep their names.
-    Outputs are renamed `<tensor>::local`."""
+    (initializers, and the weight layers that make weights from them: Constant nodes, a reshaped weight)
+    keep their FP32 values; every other input is a graph input named `read(layer, slot, tensor)`: the
+    candidate's tensor that the layer really reads there (after any DequantizeLinear or Cast). Tensors a
+    subgraph body reads from the outer scope keep their names. Outputs are renamed `<tensor>::local`."""
     read = read or (lambda layer, slot, tensor: tensor)
     graph = model.proto.graph
     by_output = {o: n for n in graph.node for o in n.output if o}
     inits = {t.name: t for t in graph.initializer}
     constants = model.constants
     nodes, inputs, local, feeds, used_inits, embedded = [], {}, {}, {}, set(), set()
+
+    def weight(name: str) -> None:
+        """Make `name`, a weight, available in the exploded graph with its FP32 value."""
+        if name in inits:
+            used_inits.add(name)
+        elif name in constants and name not in embedded:
+            node = by_output[name]
+            for t in node.input:
+                if t:
+                    weight(t)
+            nodes.append(node)
+            embedded.update(o for o in node.output if o)
+
     for unit in units:
         inside = {t for lay in unit for t in lay.outputs}
         for layer in unit:
@@ -82,21 +95,20 @@ def explode(model: LoadedModel, units: list[Unit], read: Read | None = None) -> 
                     continue
                 if name in inside:
                     node.input[slot] = name + LOCAL_SUFFIX
-                elif name in inits:
-                    used_inits.add(name)
-                elif name in constants:
-                    if name not in embedded:  # the Constant node itself, with its FP32 value
-                        nodes.append(by_output[name])
-                        embedded.add(name)
+                elif name in inits or name in constants:
+                    weight(name)
                 else:
                     key = read(layer, slot, name)
                     node.input[slot] = key
                     inputs.setdefault(key, model.tensor_types.get(name))
                     feeds[key] = key
             for name in layer.inputs[len([i for i in node.input if i]):]:  # outer-scope reads of subgraphs
-                if name in inits:
-                    used_inits.add(name)
-                elif name not in inside and name not in constants:
+                if name in inits or name in constants:
+                    weight(name)
+                elif name in inside:  # the body reads it by its own name: give it that name here
+                    nodes.append(helper.make_node("Identity", [name + LOCAL_SUFFIX], [name],
+                                                  name=f"layerdiff/outer/{name}"))
+                else:
                     inputs.setdefault(name, model.tensor_types.get(name))
                     feeds[name] = read(layer, -1, name)
             renamed = [o + LOCAL_SUFFIX if o else "" for o in node.output]

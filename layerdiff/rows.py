@@ -101,7 +101,7 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
             if c is None:
                 seen[t] = (None, pairing.tensors[t].reason if t in pairing.tensors else "not matched")
             elif deployment.available(c):
-                seen[t] = (c, "")
+                seen[t] = (c, deployment.view(c))
             else:
                 views = graph.views(c) if graph else []
                 seen[t] = next(((v, kind) for v, kind in views if deployment.available(v)), (None, "fused"))
@@ -116,7 +116,7 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
             merged.union(members[0], n)
     for layer in model.layers:
         for t in layer.outputs:
-            if not _is_float(model, t) or layer.op == "Constant":
+            if not _is_float(model, t) or layer.name in model.weight_layers:
                 continue
             cand, why = value(t)
             if cand is None and why == "fused":
@@ -134,7 +134,7 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
                                requested or {}))
         if graph is not None:
             tensors = [t for lay in unit for t in lay.outputs]
-            rows.extend(_conversion_rows(model, tensors, unit[-1].index, pairing, deployment, graph, value))
+            rows.extend(_conversion_rows(model, tensors, unit[0].index, pairing, deployment, graph, value))
     return rows
 
 
@@ -144,8 +144,8 @@ def _is_float(model: LoadedModel, t: str) -> bool:
 
 def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulated, requested) -> Row:
     first = unit[0]
-    if len(unit) == 1 and first.op == "Constant":
-        return Row(first.name, "constant", "Constant", first.index, unit,
+    if all(lay.name in model.weight_layers for lay in unit):
+        return Row(first.name, "constant", first.op, first.index, unit,
                    tuple(RowOutput(t, None, pairing.tensors.get(t).reason if t in pairing.tensors else "")
                          for t in first.outputs if _is_float(model, t)), "fp32", no_local="a weight")
     inside = {t for lay in unit for t in lay.outputs}
@@ -203,8 +203,8 @@ def _conversion_rows(model, tensors: list[str], index: int, pairing, deployment,
     rows = []
     for t in tensors:
         c = pairing.candidate(t)
-        if c is None or not _is_float(model, t) or value(t)[1] == "quantized":
-            continue
+        if c is None or not _is_float(model, t) or value(t)[1] == "quantized" or deployment.view(c):
+            continue  # rounded inside the kernel that made it: part of that kernel's row
         for node, out, precision in graph.roundings(c):
             if not (deployment.available(c) and deployment.available(out)):
                 continue

@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from layerdiff.backends.calibrate import activations, calibrate
-from layerdiff.backends.int8 import QDQ, TRT_QDQ_OPS, Int8Quantizer, fold_constants
+from layerdiff.backends.int8 import QDQ, TRT_QDQ_OPS, Int8Quantizer, fold_weights
 from layerdiff.graph import load_model
 from layerdiff.inputs import load_samples
 from tests.conftest import FIXTURES, MODELS
@@ -100,7 +100,7 @@ def test_constant_node_weights_are_quantized_per_channel(tmp_path):
     onnx.save(model, tmp_path / "const.onnx")
     loaded = load_model(tmp_path / "const.onnx")
     assert "w_const" in {lay.name for lay in loaded.layers}
-    assert "conv2.weight" in {t.name for t in fold_constants(loaded.proto).graph.initializer}
+    assert "conv2.weight" in {t.name for t in fold_weights(loaded).graph.initializer}
     q = Int8Quantizer(loaded, load_samples(FIXTURES / "cnn_inputs", loaded.inputs, {}))
     scale = next(t for t in q.base.graph.initializer if t.name == "conv2.weight_scale")
     assert numpy_helper.to_array(scale).shape == (8,)  # one scale per output channel

@@ -73,3 +73,60 @@ def test_real_models_capture_matches_the_plain_run(name):
     quantized = [lay for lay in report.layers if lay.precision == "int8" and lay.kind == "layer"]
     assert quantized and all(k.startswith(("QLinear", "QGemm", "MatMulInteger")) or k in ("MaxPool", "Flatten",
                              "Reshape", "Transpose", "Concat") for lay in quantized for k in lay.kernels)
+
+
+def _two_convs(tmp_path):
+    """x -> conv1 -> conv2 -> y: conv1's output is read by a quantized Conv only, so ONNX Runtime makes
+    conv1 a QLinearConv writing INT8 (in its channels-last layout, under a new tensor name)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["c1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    m = onnx.helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                          [1, 3, 16, 16])],
+                                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits),
+                               opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "convs.onnx")
+    return tmp_path / "convs.onnx"
+
+
+def test_an_integer_kernels_renamed_output_is_read_as_what_it_is(tmp_path):
+    """The report's finding: ONNX Runtime renames outputs in its INT8 and layout passes, and reading by name
+    alone called such tensors fused, merging separate kernels into one row. conv1 is its own row, computed
+    by a QLinearConv, its output read as that kernel's INT8 output dequantized with its own scale."""
+    session = layerdiff.prepare(_two_convs(tmp_path), seed=3, reference_provider="cpu")
+    cand = session.candidate("ort-int8")
+    view = cand.deployment()
+    kernel_ops = {n.op_type for n in view.graph.node}
+    assert "QLinearConv" in kernel_ops
+    report = session.compare(cand)
+    conv1 = report.layer("conv1")
+    assert conv1.onnx_nodes == ("conv1",) and conv1.kernels == ("QLinearConv",) and conv1.precision == "int8"
+    assert conv1.outputs[0].view == "quantized" and conv1.outputs[0].paired
+    assert report.counts.fused_away == 0 and report.capture.exposed_vs_plain_max_abs == 0.0
+    # the value read equals the next layer's input as the optimized graph has it: DequantizeLinear of the INT8 output
+    with view.open(["c1", "c1_DequantizeLinear_Output"]) as source:
+        values = source.infer(session.samples.feeds[0])
+    np.testing.assert_array_equal(values["c1"], values["c1_DequantizeLinear_Output"])
+
+
+@pytest.mark.skipif(not (MODELS / "ppocr_det" / "model.onnx").is_file(),
+                    reason="real models not fetched: python scripts/get_models.py")
+def test_real_models_rows_are_kernels():
+    """On PP-OCR's classifier every row is one layer (each has a kernel of its own, renamed outputs and INT8
+    outputs included); on the detector the only layers sharing a row are a Conv and its activation, which
+    ONNX Runtime runs as one FusedConv."""
+    for name, allowed in (("ppocr_cls", set()), ("ppocr_det", {"FusedConv"})):
+        d = MODELS / name
+        report = layerdiff.compare(d / "model.onnx", "ort-int8", inputs=d / "inputs", calib=d / "calib",
+                                   reference_provider="cpu")
+        multi = [lay for lay in report.layers if lay.kind == "layer" and len(lay.onnx_nodes) > 1]
+        assert all(set(lay.kernels) <= allowed and len(lay.onnx_nodes) == 2 for lay in multi), \
+            [(lay.name, lay.op, lay.kernels) for lay in multi]
+        indices = [lay.index for lay in report.layers]
+        assert indices == sorted(indices)  # weights computed in the graph never lead a row out of order
+        assert report.counts.unpaired == 0

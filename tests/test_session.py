@@ -180,7 +180,6 @@ def test_every_source_is_a_candidate_source(session):
     """ONNX Runtime, imported and TensorRT sources all answer the one protocol (no hasattr dispatch)."""
     from layerdiff import CandidateSource
     from layerdiff.backends.imported import ImportedSource
-    from layerdiff.backends.kernels import OrtSource
     from layerdiff.backends.trt import TrtSource
 
     cand = session.realise(PrecisionPlan.uniform("int8"))

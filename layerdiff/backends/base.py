@@ -56,6 +56,9 @@ class Deployment(Protocol):
     def kernel(self, tensor: str) -> Kernel | None:
         """The kernel that computed `tensor` (None where unknown)."""
 
+    def view(self, tensor: str) -> str:
+        """"quantized" where the candidate holds `tensor` only as an integer kernel's INT8 output, else ""."""
+
     def open(self, tensors: Sequence[str], cancel: threading.Event | None = None) -> CandidateSource:
         """A source whose `infer` returns `tensors` (each available) from one run of the deployed candidate."""
 

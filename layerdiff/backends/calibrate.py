@@ -34,7 +34,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 def activations(model: LoadedModel) -> list[str]:
     """Float32 tensors that are computed from the inputs (graph inputs and node outputs, not weights)."""
-    names = [i.name for i in model.inputs] + [t for lay in model.layers if lay.op != "Constant" for t in lay.outputs]
+    names = [i.name for i in model.inputs] + [t for lay in model.layers if lay.name not in model.weight_layers
+                                             for t in lay.outputs]
     return [t for t in names if model.tensor_types.get(t) == TensorProto.FLOAT]
 
 

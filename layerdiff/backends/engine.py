@@ -32,3 +32,6 @@ class EngineView:
 
     def groups(self):
         return self.engine_groups
+
+    def view(self, tensor: str) -> str:
+        return ""

@@ -36,7 +36,7 @@ class FakeBackend:
     def realise(self, plan: PrecisionPlan) -> Candidate:
         plan.check(lay.name for lay in self.model.layers)
         perturbed = {lay.name: self.error_of(lay.name) for lay in self.model.layers
-                     if lay.op != "Constant" and plan.precision_of(lay.name) != "fp32"}
+                     if lay.name not in self.model.weight_layers and plan.precision_of(lay.name) != "fp32"}
         executed = _inject(self.model, perturbed)
         precision = {t: plan.precision_of(lay.name) for lay in self.model.layers for t in lay.outputs}
         runner = _FakeRunner(executed, precision)

@@ -5,7 +5,8 @@ Placement, as TensorRT and NVIDIA's ModelOpt place Q/DQ: on the *inputs* of Conv
 MatMul, pooling and Add (activations symmetric INT8, weights symmetric per-channel INT8, biases INT32),
 never on outputs (`OpTypesToExcludeOutputQuantization` lists every op type of the model); a tensor read
 by several quantized nodes has one shared Q/DQ pair. Weights held in Constant nodes are made
-initializers first, so they are quantized per channel like any other weight. Per-channel DequantizeLinear
+initializers first (and weights the graph computes from weights, such as a reshaped bias, are folded to
+their values), so they are quantized per channel like any other weight. Per-channel DequantizeLinear
 needs opset 13: older models get ONNX Runtime's own com.microsoft Q/DQ ops (same arithmetic), which
 TensorRT does not read (re-export the model at opset 13 or later for that).
 
@@ -19,7 +20,10 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 
+import numpy as np
 import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
 
 from layerdiff.backends.calibrate import calibrate
 from layerdiff.graph import LoadedModel, max_ir_version
@@ -29,23 +33,38 @@ TRT_QDQ_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "Global
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
-def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` whose Constant nodes (a `value` tensor) are initializers of the same name."""
+def fold_weights(model: LoadedModel) -> onnx.ModelProto:
+    """A copy of the model whose weight layers (Constant nodes, weights reshaped or transposed in the
+    graph) are initializers holding their values, as ONNX Runtime and TensorRT fold them: so the
+    quantizer sees them as weights and gives them per-channel scales."""
     out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    kept = []
-    for node in out.graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if value is not None and len(node.output) == 1 and node.domain in ("", "ai.onnx"):
-            init = onnx.TensorProto()
-            init.CopyFrom(value)
-            init.name = node.output[0]
-            out.graph.initializer.append(init)
-        else:
-            kept.append(node)
+    out.CopyFrom(model.proto)
+    folded = _weight_values(model)
+    kept = [n for n in out.graph.node if n.name not in model.weight_layers]
     del out.graph.node[:]
     out.graph.node.extend(kept)
+    read = {t for n in kept for t in n.input} | {o.name for o in out.graph.output}
+    out.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in folded.items() if name in read)
     return out
+
+
+def _weight_values(model: LoadedModel) -> dict[str, np.ndarray]:
+    """The value of every weight layer's output that a layer of the computation reads (one run of the
+    weight layers alone)."""
+    wanted = sorted({t for lay in model.layers if lay.name not in model.weight_layers for t in lay.inputs
+                     if t in model.constants} | {o for o in model.outputs if o in model.constants})
+    if not wanted:
+        return {}
+    nodes = [model.nodes[lay.name] for lay in model.layers if lay.name in model.weight_layers]
+    used = {t for n in nodes for t in n.input}
+    graph = onnx.helper.make_graph(nodes, "weights", [], [onnx.helper.make_empty_tensor_value_info(t) for t in wanted],
+                                   [t for t in model.proto.graph.initializer if t.name in used])
+    weights = onnx.helper.make_model(graph, opset_imports=model.proto.opset_import)
+    weights.ir_version = model.proto.ir_version
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    values = ort.InferenceSession(weights.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(wanted, {})
+    return dict(zip(wanted, values, strict=True))
 
 
 class Int8Quantizer:
@@ -68,8 +87,8 @@ class Int8Quantizer:
 
     @cached_property
     def source(self) -> onnx.ModelProto:
-        """The model the quantizer reads: Constant weights made initializers."""
-        return fold_constants(self.model.proto)
+        """The model the quantizer reads: weight layers folded into initializers."""
+        return fold_weights(self.model)
 
     @property
     def contrib_qdq(self) -> bool:

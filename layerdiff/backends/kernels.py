@@ -7,20 +7,25 @@ optimization level): the kernels after every fusion, layout change and QDQ rewri
 run with optimizations off, so nothing is fused again, and only tensors that exist in it are read:
 
   * a candidate tensor is *available* when a node of the optimized graph still produces it (same name,
-    same type), or when it follows exactly from available tensors through QuantizeLinear,
-    DequantizeLinear or Cast nodes of the candidate (the values a fused kernel reads: layerdiff adds
-    those nodes beside the graph, reading tensors it already computes, so what runs is unchanged);
+    same type, same shape); or when the node that computes it is still there under its own name (ONNX
+    Runtime keeps node names, but its layout and INT8 passes rename some outputs), exactly, or as the
+    INT8 output of the integer kernel that replaced it (QLinearConv for a Conv: its value then is that
+    output dequantized with the kernel's own scale, the only value of it that exists); or when it
+    follows exactly from available tensors through QuantizeLinear, DequantizeLinear or Cast nodes of
+    the candidate (the values a fused kernel reads). layerdiff adds the nodes that compute these beside
+    the graph, reading tensors it already computes, so what runs is unchanged;
   * the *kernel* behind a tensor is the optimized-graph node that computed it, looking back through
-    the layout and Q/DQ nodes ONNX Runtime inserted (QLinearConv, FusedConv, Conv on dequantized int8...).
+    the layout, Q/DQ and cast nodes ONNX Runtime inserted (QLinearConv, FusedConv, Conv on dequantized
+    int8, an NCHWc Conv behind its ReorderOutput...).
 
 The plain session and the exposed one then give bit-identical final outputs (tested).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
-from functools import cached_property
 
 import numpy as np
 import onnx
@@ -47,8 +52,22 @@ _ORT_TYPES = {
     TensorProto.INT32: "tensor(int32)", TensorProto.INT64: "tensor(int64)", TensorProto.BOOL: "tensor(bool)",
 }
 _FLOATS = frozenset({"tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"})
-_LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int4)": "int4", "tensor(uint4)": "int4",
-        "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
+_NCHWC = frozenset({"ReorderInput", "ReorderOutput"})
+# the integer kernel ONNX Runtime puts in place of a float op, and where its output scale and zero point are
+_QLINEAR = {"Conv": "QLinearConv", "MatMul": "QLinearMatMul", "Gemm": "QGemm", "Add": "QLinearAdd", "Mul": "QLinearMul",
+            "GlobalAveragePool": "QLinearGlobalAveragePool", "AveragePool": "QLinearAveragePool",
+            "Concat": "QLinearConcat", "Sigmoid": "QLinearSigmoid", "LeakyRelu": "QLinearLeakyRelu",
+            "Softmax": "QLinearSoftmax", "ReduceMean": "QLinearReduceMean", "Where": "QLinearWhere"}
+_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8), "QLinearAdd": (6, 7),
+                   "QLinearMul": (6, 7), "QLinearGlobalAveragePool": (3, 4), "QLinearAveragePool": (3, 4),
+                   "QLinearConcat": (0, 1), "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4),
+                   "QLinearSoftmax": (3, 4), "QLinearReduceMean": (3, 4), "QuantizeLinear": (1, 2)}
+# ops that move INT8 values without changing them: the scale and zero point are those of their input
+_DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice", "Gather",
+                            "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
+_TOKEN = re.compile(r"_token_\d+$")
+_LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
+        "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
 
 
 class OrtKernels:
@@ -67,21 +86,33 @@ class OrtKernels:
         self.cproducer = {o: n for n in cgraph.node for o in n.output if o}
         self.cinits = {t.name: t for t in cgraph.initializer}
         self.ctypes, self.cshapes = tensor_info(candidate)
+        self.kinits = {t.name for t in self.graph.initializer}
+        self.cnames = {n.name for n in cgraph.node if n.name}
         self._derivations: dict[str, list[onnx.NodeProto] | None] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._info: dict[str, tuple[str, list]] | None = None
+        self._types: dict[str, str] = {}
+        self._aliases: dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]] | None = None
 
-    @cached_property
+    @property
     def _kinfo(self) -> dict[str, tuple[str, list]]:
         """{tensor of the optimized graph: (its type, its shape) as ONNX Runtime states them} (one session
         with every tensor an output; no run)."""
-        names = [o for n in self.graph.node for o in n.output if o]
-        sess = make_session(with_outputs(self.blob, names, present={o.name for o in self.graph.output}),
-                            self.providers, "candidate", level="disabled")
-        return {a.name: (a.type, a.shape) for a in list(sess.sess.get_outputs()) + list(sess.sess.get_inputs())}
+        with self._lock:
+            if self._info is None:
+                names = [o for n in self.graph.node for o in n.output if o]
+                sess = make_session(with_outputs(self.blob, names, present={o.name for o in self.graph.output}),
+                                    self.providers, "candidate", level="disabled")
+                self._info = {a.name: (a.type, a.shape)
+                              for a in list(sess.sess.get_outputs()) + list(sess.sess.get_inputs())}
+                self._types = {name: t for name, (t, _) in self._info.items()}
+            return self._info
 
     @property
     def ktypes(self) -> dict[str, str]:
-        return {name: t for name, (t, _) in self._kinfo.items()}
+        """{tensor of the optimized graph: its type, e.g. 'tensor(uint8)'}."""
+        self._kinfo  # noqa: B018  (made once, with the shapes)
+        return self._types
 
     def _surviving(self, tensor: str) -> bool:
         """A tensor of the optimized graph holding the candidate tensor's value as it is: same name, same
@@ -92,11 +123,112 @@ class OrtKernels:
         want = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
         if want is not None and ktype not in (None, want):
             return False
+        return _same_shape(self.cshapes.get(tensor), kshape)
+
+    @property
+    def aliases(self) -> dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]]:
+        """{candidate tensor that does not survive by name: (the optimized-graph node that computes it, a
+        node beside the graph giving its value, view)}: the node of the same name and op (an exact alias,
+        view ""), or the integer kernel that replaced it, or the same op moving INT8 values (its output
+        dequantized with the kernel's own scale and zero point: view "quantized")."""
+        with self._lock:
+            if self._aliases is None:
+                self._aliases = self._find_aliases()
+            return self._aliases
+
+    def _find_aliases(self) -> dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]]:
+        info = self._kinfo
+        by_name: dict[str, onnx.NodeProto] = {}
+        for node in self.graph.node:
+            by_name.setdefault(_TOKEN.sub("", node.name), node)
+        kconsumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for t in node.input:
+                kconsumers.setdefault(t, []).append(node)
+        out: dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]] = {}
+        held: dict[str, str] = {}  # candidate tensor -> the optimized-graph tensor holding it (maybe INT8)
+        for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
+            found = len(out)
+            for cnode in self.cproducer.values():
+                knode = by_name.get(cnode.name) if cnode.name else None
+                if knode is None:
+                    continue
+                for i, tensor in enumerate(cnode.output):
+                    if (not tensor or tensor in out or i >= len(knode.output) or not knode.output[i]
+                            or self._surviving(tensor)):
+                        continue
+                    alias = self._alias_of(cnode, knode, i, tensor, info, kconsumers, held)
+                    if alias is not None:
+                        out[tensor] = alias
+                        held[tensor] = alias[1].input[0]
+            if len(out) == found:
+                return out
+        return out
+
+    def _alias_of(self, cnode, knode, i, tensor, info, kconsumers, held):
+        """(knode, the node beside the graph giving `tensor`, view) when knode's output i holds `tensor`."""
+        kout, (ktype, kshape) = knode.output[i], info.get(knode.output[i], (None, None))
+        ctype = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
         cshape = self.cshapes.get(tensor)
-        if cshape is None or kshape is None:
-            return True
-        return len(cshape) == len(kshape) and all(not isinstance(a, int) or not isinstance(b, int) or a == b
-                                                  for a, b in zip(cshape, kshape, strict=True))
+        # the same inputs, or a shape that says it is the same value: ONNX Runtime may compute a node of the
+        # same name in another layout (its transpose optimizer moves Transposes across Slice, Squeeze...)
+        same_inputs = self._reads_same(cnode, knode, held)
+        side = SIDE + tensor
+        if knode.op_type == cnode.op_type and ktype == ctype:
+            if (same_inputs and _same_shape(cshape, kshape)) or (cshape is not None and kshape is not None
+                                                                 and _same_shape(cshape, kshape)):
+                return knode, onnx.helper.make_node("Identity", [kout], [side], name=side), ""
+            return None
+        quantized = knode.op_type == _QLINEAR.get(cnode.op_type) or (
+            knode.op_type == cnode.op_type and ktype in _LOW and ctype in _FLOATS)
+        if not quantized or ctype not in _FLOATS:
+            return None
+        kout, kshape = self._nchw(kout, kshape, kconsumers)
+        params = self._qparams(knode)
+        known = cshape is not None and kshape is not None
+        if params is None or not _same_shape(cshape, kshape) or not (known or same_inputs):
+            return None
+        return knode, onnx.helper.make_node("DequantizeLinear", [kout, *params], [side], name=side), "quantized"
+
+    def _reads_same(self, cnode: onnx.NodeProto, knode: onnx.NodeProto, held: dict[str, str]) -> bool:
+        """Whether every value `knode` reads is the value `cnode` reads there (the same tensor, or the
+        optimized graph's tensor holding it, INT8 or not); weights are not compared."""
+        cdata = [t for t in cnode.input if t and t not in self.cinits and t not in self.kinits]  # folded: weights
+        kdata = [t for t in knode.input if t and t not in self.kinits]
+        if not cdata or len(cdata) > len(kdata):
+            return False
+        for c, k in zip(cdata, kdata):  # integer kernels put scales between data inputs: data first, in order
+            source = c
+            while source not in held and source in self.cproducer and self.cproducer[source].op_type in (
+                    "DequantizeLinear", "QuantizeLinear"):
+                source = self.cproducer[source].input[0]  # the kernel reads the INT8 value itself
+            if not (k == c or k == source or held.get(c) == k or held.get(source) == k):
+                return False
+        return True
+
+    def _nchw(self, tensor: str, shape, consumers) -> tuple[str, list | None]:
+        """An NHWC kernel output (ONNX Runtime's layout pass for integer kernels) is followed by the
+        Transpose back to NCHW it inserted: read that one."""
+        for node in consumers.get(tensor, ()):
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if node.op_type == "Transpose" and perm == [0, 3, 1, 2] and node.output[0] not in self.ctypes:
+                return node.output[0], self._kinfo.get(node.output[0], (None, None))[1]
+        return tensor, shape
+
+    def _qparams(self, node: onnx.NodeProto, depth: int = 0) -> list[str] | None:
+        """The (scale, zero point) initializers of `node`'s INT8 output."""
+        if node.op_type in _OUTPUT_QPARAMS:
+            s, z = _OUTPUT_QPARAMS[node.op_type]
+            names = [node.input[s], node.input[z]] if len(node.input) > z else []
+            return names if names and all(n in self.kinits for n in names) else None
+        if node.op_type in _DATA_MOVEMENT and depth < 16 and node.input and node.input[0] in self.kproducer:
+            return self._qparams(self.kproducer[node.input[0]], depth + 1)
+        return None
+
+    def view(self, tensor: str) -> str:
+        """"quantized" when the deployed candidate holds `tensor` only as an integer kernel's INT8 output."""
+        return self.aliases[tensor][2] if tensor in self.aliases else ""
+
 
     def derivation(self, tensor: str) -> list[onnx.NodeProto] | None:
         """The candidate's nodes that compute `tensor` from surviving tensors ([] if it survives itself),
@@ -110,6 +242,8 @@ class OrtKernels:
         result: list[onnx.NodeProto] | None = None
         if self._surviving(tensor):
             result = []
+        elif tensor in self.aliases:
+            result = [self.aliases[tensor][1]]  # a node beside the graph, named already
         elif depth < 8 and tensor in self.cproducer and self.cproducer[tensor].op_type in _EXACT_STEPS:
             node = self.cproducer[tensor]
             steps: list[onnx.NodeProto] = []
@@ -139,19 +273,32 @@ class OrtKernels:
         steps = self.derivation(tensor)
         if steps is None:
             return None
+        if tensor in self.aliases:
+            return self._describe(self.aliases[tensor][0])
         if steps:  # computed beside the graph from a surviving tensor: the kernel that made that one
-            first = next((i for s in steps for i in s.input if i and i not in self.cinits and self._surviving(i)), None)
+            first = next((i for s in steps for i in s.input if i and i not in self.cinits and self.available(i)
+                          and not i.startswith(SIDE)), None)
             return self.kernel(first) if first else None
         node = self.kproducer.get(tensor)
         for _ in range(32):
             if node is None:
                 return None
-            inserted_layout = node.op_type in _LAYOUT and not all(o in self.ctypes for o in node.output if o)
-            float_cast = node.op_type == "Cast" and self.ktypes.get(node.input[0]) in _FLOATS
-            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and not inserted_layout and not float_cast:
+            if not self._inserted(node):
                 break
             node = self.kproducer.get(node.input[0]) if node.input else None
         return self._describe(node) if node is not None else None
+
+    def _inserted(self, node: onnx.NodeProto) -> bool:
+        """A node that only carries a value to the kernel behind it: Q/DQ, ONNX Runtime's layout changes
+        (NCHWc reorders, inserted Transposes), and casts between floats that are not the model's own."""
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in _NCHWC:
+            return True
+        if node.op_type in _LAYOUT:
+            return not all(o in self.ctypes for o in node.output if o)
+        if node.op_type == "Cast":
+            own = node.name in self.cnames and "::cast_" not in node.name
+            return self.ktypes.get(node.input[0]) in _FLOATS and not own
+        return False
 
     def _describe(self, node: onnx.NodeProto) -> Kernel:
         data = [t for t in node.input if t and (t in self.kproducer or t in self.kinputs)]
@@ -188,8 +335,11 @@ class OrtKernels:
             if steps is None:
                 raise BackendError(f"internal: tensor '{tensor}' is not available in the deployed candidate")
             for step in steps:
-                key = SIDE + step.output[0]
+                key = SIDE + step.output[0] if not step.name.startswith(SIDE) else step.output[0]
                 if key in nodes:
+                    continue
+                if step.name.startswith(SIDE):  # an alias: reads the optimized graph's own tensors
+                    nodes[key] = step
                     continue
                 copy = onnx.NodeProto()
                 copy.CopyFrom(step)
@@ -244,3 +394,13 @@ class OrtSource:
             raise BackendError("internal: infer() outside `with source:`")
         values = self._session.run(list(self._outputs), feed, self._cancel)
         return {self._outputs[name]: value for name, value in values.items()}
+
+
+def _same_shape(a, b) -> bool:
+    """Shapes that agree wherever both are known (None: unknown), after dropping dimensions of size 1 (the
+    same values in the same order: ONNX Runtime writes [N, C, 1, 1] as [N, 1, 1, C] in its channels-last
+    kernels, and the capture reshapes such a value back)."""
+    if a is None or b is None:
+        return True
+    a, b = [x for x in a if x != 1], [x for x in b if x != 1]
+    return len(a) == len(b) and all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b))

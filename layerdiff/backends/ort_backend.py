@@ -93,6 +93,9 @@ class MarkedOutputs:
     def matches_plain(self) -> bool | None:
         return None  # measured instead: capture.exposed_vs_plain_max_abs
 
+    def view(self, tensor: str) -> str:
+        return ""
+
     def kernel(self, tensor: str) -> Kernel | None:
         node = self.producer.get(tensor)
         if node is None:
