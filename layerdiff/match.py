@@ -24,6 +24,8 @@ import onnx
 from layerdiff.graph import FINAL_KEY, LoadedModel
 
 TRANSPARENT = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
+# ops a rewrite may drop without changing what the next layer reads (or that a QuantizeLinear absorbs)
+PASS_THROUGH = frozenset({"Identity", "Dropout", "Relu", "Clip"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Pairing:
     tensors: dict[str, Pair] = field(default_factory=dict)  # reference tensor -> candidate tensor
     nodes: dict[str, str] = field(default_factory=dict)  # reference layer -> candidate node
     reads: dict[tuple[str, int], str] = field(default_factory=dict)  # (layer, input slot) -> candidate tensor
+    absorbed: dict[str, str] = field(default_factory=dict)  # reference tensor -> the QuantizeLinear doing its layer
 
     def candidate(self, tensor: str) -> str | None:
         pair = self.tensors.get(tensor)
@@ -138,8 +141,31 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
             found = [i for i in dict.fromkeys(pool) if i not in taken and nodes[i].op_type == layer.op
                      and (nodes[i].domain or "") == (node.domain or "")
                      and [w for w in want if w] == [s for s in (source(t) for t in nodes[i].input if t) if s]]
+        if not found and node is not None and layer.named and layer.name not in model.weight_layers:
+            # structure broke upstream (a node the candidate lacks): the model's own name, same op, still tells
+            named = by_name.get(layer.name)
+            if named is not None and named not in taken and nodes[named].op_type == layer.op:
+                found = [named]
         if not found:
             _unpaired(pairing, layer, nodes, by_name, model.weight_layers)
+            inputs = [_ref_source(model, t, raw) for t in (node.input if node is not None else ())]
+            active = [s for s in inputs if s]
+            if layer.op in PASS_THROUGH and len(active) == 1 and len(layer.outputs) == 1:
+                # removed (Identity, Dropout) or absorbed by the QuantizeLinear after it (a Relu or Clip that
+                # an unsigned INT8 range clips anyway): its readers read what it read
+                out, source_tensor = layer.outputs[0], active[0]
+                raw[out] = source_tensor
+                if layer.op in ("Identity", "Dropout"):
+                    pairing.tensors[out] = Pair(out, final.get(source_tensor, source_tensor))
+                else:
+                    q = next((nodes[i] for i in consumers.get(source_tensor, ()) if nodes[i].op_type == "QuantizeLinear"
+                              and nodes[i].input[0] == source_tensor), None)
+                    dq = next((nodes[i] for i in consumers.get(q.output[0], ()) if nodes[i].op_type ==
+                               "DequantizeLinear"), None) if q is not None else None
+                    if dq is not None:  # its value is what the QuantizeLinear writes: the layer, rounded
+                        pairing.tensors[out] = Pair(out, dq.output[0])
+                        pairing.absorbed[out] = q.name
+                        pairing.reads[(layer.name, 0)] = source_tensor
             continue
         # equal structure: the node of the same name if there is one, else the first in file order
         index = next((i for i in found if nodes[i].name == layer.name), min(found))

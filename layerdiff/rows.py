@@ -26,13 +26,16 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto
 
-from layerdiff.backends.base import Deployment
+from layerdiff.backends.base import Deployment, Kernel
 from layerdiff.graph import Layer, LoadedModel, Unit, proto_tensor_types
 from layerdiff.match import Pairing
 
 REFERENCE = "reference:"  # a read key prefix: take this tensor from the reference run
-_RANK = {"int4": 0, "fp4": 0, "fp8": 1, "int8": 2, "uint8": 2, "fp16": 3, "bf16": 3, "tf32": 4, "fp32": 5}
+_RANK = {"int4": 0, "fp4": 0, "fp8": 1, "int8": 2, "uint8": 2, "int16": 3, "fp16": 3, "bf16": 3, "tf32": 4, "fp32": 5}
 _NARROW = {TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16"}
+_QUANTIZED = {TensorProto.INT8: "int8", TensorProto.UINT8: "int8", TensorProto.INT16: "int16",
+              TensorProto.UINT16: "int16", TensorProto.INT4: "int4", TensorProto.UINT4: "int4",
+              TensorProto.FLOAT8E4M3FN: "fp8", TensorProto.FLOAT8E5M2: "fp8"}
 _WIDER = {TensorProto.FLOAT16: (TensorProto.FLOAT, TensorProto.DOUBLE),
           TensorProto.BFLOAT16: (TensorProto.FLOAT, TensorProto.DOUBLE), TensorProto.FLOAT: (TensorProto.DOUBLE,)}
 
@@ -101,7 +104,7 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
             if c is None:
                 seen[t] = (None, pairing.tensors[t].reason if t in pairing.tensors else "not matched")
             elif deployment.available(c):
-                seen[t] = (c, deployment.view(c))
+                seen[t] = (c, "quantized" if t in pairing.absorbed else deployment.view(c))
             else:
                 views = graph.views(c) if graph else []
                 seen[t] = next(((v, kind) for v, kind in views if deployment.available(v)), (None, "fused"))
@@ -179,10 +182,13 @@ def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulate
     engine = next((engine_of[lay.name] for lay in unit if lay.name in engine_of), None)
     precision = _lowest([k.precision for k in kernels]) if kernels else "unknown"
     is_emulated = any(lay.name in emulated or pairing.nodes.get(lay.name) in emulated for lay in unit)
+    absorbed = [t for lay in unit for t in lay.outputs if t in pairing.absorbed]
     if engine is not None:
         precision = engine[2]
     elif is_emulated:
         precision = "fp16"
+    elif absorbed:  # a Relu or Clip that the candidate's QuantizeLinear does as it rounds
+        precision, kernels = "int8", [Kernel("QuantizeLinear", "int8")]
     asked = next((requested[lay.name] for lay in unit if lay.name in requested), None)
     return Row(first.name, "layer", first.op if len(unit) == 1 else "+".join(dict.fromkeys(lay.op for lay in unit)),
                first.index, unit, tuple(outputs), precision,
@@ -201,13 +207,14 @@ def _conversion_rows(model, tensors: list[str], index: int, pairing, deployment,
     """A row for each rounding step (Q/DQ pair, Cast to a narrower float) applied to one of `tensors`
     before other layers read it."""
     rows = []
+    absorbed = set(pairing.absorbed.values())
     for t in tensors:
         c = pairing.candidate(t)
         if c is None or not _is_float(model, t) or value(t)[1] == "quantized" or deployment.view(c):
             continue  # rounded inside the kernel that made it: part of that kernel's row
         for node, out, precision in graph.roundings(c):
-            if not (deployment.available(c) and deployment.available(out)):
-                continue
+            if not (deployment.available(c) and deployment.available(out)) or node.name in absorbed:
+                continue  # (a QuantizeLinear that absorbed a Relu or Clip is that layer's row)
             rows.append(Row(node.name or f"{node.op_type}({t})", "conversion", node.op_type, index, (),
                             (RowOutput(t, out),), precision, kernels=(node.op_type,), local_from=c, converts=t))
     return rows
@@ -237,8 +244,8 @@ class _CandidateGraph:
         out = []
         for q in self.consumers.get(tensor, ()):
             if q.op_type == "QuantizeLinear" and q.input[0] == tensor:
-                precision = {TensorProto.UINT8: "int8", TensorProto.INT8: "int8"}.get(
-                    self.zero_point.get(q.input[2] if len(q.input) > 2 else "", TensorProto.UINT8), "int8")
+                precision = _QUANTIZED.get(self.zero_point.get(q.input[2] if len(q.input) > 2 else "",
+                                                               TensorProto.UINT8), "int8")
                 for dq in self.consumers.get(q.output[0], ()):
                     if dq.op_type == "DequantizeLinear":
                         out.append((q, dq.output[0], precision))

@@ -25,8 +25,7 @@ import numpy as np
 from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
 from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
-from layerdiff.backends.kernels import OrtSource
-from layerdiff.backends.ort import providers_for
+from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import capture, tensor_sizes
 from layerdiff.errors import (
@@ -260,6 +259,7 @@ class Session:
         """The candidate's final outputs against the FP32 model's, from plain runs (nothing exposed).
         `keep_values` keeps the candidate's outputs of every sample in the result."""
         reference = self.reference_outputs(cancel)
+        names = self._output_names(candidate)
         per_sample: list[dict[str, TensorMetrics]] = []
         rates: dict[str, list[float]] = {}
         reasons: dict[str, str] = {}
@@ -273,14 +273,15 @@ class Session:
                     kept.append(out)
                 metrics = {}
                 for name in self.model.outputs:
-                    if name not in out:
-                        reasons[name] = "the candidate has no graph output of this name"
-                    elif ref[name].shape != out[name].shape:
-                        reasons[name] = f"shapes differ: reference {ref[name].shape}, candidate {out[name].shape}"
-                    elif ref[name].dtype.kind == "f" and out[name].dtype.kind == "f":
-                        metrics[name] = diff_metrics(ref[name], out[name])
+                    got = out.get(names.get(name, ""))
+                    if got is None:
+                        reasons[name] = "the candidate has no graph output holding it"
+                    elif ref[name].shape != got.shape:
+                        reasons[name] = f"shapes differ: reference {ref[name].shape}, candidate {got.shape}"
+                    elif ref[name].dtype.kind == "f" and got.dtype.kind == "f":
+                        metrics[name] = diff_metrics(ref[name], got)
                     else:
-                        rates.setdefault(name, []).append(match_rate(ref[name], out[name]))
+                        rates.setdefault(name, []).append(match_rate(ref[name], got))
                 per_sample.append(metrics)
             provider = source.provider
         outputs = []
@@ -293,6 +294,16 @@ class Session:
             else:
                 outputs.append(OutputDiff(name, match_rate=min(rates[name])))
         return Evaluation(tuple(outputs), tuple(per_sample), provider, tuple(kept))
+
+    def _output_names(self, candidate: Candidate) -> dict[str, str]:
+        """{model output: the candidate's graph output holding it}: the same name, or, where a rewrite
+        renamed it, the candidate's output paired with it by structure."""
+        outputs = [o.name for o in candidate.executed.graph.output] if candidate.executed is not None else None
+        if outputs is None or all(o in outputs for o in self.model.outputs):
+            return {o: o for o in self.model.outputs}
+        pairing = match_tensors(self.model, candidate.executed)
+        renamed = {o: pairing.candidate(o) for o in self.model.outputs if o not in outputs}
+        return {o: o if o in outputs else renamed[o] or "" for o in self.model.outputs}
 
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
@@ -319,7 +330,7 @@ class Session:
         if evaluation is None:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
-        exposed = _exposed_vs_plain(result.kept, evaluation.values, pairing, self.model.outputs)
+        exposed = _exposed_vs_plain(result.kept, evaluation.values, pairing, self._output_names(candidate))
         if progress:
             progress("final outputs", 1, 1)
         info = CandidateInfo(candidate.spec, candidate.kind, candidate.runtime,
@@ -330,7 +341,7 @@ class Session:
                                divergence_cosine=divergence_cosine, max_memory=self.max_memory,
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
-                               warnings=_upcast_warning(candidate, pairing, rows))
+                               warnings=_candidate_warnings(self.model, candidate, pairing, rows))
 
 
 class _Cached:
@@ -351,33 +362,42 @@ class _Cached:
 
 
 def _exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, np.ndarray], ...], pairing,
-                      outputs: tuple[str, ...]) -> float | None:
+                      outputs: dict[str, str]) -> float | None:
     """Largest difference between the final outputs read during the capture and the plain run's: zero
     when reading tensors did not change what ran. None when there was nothing to compare."""
     worst = None
     for values, deployed in zip(kept, plain, strict=False):
-        for name in outputs:
+        for name, held in outputs.items():
             c = pairing.candidate(name)
-            if c in values and name in deployed and values[c].shape == deployed[name].shape and values[c].size:
-                diff = np.abs(values[c].astype(np.float64) - deployed[name].astype(np.float64))
+            if c in values and held in deployed and values[c].shape == deployed[held].shape and values[c].size:
+                diff = np.abs(values[c].astype(np.float64) - deployed[held].astype(np.float64))
                 diff = diff[np.isfinite(diff)]
                 worst = max(worst or 0.0, float(diff.max()) if diff.size else 0.0)
     return worst
 
 
-def _upcast_warning(candidate: Candidate, pairing, rows) -> tuple[str, ...]:
-    """A candidate ONNX file with FP16 nodes that ONNX Runtime's CPU provider computes in FP32 (it has no
-    FP16 kernel for them): the report is true to what ran here, but not to an FP16 deployment."""
+def _candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows) -> tuple[str, ...]:
+    """For a candidate ONNX file: inputs it takes in another float type (the samples are cast to it), and
+    FP16 nodes that ONNX Runtime's CPU provider computes in FP32 (it has no FP16 kernel for them): the
+    report is true to what ran here, but not to an FP16 deployment."""
     if candidate.kind != "onnx" or candidate.executed is None:
         return ()
     from onnx import TensorProto
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     from layerdiff.graph import proto_tensor_types
 
+    warnings = []
+    wants = {i.name: i.type.tensor_type.elem_type for i in candidate.executed.graph.input}
+    for spec in model.inputs:
+        want = wants.get(spec.name)
+        if want and want != spec.elem_type:
+            warnings.append(f"the candidate takes input '{spec.name}' as {tensor_dtype_to_np_dtype(want)}: the "
+                            f"samples ({spec.dtype}) are cast to it, and that rounding is in every row's error")
     types = proto_tensor_types(candidate.executed)
     fp16 = {lay.name for row in rows if row.kind == "layer" and row.precision == "fp32" for lay in row.layers
             if any(types.get(pairing.candidate(t) or "") == TensorProto.FLOAT16 for t in lay.outputs)}
-    if not fp16:
-        return ()
-    return (f"{len(fp16)} FP16 layer(s) of this candidate ran in FP32 on ONNX Runtime's CPU provider (no FP16 kernel): "
-            "their FP16 rounding is not in these numbers; --candidate ort-fp16 emulates it",)
+    if fp16:
+        warnings.append(f"{len(fp16)} FP16 layer(s) of this candidate ran in FP32 on ONNX Runtime's CPU provider (no "
+                        "FP16 kernel): their FP16 rounding is not in these numbers; --candidate ort-fp16 emulates it")
+    return tuple(warnings)

@@ -61,3 +61,59 @@ def test_quantized_candidate_pairs_through_qdq_and_reads_the_dequantized_value()
     assert all(pairing.candidate(t) == t for lay in model.layers for t in lay.outputs)
     assert pairing.read("conv2", 0, "relu1") == "relu1_DequantizeLinear_Output"
     assert pairing.read("conv1_bn", 0, "conv1_out") == "conv1_out"  # an FP32 node reads the FP32 tensor
+
+
+def test_a_candidate_from_onnxruntimes_default_quantizer_pairs_every_tensor(tmp_path):
+    """onnxruntime.quantization's defaults drop the Relus (an unsigned INT8 range clips anyway) and an Identity
+    may be gone: pairing continues past the missing node, and the Relu's row is the QuantizeLinear that does
+    its work, with its rounding as local error, never a false divergence."""
+    import numpy as np
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    import layerdiff
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": np.load(f)["input"]} for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qs.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    cand = onnx.load(tmp_path / "qs.onnx")
+    assert "Relu" not in {n.op_type for n in cand.graph.node}
+    report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "qs.onnx"), inputs=FIXTURES / "cnn_inputs",
+                               reference_provider="cpu")
+    assert report.counts.compared == report.counts.float_tensors == 18
+    relu1 = report.layer("relu1")
+    assert relu1.precision == "int8" and relu1.kernels == ("QuantizeLinear",)
+    assert relu1.outputs[0].view == "quantized" and relu1.local_cosine > 0.9999
+    assert not any(lay.kind == "conversion" and lay.converts == "conv1_bn" for lay in report.layers)
+
+
+def test_a_removed_identity_does_not_break_the_pairing():
+    ref = from_proto(_with_identity())
+    cand = _with_identity()
+    ident = next(n for n in cand.graph.node if n.op_type == "Identity")
+    for n in cand.graph.node:
+        n.input[:] = [ident.input[0] if t == ident.output[0] else t for t in n.input]
+    cand.graph.node.remove(ident)
+    pairing = match_tensors(ref, cand)
+    assert pairing.candidate("t1") == "t0" and pairing.candidate("y") == "y"  # the Identity's value: its input's
+
+
+def _with_identity() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])
+    nodes = [helper.make_node("Relu", ["x"], ["t0"], name="relu"),
+             helper.make_node("Identity", ["t0"], ["t1"], name="ident"),
+             helper.make_node("Neg", ["t1"], ["y"], name="neg")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m

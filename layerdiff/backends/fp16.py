@@ -88,12 +88,14 @@ def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, i
         if node.name not in names:
             new_nodes.append(node)
             continue
+        widened: dict[str, str] = {}  # one cast per input tensor, however many slots read it (Mul(x, x))
         for i, name in enumerate(node.input):
             if name and types.get(name) == TensorProto.FLOAT16:
-                up = f"{name}::fp32::{node.name}"
-                new_nodes.append(helper.make_node("Cast", [name], [up], name=f"{node.name}::cast_in{i}",
-                                                  to=TensorProto.FLOAT))
-                node.input[i] = up
+                if name not in widened:
+                    widened[name] = f"{name}::fp32::{node.name}"
+                    new_nodes.append(helper.make_node("Cast", [name], [widened[name]],
+                                                      name=f"{node.name}::cast_in{i}", to=TensorProto.FLOAT))
+                node.input[i] = widened[name]
         after = []
         for i, name in enumerate(node.output):
             if name and types.get(name) == TensorProto.FLOAT16:

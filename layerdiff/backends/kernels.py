@@ -27,12 +27,11 @@ import re
 import threading
 from collections.abc import Sequence
 
-import numpy as np
 import onnx
 from onnx import TensorProto
 
 from layerdiff.backends.base import Kernel
-from layerdiff.backends.ort import Session, make_session, optimized_model
+from layerdiff.backends.ort import OrtSource, make_session, optimized_model
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
 from layerdiff.rewrite import with_nodes, with_outputs
@@ -362,38 +361,6 @@ class OrtKernels:
                 nodes[key] = copy
             outputs[SIDE + tensor if steps else tensor] = tensor
         return list(nodes.values()), list(inits.values()), outputs
-
-
-class OrtSource:
-    """A CandidateSource over one ONNX Runtime session: `infer(feed)` returns {wanted name: value}."""
-
-    def __init__(self, blob: bytes, outputs: dict[str, str] | None, providers: list | None, level: str,
-                 what: str, expect_provider: str | None = None, cancel: threading.Event | None = None,
-                 low_memory: bool = False):
-        self._blob, self._outputs, self._providers, self._level = blob, outputs, providers, level
-        self._what, self._expect, self._cancel, self._low_memory = what, expect_provider, cancel, low_memory
-        self._session: Session | None = None
-        self.provider = ""
-
-    def __enter__(self) -> OrtSource:
-        sess = make_session(self._blob, self._providers, self._what, low_memory=self._low_memory, level=self._level)
-        if self._expect and sess.provider != self._expect:
-            raise BackendError(f"ONNX Runtime fell back from {self._expect} to {sess.provider} for the "
-                               "candidate; the report would not describe the GPU deployment, so it stops here")
-        self._session, self.provider = sess, sess.provider
-        if self._outputs is None:
-            self._outputs = {o: o for o in sess.output_names}
-        self._blob = b""  # the session holds the model now
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._session = None
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._session is None:
-            raise BackendError("internal: infer() outside `with source:`")
-        values = self._session.run(list(self._outputs), feed, self._cancel)
-        return {self._outputs[name]: value for name, value in values.items()}
 
 
 def _same_shape(a, b) -> bool:

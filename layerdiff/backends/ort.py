@@ -188,3 +188,45 @@ def optimized_model(model: bytes, providers: list | None = None, level: str = "a
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+_NUMPY = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+          "tensor(double)": np.dtype(np.float64)}
+
+
+class OrtSource:
+    """A CandidateSource over one ONNX Runtime session: `infer(feed)` returns {wanted name: value}."""
+
+    def __init__(self, blob: bytes, outputs: dict[str, str] | None, providers: list | None, level: str,
+                 what: str, expect_provider: str | None = None, cancel: threading.Event | None = None,
+                 low_memory: bool = False):
+        self._blob, self._outputs, self._providers, self._level = blob, outputs, providers, level
+        self._what, self._expect, self._cancel, self._low_memory = what, expect_provider, cancel, low_memory
+        self._session: Session | None = None
+        self.provider = ""
+
+    def __enter__(self) -> OrtSource:
+        sess = make_session(self._blob, self._providers, self._what, low_memory=self._low_memory, level=self._level)
+        # a model that takes an input in another float type (an FP16 model with FP16 inputs) gets the samples
+        # cast to it, as a user feeding it would
+        self._cast = {i.name: _NUMPY[i.type] for i in sess.sess.get_inputs() if i.type in _NUMPY}
+        if self._expect and sess.provider != self._expect:
+            raise BackendError(f"ONNX Runtime fell back from {self._expect} to {sess.provider} for the "
+                               "candidate; the report would not describe the GPU deployment, so it stops here")
+        self._session, self.provider = sess, sess.provider
+        if self._outputs is None:
+            self._outputs = {o: o for o in sess.output_names}
+        self._blob = b""  # the session holds the model now
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session = None
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise BackendError("internal: infer() outside `with source:`")
+        feed = {k: v.astype(self._cast[k]) if k in self._cast and v.dtype.kind == "f" and v.dtype != self._cast[k]
+                else v for k, v in feed.items()}
+        values = self._session.run([n for n in self._outputs if n not in feed], feed, self._cancel)
+        values.update({n: feed[n] for n in self._outputs if n in feed})  # a graph input asked for: as fed
+        return {self._outputs[name]: value for name, value in values.items()}

@@ -22,8 +22,8 @@ import onnxruntime
 from layerdiff.backends.base import Candidate, Kernel
 from layerdiff.backends.fp16 import build_fp16
 from layerdiff.backends.int8 import TRT_QDQ_OPS, Int8Quantizer
-from layerdiff.backends.kernels import OrtKernels, OrtSource
-from layerdiff.backends.ort import provider_loads
+from layerdiff.backends.kernels import OrtKernels
+from layerdiff.backends.ort import OrtSource, provider_loads
 from layerdiff.errors import BackendError
 from layerdiff.graph import LoadedModel, proto_tensor_types, serialize
 from layerdiff.inputs import Samples
