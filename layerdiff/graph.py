@@ -1,6 +1,5 @@
-"""The ONNX graph: load a model, infer shapes, list its layers in topological order, and rewrite it
-so that tensors become outputs (`expose_tensors`) or so that every layer reads its inputs from graph
-inputs (`explode`).
+"""The ONNX graph: load a model, infer shapes, list its layers in topological order, name the nodes
+that have no name of their own, and tell weights from the computation (rewrites are in rewrite.py).
 
 A *layer* is one ONNX node of the main graph. Nodes with subgraphs (If, Loop, Scan) are one layer; the
 tensors their bodies read from the outer scope count as inputs of that layer.

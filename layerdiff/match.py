@@ -51,13 +51,12 @@ class Pairing:
         return self.reads.get((layer, slot)) or self.candidate(tensor) or tensor
 
 
-def identity_pairing(model: LoadedModel, available: set[str] | frozenset[str] | None = None,
-                     reason: str = "not in the candidate's results") -> Pairing:
-    """Pairs by name, for candidates built from the model itself (TensorRT engines, imported results)."""
+def identity_pairing(model: LoadedModel) -> Pairing:
+    """Pairs by name, for candidates built from the model itself (TensorRT engines, imported results):
+    whether the candidate holds a tensor is its deployment's to say."""
     pairing = Pairing()
     for t in [i.name for i in model.inputs] + [t for lay in model.layers for t in lay.outputs]:
-        ok = available is None or t in available
-        pairing.tensors[t] = Pair(t, t if ok else None, "" if ok else reason)
+        pairing.tensors[t] = Pair(t, t)
     pairing.nodes = {lay.name: lay.name for lay in model.layers}
     return pairing
 

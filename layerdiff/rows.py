@@ -159,7 +159,7 @@ def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulate
                 continue
             cand, why = value(t)
             if cand is None:
-                reason = "fused inside a kernel of the candidate: no value of it exists" if why == "fused" else why
+                reason = deployment.missing if why == "fused" else why
                 outputs.append(RowOutput(t, None, reason))
                 continue
             outputs.append(RowOutput(t, cand, "", why))
@@ -229,15 +229,15 @@ class _CandidateGraph:
             for t in dict.fromkeys(n.input):
                 self.consumers[t].append(n)
         self.zero_point = {t.name: t.data_type for t in proto.graph.initializer}
-        self.widens = proto_tensor_types(proto)  # {tensor: element type}, to tell a widening Cast
+        self.types = proto_tensor_types(proto)  # {tensor: element type}, to tell a widening Cast
 
     def views(self, tensor: str) -> list[tuple[str, str]]:
         """Other tensors holding `tensor`'s value, for when it does not exist itself: a widening Cast of it
         (the same value, kind ""), then the DequantizeLinear output of a Q/DQ pair on it (its value as
         INT8 readers see it, kind "quantized")."""
         exact = [(n.output[0], "") for n in self.consumers.get(tensor, ())
-                 if n.op_type == "Cast" and self.widens.get(tensor) and
-                 next((a.i for a in n.attribute if a.name == "to"), None) in _WIDER.get(self.widens[tensor], ())]
+                 if n.op_type == "Cast" and self.types.get(tensor) and
+                 next((a.i for a in n.attribute if a.name == "to"), None) in _WIDER.get(self.types[tensor], ())]
         return exact + [(out, "quantized") for q, out, _ in self.roundings(tensor) if q.op_type == "QuantizeLinear"]
 
     def roundings(self, tensor: str) -> list[tuple[onnx.NodeProto, str, str]]:
@@ -250,7 +250,7 @@ class _CandidateGraph:
                     if dq.op_type == "DequantizeLinear":
                         out.append((q, dq.output[0], precision))
                         break
-            elif q.op_type == "Cast" and not q.name.endswith(tuple(f"::cast_in{i}" for i in range(8))):
+            elif q.op_type == "Cast":
                 to = next((a.i for a in q.attribute if a.name == "to"), None)
                 if to in _NARROW:
                     out.append((q, q.output[0], _NARROW[to]))

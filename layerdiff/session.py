@@ -111,7 +111,6 @@ class Session:
         self._backends: dict[tuple, object] = {}
         self._plain: list[dict[str, np.ndarray]] | None = None
         self._exposed: dict[int, dict[str, np.ndarray]] | None = None
-        self._fake_errors: dict[str, float] | None = None
 
     # -- candidates -------------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class Deployment(Protocol):
     """What the deployed candidate computes, per candidate tensor, and a way to read those tensors."""
 
     mode: str  # how tensors are read: "kernels", "mark-outputs", "debug-tensors", "imported"
+    missing: str  # why a tensor is not available, starting "fused inside"
 
     def available(self, tensor: str) -> bool:
         """Whether the deployed candidate's value of `tensor` can be read (exactly)."""

@@ -82,11 +82,11 @@ def _min_max(model, names, samples, cancel, progress):
             if a.size:  # an empty tensor has no range
                 lo[t] = a[0] if t not in lo else min(lo[t], a[0])
                 hi[t] = b[0] if t not in hi else max(hi[t], b[0])
+        if progress:
+            progress("calibrating", si + 1, len(samples))
     for t in names:
         lo.setdefault(t, np.float32(0.0))
         hi.setdefault(t, np.float32(0.0))
-        if progress:
-            progress("calibrating", si + 1, len(samples))
     return lo, hi
 
 

@@ -177,6 +177,7 @@ class ImportedSource:
 
 class ImportedDeployment(EngineView):
     mode = "imported"
+    missing = "fused inside an engine layer, or not in the saved results (not marked as an output)"
 
     def __init__(self, runner: ImportedRunner):
         super().__init__(runner.model, runner.tensors, runner.info)

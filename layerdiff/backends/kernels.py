@@ -73,6 +73,7 @@ class OrtKernels:
     """The deployed ONNX Runtime session of a candidate, seen kernel by kernel (see the module doc)."""
 
     mode = "kernels"
+    missing = "fused inside a kernel of the candidate: no value of it exists"
 
     def __init__(self, candidate: onnx.ModelProto, blob: bytes, providers: list | None = None,
                  level: str = "all", expect_provider: str | None = None):

@@ -76,6 +76,7 @@ class MarkedOutputs:
     so this session may compute differently from the deployed one (the report says by how much)."""
 
     mode = "mark-outputs"
+    missing = "fused inside a kernel of the candidate: no value of it exists"
 
     def __init__(self, runner: OrtRunner):
         self.runner = runner

@@ -68,6 +68,7 @@ class TrtSource:
 
 
 class TrtDeployment(EngineView):
+    missing = "fused inside an engine layer: TensorRT keeps no value of it"
     def __init__(self, runner: TrtRunnerSet):
         super().__init__(runner.model, runner.engine_tensors, runner.info)
         self.runner = runner
