@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from layerdiff.errors import ModelError
+from layerdiff.lazy import once
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 LOCAL_SUFFIX = "::local"
@@ -66,7 +66,7 @@ class LoadedModel:
     def is_float(self, tensor: str) -> bool:
         return self.tensor_types.get(tensor) in FLOAT_TYPES
 
-    @cached_property
+    @once
     def weight_layers(self) -> frozenset[str]:
         """Layers that compute from weights alone: Constant nodes, and nodes whose every input is an
         initializer or the output of such a layer (a weight reshaped or transposed in the graph). They
@@ -82,22 +82,22 @@ class LoadedModel:
                 weights.update(layer.outputs)
         return frozenset(names)
 
-    @cached_property
+    @once
     def constants(self) -> frozenset[str]:
         """Outputs of the weight layers. A layer's local error treats them like initializers (FP32
         values), so the rounding of a weight counts against the layer that uses it."""
         return frozenset(t for layer in self.layers if layer.name in self.weight_layers for t in layer.outputs)
 
-    @cached_property
+    @once
     def fixed(self) -> frozenset[str]:
         """Tensors whose value is part of the model: initializers and the outputs of weight layers."""
         return self.initializers | self.constants
 
-    @cached_property
+    @once
     def producers(self) -> dict[str, Layer]:
         return {out: layer for layer in self.layers for out in layer.outputs}
 
-    @cached_property
+    @once
     def consumers(self) -> dict[str, tuple[Layer, ...]]:
         """{tensor: the layers that read it}, in topological order."""
         out: dict[str, list[Layer]] = defaultdict(list)
@@ -106,11 +106,11 @@ class LoadedModel:
                 out[t].append(layer)
         return {t: tuple(v) for t, v in out.items()}
 
-    @cached_property
+    @once
     def by_name(self) -> dict[str, Layer]:
         return {layer.name: layer for layer in self.layers}
 
-    @cached_property
+    @once
     def nodes(self) -> dict[str, onnx.NodeProto]:
         """{layer name: its node in `proto`} (read only)."""
         by_output = {o: n for n in self.proto.graph.node for o in n.output if o}
@@ -124,12 +124,12 @@ class LoadedModel:
         named = {t for _, t in slots}
         return slots + [(-1, t) for t in layer.inputs if t not in named]
 
-    @cached_property
+    @once
     def blob(self) -> bytes:
         """The serialised model (made once; sessions and rewrites start from these bytes)."""
         return serialize(self.proto)
 
-    @cached_property
+    @once
     def opset(self) -> int:
         return max((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 

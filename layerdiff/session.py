@@ -25,6 +25,7 @@ import numpy as np
 from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
 from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
+from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import capture, tensor_sizes
@@ -37,6 +38,7 @@ from layerdiff.errors import (
 )
 from layerdiff.graph import LoadedModel, load_model
 from layerdiff.inputs import Samples, load_samples, parse_shapes
+from layerdiff.lazy import once
 from layerdiff.match import identity_pairing, match_tensors
 from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
 from layerdiff.plan import PrecisionPlan
@@ -122,31 +124,39 @@ class Session:
                 self._backends[name] = self._make_backend(name)
             return self._backends[name]
 
+    @once
+    def quantizer(self) -> Int8Quantizer:
+        """Calibration ranges and the all-INT8 QDQ model, made once and shared by every backend (the
+        ranges read from --cache-dir when it holds them)."""
+        return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory, self._cached_ranges())
+
     def _make_backend(self, name: str):
         if name == "ort":
-            return OrtBackend(self.model, calib=self.calib, calibration=self.calibration, budget=self.max_memory,
-                              level=self.optimization, capture=self.capture_mode, ranges=self._cached_ranges())
+            return OrtBackend(self.model, quantizer=self.quantizer, level=self.optimization,
+                              capture=self.capture_mode)
         if name in ("ort-cuda", "ort-trt-fp16", "ort-trt-int8"):
-            return OrtBackend(self.model, provider=name[4:], calib=self.calib, calibration=self.calibration,
-                              budget=self.max_memory, level=self.optimization)
+            return OrtBackend(self.model, provider=name[4:], quantizer=self.quantizer, level=self.optimization)
         if name == "trt":
             from layerdiff.backends.trt import TrtBackend
 
-            return TrtBackend(self.model, self.calib, self.calibration)
+            return TrtBackend(self.model, self.calib, self.calibration, self.quantizer)
         if name == "fake":
             from layerdiff.backends.fake import FakeBackend
 
             return FakeBackend(self.model)
         raise BadInput(f"unknown backend '{name}'; use ort, ort-cuda, ort-trt-fp16, ort-trt-int8, trt or fake")
 
-    def realise(self, plan: PrecisionPlan | None = None, backend="ort") -> Candidate:
+    def realise(self, plan: PrecisionPlan | None = None, backend="ort", *, progress: Progress | None = None,
+                cancel: threading.Event | None = None) -> Candidate:
         """The candidate `plan` describes, built by `backend` (a name, see `backend()`, or a backend
         object such as `FakeBackend(session.model, errors={...})`): a frozen Candidate. ONNX Runtime by
-        default: INT8 QDQ or FP16 as the plan's precisions say."""
+        default: INT8 QDQ or FP16 as the plan's precisions say. An INT8 plan calibrates on first use
+        (`progress` reports it; `cancel` stops it)."""
         plan = plan if plan is not None else PrecisionPlan.uniform("int8")
-        candidate = (self.backend(backend) if isinstance(backend, str) else backend).realise(plan)
-        self._save_ranges()
-        return candidate
+        if "int8" in plan.precisions and backend in ("ort", "ort-trt-int8") and not self.quantizer.calibrated:
+            self.quantizer.calibrate(progress, cancel)
+            self._save_ranges()
+        return (self.backend(backend) if isinstance(backend, str) else backend).realise(plan)
 
     def candidate(self, spec: str, plan: PrecisionPlan | None = None, *, engine_info: str | Path | None = None
                   ) -> Candidate:
@@ -186,6 +196,7 @@ class Session:
 
     # -- ranges kept on disk between runs (--cache-dir) ------------------------------------------------
 
+    @once
     def _ranges_file(self) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -197,7 +208,7 @@ class Session:
         return self.cache_dir / f"calibration-{h.hexdigest()[:16]}.json"
 
     def _cached_ranges(self):
-        path = self._ranges_file()
+        path = self._ranges_file
         if path is None or not path.is_file():
             return None
         try:
@@ -206,15 +217,12 @@ class Session:
             raise InputDataError(f"calibration cache {path} is damaged ({err}); delete it") from err
 
     def _save_ranges(self) -> None:
-        path = self._ranges_file()
-        backend = self._backends.get("ort")
-        if path is None or path.exists() or backend is None or backend.quantizer is None:
-            return
-        if backend.quantizer._ranges is not None:
+        path = self._ranges_file
+        if path is not None and not path.exists():
             from layerdiff.files import write_atomic
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(ranges_to_json(backend.quantizer._ranges)).encode())
+            write_atomic(path, json.dumps(ranges_to_json(self.quantizer.ranges)).encode())
 
     # -- the reference ---------------------------------------------------------------------------------
 
@@ -228,19 +236,19 @@ class Session:
                     self._plain = [source.infer(feed) for feed in self.samples.feeds]
             return self._plain
 
-    def _reference(self, names: list[str]) -> CandidateSource:
+    def _reference(self, names: list[str], cancel: threading.Event | None = None) -> CandidateSource:
         """A source of the FP32 model's values of `names` (cached when every tensor fits in the cache)."""
         with self._lock:
             if self._exposed is None and self._fits_cache():
                 everything = [t for lay in self.model.layers for t in lay.outputs] + [i.name for i in self.model.inputs]
                 with OrtSource(expose_tensors(self.model, everything), None, self.reference_providers, "all",
-                               "reference", low_memory=True) as source:
-                    self._exposed = {id(feed): source.infer(feed) for feed in self.samples.feeds}
-                    self._exposed_provider = source.provider
+                               "reference", cancel=cancel, low_memory=True) as source:
+                    values = {id(feed): source.infer(feed) for feed in self.samples.feeds}
+                    self._exposed, self._exposed_provider = values, source.provider
             if self._exposed is not None:
                 return _Cached(self._exposed, names, self._exposed_provider)
         return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers, "all",
-                         "reference", low_memory=True)
+                         "reference", cancel=cancel, low_memory=True)
 
     def _fits_cache(self) -> bool:
         if self.reference_cache <= 0:
@@ -318,7 +326,7 @@ class Session:
                          emulated=candidate.emulated, requested=dict(candidate.requested))
         graph_outputs = [o for o in dict.fromkeys(pairing.candidate(t) for t in self.model.outputs)
                          if o and deployment.available(o)]
-        result = capture(self.model, rows, deployment, self._reference, self.samples, budget=self.max_memory,
+        result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,
                          progress=progress, cancel=cancel, keep=graph_outputs)
         evaluation = None
         if not result.interrupted:  # a run stopped while comparing rows stops here too

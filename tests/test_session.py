@@ -96,6 +96,83 @@ def test_a_run_touches_no_process_wide_state(session):
     assert session.model.proto.SerializeToString() == before
 
 
+def test_first_use_from_many_threads_calibrates_and_quantizes_once(monkeypatch):
+    """A fresh session asked for candidates and comparisons by four threads at once: one calibration,
+    one quantization, one reference cache, and the results of a session used one call at a time."""
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    import layerdiff.backends.int8 as int8
+
+    calls = {"calibrate": 0, "quantize": 0}
+    real_calibrate, real_quantize = int8.calibrate, QDQQuantizer.quantize_model
+
+    def counted_calibrate(*args, **kwargs):
+        calls["calibrate"] += 1
+        return real_calibrate(*args, **kwargs)
+
+    def counted_quantize(self):
+        calls["quantize"] += 1
+        return real_quantize(self)
+
+    monkeypatch.setattr(int8, "calibrate", counted_calibrate)
+    monkeypatch.setattr(QDQQuantizer, "quantize_model", counted_quantize)
+    plans = [PrecisionPlan.uniform("int8"), PrecisionPlan.uniform("int8", pin_fp32={"conv2"})]
+    serial = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    expected = [serial.compare(serial.realise(p)) for p in plans]
+    calls.update(calibrate=0, quantize=0)
+    fresh = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def work(i):
+        try:
+            start.wait()
+            results[i] = fresh.compare(fresh.realise(plans[i % 2]))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert calls == {"calibrate": 1, "quantize": 1}
+    for i in range(4):
+        assert results[i].layers == expected[i % 2].layers and results[i].outputs == expected[i % 2].outputs
+
+
+def test_a_cancelled_calibration_keeps_nothing_and_runs_again():
+    fresh = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    stop = threading.Event()
+    seen = []
+
+    def progress(what, done, total):
+        seen.append(what)
+        stop.set()
+
+    with pytest.raises(Cancelled):
+        fresh.realise(PrecisionPlan.uniform("int8"), progress=progress, cancel=stop)
+    assert seen and not fresh.quantizer.calibrated
+    cand = fresh.realise(PrecisionPlan.uniform("int8"))
+    assert fresh.quantizer.calibrated and cand.details["quantized_nodes"] > 0
+
+
+def test_cancel_while_the_reference_cache_is_built():
+    """The first comparison of a session builds the reference cache; a cancel then stops it, keeps no
+    half cache, and the next comparison builds it whole."""
+    fresh = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    cand = fresh.realise(PrecisionPlan.uniform("fp16"))
+    stop = threading.Event()
+    stop.set()
+    report = fresh.compare(cand, cancel=stop)
+    assert report.capture.interrupted and report.capture.samples_done == 0
+    assert fresh._exposed is None
+    whole = fresh.compare(cand)
+    assert not whole.capture.interrupted and len(fresh._exposed) == len(fresh.samples)
+
+
 def test_cancel_by_event(session):
     cand = session.realise(PrecisionPlan.uniform("int8"))
     stop = threading.Event()

@@ -18,7 +18,6 @@ model the quantizer builds with that node excluded and a Q/DQ pair per reader (t
 from __future__ import annotations
 
 import threading
-from functools import cached_property
 
 import numpy as np
 import onnx
@@ -28,6 +27,8 @@ from onnx import numpy_helper
 from layerdiff.backends.calibrate import calibrate
 from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
+from layerdiff.lazy import once
+from layerdiff.progress import Progress
 
 TRT_QDQ_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool", "Add")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -75,17 +76,23 @@ class Int8Quantizer:
         self.model, self.calib, self.method, self.budget = model, calib, method, budget
         self._ranges = ranges
         self._lock = threading.Lock()
-        self.cancel: threading.Event | None = None
-        self.progress = None
+
+    def calibrate(self, progress: Progress | None = None, cancel: threading.Event | None = None):
+        """The calibration ranges, computed on first use (a cancelled calibration keeps nothing)."""
+        with self._lock:
+            if self._ranges is None:
+                self._ranges = calibrate(self.model, self.calib, self.method, self.budget, cancel, progress)
+            return self._ranges
 
     @property
     def ranges(self):
-        with self._lock:
-            if self._ranges is None:
-                self._ranges = calibrate(self.model, self.calib, self.method, self.budget, self.cancel, self.progress)
-            return self._ranges
+        return self.calibrate()
 
-    @cached_property
+    @property
+    def calibrated(self) -> bool:
+        return self._ranges is not None
+
+    @once
     def source(self) -> onnx.ModelProto:
         """The model the quantizer reads: weight layers folded into initializers."""
         return fold_weights(self.model)
@@ -112,7 +119,7 @@ class Int8Quantizer:
         out.ir_version = min(out.ir_version, max_ir_version())
         return out
 
-    @cached_property
+    @once
     def base(self) -> onnx.ModelProto:
         """Every node the placement quantizes, in INT8; every other node reads FP32 values (the quantizer
         also feeds some other readers of a quantized tensor through its DequantizeLinear)."""
@@ -122,7 +129,7 @@ class Int8Quantizer:
             _unquantize(model, self.source, others)
         return model
 
-    @cached_property
+    @once
     def quantized(self) -> frozenset[str]:
         """Nodes of the base model that read through a DequantizeLinear (the nodes a plan can pin)."""
         return frozenset(name for name, op in _dequantized_readers(self.base, weights=True).items()

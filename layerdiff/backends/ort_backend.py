@@ -14,7 +14,6 @@ A plan this backend cannot realise is refused with a BackendError that says what
 from __future__ import annotations
 
 import threading
-from functools import cached_property
 
 import onnx
 import onnxruntime
@@ -26,7 +25,7 @@ from layerdiff.backends.kernels import OrtKernels
 from layerdiff.backends.ort import OrtSource, provider_loads
 from layerdiff.errors import BackendError
 from layerdiff.graph import LoadedModel, proto_tensor_types, serialize
-from layerdiff.inputs import Samples
+from layerdiff.lazy import once
 from layerdiff.plan import PrecisionPlan
 from layerdiff.rewrite import with_outputs
 
@@ -54,7 +53,7 @@ class OrtRunner:
         self._lock = threading.Lock()
         self._deployment = None
 
-    @cached_property
+    @once
     def blob(self) -> bytes:
         return serialize(self.executed)
 
@@ -118,14 +117,11 @@ class MarkedOutputs:
 class OrtBackend:
     """Realises plans of one model on ONNX Runtime. `provider`: cpu | cuda | trt-fp16 | trt-int8."""
 
-    def __init__(self, model: LoadedModel, *, provider: str = "cpu", calib: Samples | None = None,
-                 calibration: str = "minmax", budget: int | None = None, level: str = "all",
-                 capture: str = "kernels", ranges=None):
-        self.model, self.provider, self.level = model, provider, level
+    def __init__(self, model: LoadedModel, *, provider: str = "cpu", quantizer: Int8Quantizer | None = None,
+                 level: str = "all", capture: str = "kernels"):
+        self.model, self.provider, self.level, self.quantizer = model, provider, level, quantizer
         self.capture = capture if provider == "cpu" else "mark-outputs"  # GPU graphs are provider-specific
-        self.calib, self.calibration = calib, calibration
         self.name = "ort" if provider == "cpu" else f"ort-{provider}"
-        self.quantizer = Int8Quantizer(model, calib, calibration, budget, ranges) if calib is not None else None
 
     def _providers(self) -> tuple[list | None, str | None]:
         if self.provider == "cpu":
