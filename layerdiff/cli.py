@@ -17,6 +17,8 @@ from rich.console import Console
 
 from layerdiff._version import __version__
 from layerdiff.errors import BadInput, LayerdiffError, OutputPathError
+from layerdiff.specs import IMPORTED
+from layerdiff.specs import describe as describe_specs
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
@@ -62,11 +64,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--candidate", required=True, metavar="SPEC",
-              help="what to compare with the FP32 model: ort-int8 or ort-fp16 (built here, run on the CPU); "
-                   "CANDIDATE.onnx (a QDQ or FP16 model derived from MODEL); polygraphy:RESULTS.json (outputs "
-                   "saved by polygraphy run --trt --save-outputs); trt-fp16, trt-int8, trt-bf16 (TensorRT, GPU); "
-                   "ort-cuda, ort-trt-fp16, ort-trt-int8 (onnxruntime-gpu providers, GPU); fake (injected "
-                   "errors, for trying the tool)")
+              help=f"what to compare with the FP32 model: {describe_specs()}")
 @click.option("--inputs", metavar="PATH", help="an .npz (one sample), a directory of .npz files, or a "
               "Polygraphy --save-inputs JSON file; without it, seeded random inputs are used")
 @click.option("--calib", metavar="PATH", help="calibration samples for INT8 (same formats; default: the inputs)")
@@ -110,7 +108,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     from layerdiff.session import prepare
 
     budget = parse_size(max_memory) if max_memory else None
-    imported = candidate[len("polygraphy:"):] if candidate.startswith("polygraphy:") else candidate
+    imported = candidate[len(IMPORTED):] if candidate.startswith(IMPORTED) else candidate
     inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported) if p)
     for flag, path in (("-o", output), ("--save-candidate", save_candidate), ("--save-emulation", save_emulation),
                        ("--save-engine-info", save_engine_info)):
@@ -130,7 +128,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
 
         if progress:
             progress("building the candidate", 0, 1)
-        cand = session.candidate(candidate, engine_info=engine_info)
+        cand = session.candidate(candidate, engine_info=engine_info, progress=progress)
         _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic)
         report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, progress=progress)
     if output:

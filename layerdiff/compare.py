@@ -43,7 +43,8 @@ def compare(
     (onnxruntime-gpu's GPU providers) or 'fake' (injected errors, for tests)."""
     session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
                       reference_provider=reference_provider, max_memory=max_memory, cache_dir=cache_dir,
-                      optimization=optimization, capture_mode=capture_mode)
-    cand = session.candidate(candidate, plan, engine_info=engine_info)
+                      optimization=optimization, capture_mode=capture_mode,
+                      reference_cache=0)  # one comparison: a cache of every reference tensor would save nothing
+    cand = session.candidate(candidate, plan, engine_info=engine_info, progress=progress, cancel=cancel)
     return session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, progress=progress,
                            cancel=cancel)

@@ -60,6 +60,9 @@ class ReferenceInfo:
     provider: str
 
 
+_OWN = frozenset({"spec", "kind", "backend", "runtime", "provider", "plan", "pinned_fp32", "fp16_emulated"})
+
+
 @dataclass(frozen=True)
 class CandidateInfo:
     spec: str
@@ -73,6 +76,9 @@ class CandidateInfo:
     details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # kind-specific facts
 
     def __post_init__(self) -> None:
+        clash = sorted(set(self.details) & _OWN)
+        if clash:
+            raise ValueError(f"candidate details may not name the report's own fields: {', '.join(clash)}")
         object.__setattr__(self, "details", _frozen(self.details))
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -80,13 +86,14 @@ class CandidateInfo:
         return self.details.get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": self.spec, "kind": self.kind, "backend": self.backend, "runtime": self.runtime,
-                "provider": self.provider, "plan": dict(self.plan) if self.plan is not None else None,
-                "pinned_fp32": list(self.pinned_fp32), "fp16_emulated": list(self.fp16_emulated), **self.details}
+        return {**self.details, "spec": self.spec, "kind": self.kind, "backend": self.backend,
+                "runtime": self.runtime, "provider": self.provider,
+                "plan": dict(self.plan) if self.plan is not None else None,
+                "pinned_fp32": list(self.pinned_fp32), "fp16_emulated": list(self.fp16_emulated)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "candidate") -> CandidateInfo:
-        own = {"spec", "kind", "backend", "runtime", "provider", "plan", "pinned_fp32", "fp16_emulated"}
+        own = _OWN
         as_object(d, where)
         return cls(get_field(d, "spec", "str", where), get_field(d, "kind", "str", where), get_field(d, "runtime", "str", where),
                    get_field(d, "provider", "str", where, ""), get_field(d, "backend", "str", where, ""),

@@ -28,7 +28,7 @@ from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
-from layerdiff.capture import capture, tensor_sizes
+from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
     BadInput,
     Cancelled,
@@ -46,10 +46,8 @@ from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
 from layerdiff.rewrite import expose_tensors
 from layerdiff.rows import plan_rows
+from layerdiff.specs import IMPORTED, SPECS
 
-CANDIDATE_SPECS = ("ort-int8", "ort-fp16", "ort-cuda", "ort-trt-fp16", "ort-trt-int8", "trt-fp16", "trt-int8",
-                   "trt-bf16", "fake")
-IMPORTED = "polygraphy:"
 DEFAULT_REFERENCE_CACHE = 512 * 2**20
 
 
@@ -158,11 +156,12 @@ class Session:
             self._save_ranges()
         return (self.backend(backend) if isinstance(backend, str) else backend).realise(plan)
 
-    def candidate(self, spec: str, plan: PrecisionPlan | None = None, *, engine_info: str | Path | None = None
-                  ) -> Candidate:
-        """A candidate named as on the command line: ort-int8, ort-fp16, ort-cuda, ort-trt-fp16, ort-trt-int8,
-        trt-fp16, trt-int8, trt-bf16, fake, polygraphy:RESULTS (outputs saved on a GPU machine; `engine_info`
-        groups fused layers) or the path of a candidate ONNX model."""
+    def candidate(self, spec: str, plan: PrecisionPlan | None = None, *, engine_info: str | Path | None = None,
+                  progress: Progress | None = None, cancel: threading.Event | None = None) -> Candidate:
+        """A candidate named as on the command line (layerdiff.specs): ort-int8, ort-fp16, trt-fp16, trt-int8,
+        trt-bf16, ort-cuda, ort-trt-fp16, ort-trt-int8, fake, polygraphy:RESULTS (outputs saved on a GPU
+        machine; `engine_info` groups fused layers) or the path of a candidate ONNX model. An INT8 spec
+        calibrates on first use (`progress` reports it, `cancel` stops it)."""
         if spec.startswith(IMPORTED):
             from layerdiff.backends.imported import ImportedBackend
 
@@ -172,20 +171,16 @@ class Session:
         if engine_info is not None:
             raise BadInput("--engine-info describes a TensorRT engine whose results are imported: use it with "
                            "--candidate polygraphy:RESULTS")
-        defaults = {"ort-int8": ("ort", "int8"), "ort-fp16": ("ort", "fp16"), "ort-cuda": ("ort-cuda", "fp32"),
-                    "ort-trt-fp16": ("ort-trt-fp16", "fp16"), "ort-trt-int8": ("ort-trt-int8", "int8"),
-                    "trt-fp16": ("trt", "fp16"), "trt-int8": ("trt", "int8"), "trt-bf16": ("trt", "bf16"),
-                    "fake": ("fake", "int8")}
-        if spec in defaults:
-            backend, precision = defaults[spec]
+        if spec in SPECS:
+            backend, precision, _ = SPECS[spec]
             want = plan if plan is not None else PrecisionPlan.uniform(precision)
             if spec in ("ort-int8", "ort-fp16") and precision not in want.precisions:
                 raise BadInput(f"--candidate {spec} with a plan that has no {precision} node; use a plan with "
                                f"default {precision} (nodes pinned to fp32 are fine)")
-            return self.realise(want, backend)
+            return self.realise(want, backend, progress=progress, cancel=cancel)
         path = Path(spec)
         if path.suffix != ".onnx" and not path.exists():
-            raise BadInput(f"unknown --candidate '{spec}': use one of {', '.join(CANDIDATE_SPECS)}, "
+            raise BadInput(f"unknown --candidate '{spec}': use one of {', '.join(SPECS)}, "
                            "polygraphy:RESULTS.json or the path of an ONNX model")
         cand = load_model(path)
         missing = [i.name for i in self.model.inputs if i.name not in {c.name for c in cand.inputs}]
@@ -230,8 +225,8 @@ class Session:
         """The FP32 model's final outputs for every sample (plain runs, computed once)."""
         with self._lock:
             if self._plain is None:
-                source = OrtSource(self.model.blob, None, self.reference_providers, "all", "reference",
-                                   cancel=cancel)
+                source = OrtSource(self.model.blob, None, self.reference_providers, REFERENCE_LEVEL,
+                                   "reference", cancel=cancel)
                 with source:
                     self._plain = [source.infer(feed) for feed in self.samples.feeds]
             return self._plain
@@ -241,14 +236,15 @@ class Session:
         with self._lock:
             if self._exposed is None and self._fits_cache():
                 everything = [t for lay in self.model.layers for t in lay.outputs] + [i.name for i in self.model.inputs]
-                with OrtSource(expose_tensors(self.model, everything), None, self.reference_providers, "all",
-                               "reference", cancel=cancel, low_memory=True) as source:
+                blob = expose_tensors(self.model, everything)
+                with OrtSource(blob, None, self.reference_providers, REFERENCE_LEVEL, "reference", cancel=cancel,
+                               low_memory=True, derived_from=self.model.blob) as source:
                     values = {id(feed): source.infer(feed) for feed in self.samples.feeds}
                     self._exposed, self._exposed_provider = values, source.provider
             if self._exposed is not None:
                 return _Cached(self._exposed, names, self._exposed_provider)
-        return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers, "all",
-                         "reference", cancel=cancel, low_memory=True)
+        return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers,
+                         REFERENCE_LEVEL, "reference", cancel=cancel, low_memory=True, derived_from=self.model.blob)
 
     def _fits_cache(self) -> bool:
         if self.reference_cache <= 0:

@@ -115,8 +115,8 @@ def test_save_candidate_directory_missing(cli, tmp_path):
 
 def test_unknown_candidate(cli, tmp_path):
     _expect(cli, tmp_path, [CNN, "--candidate", "int4-magic"],
-            "unknown --candidate 'int4-magic': use one of ort-int8, ort-fp16, ort-cuda, ort-trt-fp16, ort-trt-int8, "
-            "trt-fp16, trt-int8, trt-bf16, fake, polygraphy:RESULTS.json or the path of an ONNX model")
+            "unknown --candidate 'int4-magic': use one of ort-int8, ort-fp16, trt-fp16, trt-int8, trt-bf16, ort-cuda, "
+            "ort-trt-fp16, ort-trt-int8, fake, polygraphy:RESULTS.json or the path of an ONNX model")
 
 
 def test_tensorrt_candidate_without_tensorrt(cli, tmp_path):

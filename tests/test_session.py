@@ -267,3 +267,22 @@ def test_every_source_is_a_candidate_source(session):
         feed = session.samples.feeds[0]
         assert set(plain.infer(feed)) == {"probs"} and set(exposed.infer(feed)) == {"conv1_out"}
         assert plain.provider == exposed.provider == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("spec", list(__import__("layerdiff.specs", fromlist=["SPECS"]).SPECS))
+def test_every_spec_is_built_or_refused_in_one_line(session, spec):
+    """Each spec of the table is a candidate here (CPU ones) or a BadInput/BackendError saying what to do
+    (GPU ones), and the CLI help names it."""
+    from click.testing import CliRunner
+
+    from layerdiff.cli import cli
+    from layerdiff.specs import SPECS
+
+    try:
+        cand = session.candidate(spec)
+    except layerdiff.LayerdiffError as err:
+        assert SPECS[spec].where.endswith("GPU") and "\n" not in str(err) and "GPU" in str(err)
+    else:
+        assert cand.kind in (spec, "fake") and cand.plan.default == SPECS[spec].precision
+    help_text = " ".join(CliRunner().invoke(cli, ["compare", "--help"]).output.split())
+    assert spec in help_text.replace("- ", "-")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -95,6 +96,10 @@ class Candidate:
     requested: Mapping[str, str] = field(default_factory=dict)  # node -> precision the plan asked for
     details: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts for the report
     artifacts: Mapping[str, str] = field(default_factory=dict, repr=False)  # files a user may save (engine info)
+
+    def __post_init__(self) -> None:
+        for name in ("requested", "details", "artifacts"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
     @property
     def key(self) -> tuple[str, str, PrecisionPlan | None]:

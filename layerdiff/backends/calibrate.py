@@ -71,7 +71,7 @@ def _min_max(model, names, samples, cancel, progress):
             nodes.append(helper.make_node(op, [t], [out], name=out, keepdims=1))
             outputs.append(out)
     blob = with_outputs(with_nodes(model.blob, nodes, []), outputs, present=set(model.outputs))
-    sess = make_session(blob, None, "calibration model", level="disabled")
+    sess = make_session(blob, None, "calibration model", level="disabled", derived_from=model.blob)
     lo: dict[str, np.float32] = {}
     hi: dict[str, np.float32] = {}
     for si, feed in enumerate(samples.feeds):
@@ -101,7 +101,7 @@ def _histograms(model, names, samples, method, budget, cancel, progress):
     done = 0
     for chunk in chunks:
         sess = make_session(with_outputs(model.blob, chunk, model.tensor_types, set(model.outputs)), None,
-                            "calibration model", low_memory=True, level="disabled")
+                            "calibration model", low_memory=True, level="disabled", derived_from=model.blob)
         gathered: dict[str, list[np.ndarray]] = {t: [] for t in chunk}
         for feed in samples.feeds:
             _check(cancel)

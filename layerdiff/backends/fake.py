@@ -39,7 +39,9 @@ class FakeBackend:
                      if lay.name not in self.model.weight_layers and plan.precision_of(lay.name) != "fp32"}
         executed = _inject(self.model, perturbed)
         precision = {t: plan.precision_of(lay.name) for lay in self.model.layers for t in lay.outputs}
-        runner = _FakeRunner(executed, precision)
+        # ONNX Runtime's optimizations off: the plain and the exposed runs are the same computation
+        runner = OrtRunner(executed, None, "disabled", "mark-outputs",
+                           view=lambda r: _FakeDeployment(r, precision))
         return Candidate(spec="fake", kind="fake", backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} (CPU, injected errors)", plan=plan,
                          model=executed, executed=executed, runner=runner, pinned=plan.pinned,
@@ -84,24 +86,9 @@ def _inject(model: LoadedModel, errors: dict[str, float]) -> onnx.ModelProto:
 class _FakeDeployment(MarkedOutputs):
     mode = "fake"
 
-    def __init__(self, runner: _FakeRunner):
+    def __init__(self, runner: OrtRunner, precision: dict[str, str]):
         super().__init__(runner)
-        self.precision = runner.precision
+        self.precision = precision  # {tensor: the plan's precision of the node that computes it}
 
     def kernel(self, tensor: str) -> Kernel | None:
         return Kernel("fake", self.precision[tensor]) if tensor in self.precision else None
-
-
-class _FakeRunner(OrtRunner):
-    """Runs the fake candidate with ONNX Runtime's optimizations off, so the plain and exposed runs are
-    the same computation."""
-
-    def __init__(self, executed: onnx.ModelProto, precision: dict[str, str]):
-        super().__init__(executed, None, "disabled", "mark-outputs")
-        self.precision = precision  # {tensor: the plan's precision of the node that computes it}
-
-    def deployment(self):
-        with self._lock:
-            if self._deployment is None:
-                self._deployment = _FakeDeployment(self)
-            return self._deployment

@@ -102,7 +102,7 @@ class OrtKernels:
             if self._info is None:
                 names = [o for n in self.graph.node for o in n.output if o]
                 sess = make_session(with_outputs(self.blob, names, present={o.name for o in self.graph.output}),
-                                    self.providers, "candidate", level="disabled")
+                                    self.providers, "candidate", level="disabled", derived_from=self.blob)
                 self._info = {a.name: (a.type, a.shape)
                               for a in list(sess.sess.get_outputs()) + list(sess.sess.get_inputs())}
                 self._types = {name: t for name, (t, _) in self._info.items()}

@@ -158,12 +158,18 @@ def session_options(level: str = "all", low_memory: bool = False) -> ort.Session
 
 
 def make_session(model: bytes | str, providers: list | None = None, what: str = "model",
-                 low_memory: bool = False, level: str = "all") -> Session:
+                 low_memory: bool = False, level: str = "all", derived_from: bytes | None = None) -> Session:
+    """An ONNX Runtime session of `model`. A model layerdiff rewrote (`derived_from` the user's model)
+    that does not load while the user's model does is layerdiff's fault: a RuntimeError (exit 3), not
+    bad input."""
     so = session_options(level, low_memory)
     try:
         sess = ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
     except _ORT_ERRORS as err:
         msg = _first_line(err)
+        if derived_from is not None:
+            make_session(derived_from, providers, "model", level=level)  # the user's model's own error, if any
+            raise RuntimeError(f"ONNX Runtime cannot load the {what} layerdiff built from the model: {msg}") from err
         if "IR version" in msg:
             raise ModelError(f"ONNX Runtime cannot read the {what}: {msg}") from err
         raise BackendError(f"ONNX Runtime cannot load the {what}: {msg}") from err
@@ -199,14 +205,16 @@ class OrtSource:
 
     def __init__(self, blob: bytes, outputs: dict[str, str] | None, providers: list | None, level: str,
                  what: str, expect_provider: str | None = None, cancel: threading.Event | None = None,
-                 low_memory: bool = False):
+                 low_memory: bool = False, derived_from: bytes | None = None):
         self._blob, self._outputs, self._providers, self._level = blob, outputs, providers, level
         self._what, self._expect, self._cancel, self._low_memory = what, expect_provider, cancel, low_memory
+        self._derived_from = derived_from
         self._session: Session | None = None
         self.provider = ""
 
     def __enter__(self) -> OrtSource:
-        sess = make_session(self._blob, self._providers, self._what, low_memory=self._low_memory, level=self._level)
+        sess = make_session(self._blob, self._providers, self._what, low_memory=self._low_memory, level=self._level,
+                            derived_from=self._derived_from)
         # a model that takes an input in another float type (an FP16 model with FP16 inputs) gets the samples
         # cast to it, as a user feeding it would
         self._cast = {i.name: _NUMPY[i.type] for i in sess.sess.get_inputs() if i.type in _NUMPY}
@@ -216,7 +224,7 @@ class OrtSource:
         self._session, self.provider = sess, sess.provider
         if self._outputs is None:
             self._outputs = {o: o for o in sess.output_names}
-        self._blob = b""  # the session holds the model now
+        self._blob = self._derived_from = b""  # the session holds the model now
         return self
 
     def __exit__(self, *exc: object) -> None:

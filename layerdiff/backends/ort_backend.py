@@ -14,6 +14,7 @@ A plan this backend cannot realise is refused with a BackendError that says what
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import onnx
 import onnxruntime
@@ -44,30 +45,34 @@ class OrtRunner:
     """Runs one candidate ONNX model: plain (as deployed) or with some of its tensors read."""
 
     def __init__(self, executed: onnx.ModelProto, providers: list | None, level: str, capture: str,
-                 expect_provider: str | None = None):
+                 expect_provider: str | None = None, view: Callable[[OrtRunner], object] | None = None,
+                 derived_from: bytes | None = None):
         self.executed, self.providers, self.level = executed, providers, level
+        self.derived_from = derived_from  # the user's model, where layerdiff built this one from it
         self.capture, self.expect = capture, expect_provider
         # ONNX Runtime's TensorRT provider builds its own engines: which precision each layer ran in is not
         # known from the ONNX graph (its labels would say fp32 while TensorRT ran FP16)
         self.opaque = expect_provider if expect_provider == "TensorrtExecutionProvider" else None
-        self._lock = threading.Lock()
-        self._deployment = None
+        self._view = view  # makes the deployment, where it is not the capture mode's own
 
     @once
     def blob(self) -> bytes:
         return serialize(self.executed)
 
     def open(self, cancel: threading.Event | None = None) -> OrtSource:
-        return OrtSource(self.blob, None, self.providers, self.level, "candidate", self.expect, cancel)
+        return OrtSource(self.blob, None, self.providers, self.level, "candidate", self.expect, cancel,
+                         derived_from=self.derived_from)
 
     def deployment(self):
-        with self._lock:
-            if self._deployment is None:
-                if self.capture == "kernels":
-                    self._deployment = OrtKernels(self.executed, self.blob, self.providers, self.level, self.expect)
-                else:
-                    self._deployment = MarkedOutputs(self)
-            return self._deployment
+        return self._deployment
+
+    @once
+    def _deployment(self):
+        if self._view is not None:
+            return self._view(self)
+        if self.capture == "kernels":
+            return OrtKernels(self.executed, self.blob, self.providers, self.level, self.expect)
+        return MarkedOutputs(self)
 
 
 class MarkedOutputs:
@@ -111,7 +116,8 @@ class MarkedOutputs:
         graph = self.runner.executed.graph
         blob = with_outputs(self.runner.blob, list(tensors), present={o.name for o in graph.output})
         return OrtSource(blob, {t: t for t in tensors}, self.runner.providers, self.runner.level,
-                         "candidate (tensors marked as outputs)", self.runner.expect, cancel, low_memory=True)
+                         "candidate (tensors marked as outputs)", self.runner.expect, cancel, low_memory=True,
+                         derived_from=self.runner.derived_from or self.runner.blob)
 
 
 class OrtBackend:
@@ -149,7 +155,8 @@ class OrtBackend:
             return self._int8(plan)
         if "fp16" in precisions:
             return self._fp16(plan)
-        return self._candidate(plan, "ort-fp32", self.model.proto, self.model.proto, {})
+        model = _copy(self.model.proto)
+        return self._candidate(plan, "ort-fp32", model, model, {}, derived=False)
 
     def _int8(self, plan: PrecisionPlan) -> Candidate:
         if self.quantizer is None:
@@ -179,17 +186,18 @@ class OrtBackend:
                                "take no per-node precisions); use ort-int8 / ort-fp16 on the CPU, or trt-* with "
                                "TensorRT, to pin nodes")
         providers, expect = self._providers()
-        executed = self.quantizer.base if want == "int8" and self.quantizer else self.model.proto
         if want == "int8" and self.quantizer is None:
             raise BackendError("ort-trt-int8 needs calibration samples for its Q/DQ model: pass calib=... or inputs=...")
+        executed = _copy(self.quantizer.base if want == "int8" else self.model.proto)
         return self._candidate(plan, f"ort-{self.provider}", executed, executed,
                                {"provider_options": GPU_PROVIDERS[self.provider][1]}, providers=providers,
-                               expect=expect)
+                               expect=expect, derived=want == "int8")
 
     def _candidate(self, plan, kind, deployable, executed, details, *, pinned=frozenset(), emulated=frozenset(),
-                   providers=None, expect=None) -> Candidate:
+                   providers=None, expect=None, derived: bool = True) -> Candidate:
         where = "CPU" if self.provider == "cpu" else GPU_PROVIDERS[self.provider][0]
-        runner = OrtRunner(executed, providers, self.level, self.capture, expect)
+        runner = OrtRunner(executed, providers, self.level, self.capture, expect,
+                           derived_from=self.model.blob if derived else None)
         return Candidate(spec=kind, kind=kind, backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} ({where})", plan=plan, model=deployable,
                          executed=executed, runner=runner, pinned=pinned, emulated=emulated,
@@ -216,3 +224,10 @@ class OnnxFileBackend:
                          runtime=f"onnxruntime {onnxruntime.__version__} (CPU)", plan=None, model=proto,
                          executed=proto, runner=runner, emulated=frozenset(emulated_nodes(proto)),
                          details={"path": str(self.candidate.path), "sha256": self.candidate.sha256})
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A candidate's own copy: nothing a user does to it reaches the session's model."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
