@@ -25,7 +25,7 @@ def _check(precision: Any, where: str) -> str:
 class PrecisionPlan:
     """`PrecisionPlan("int8", {"conv7": "fp32"})`: every node int8 (where the backend can), conv7 FP32."""
 
-    __slots__ = ("_default", "_items")
+    __slots__ = ("_default", "_items", "_map")
 
     def __init__(self, default: str = "fp32", overrides: Mapping[str, str] | None = None):
         self._default = _check(default, "as the plan's default")
@@ -36,6 +36,7 @@ class PrecisionPlan:
             if _check(precision, f"for node '{node}'") != default:
                 items[node] = precision
         self._items = tuple(sorted(items.items()))
+        self._map = MappingProxyType(dict(self._items))  # read-only: precision_of is on hot paths
 
     @property
     def default(self) -> str:
@@ -43,10 +44,10 @@ class PrecisionPlan:
 
     @property
     def overrides(self) -> Mapping[str, str]:
-        return MappingProxyType(dict(self._items))
+        return self._map
 
     def precision_of(self, node: str) -> str:
-        return dict(self._items).get(node, self._default)
+        return self._map.get(node, self._default)
 
     @property
     def pinned(self) -> frozenset[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,8 @@ class Evaluation:
     outputs: tuple[OutputDiff, ...]
     per_sample: tuple[dict[str, TensorMetrics], ...]
     provider: str
-    values: tuple[dict[str, np.ndarray], ...] = ()  # the candidate's outputs per sample, when asked to keep them
+    # the candidate's outputs per sample, when asked to keep them (not part of equality: arrays)
+    values: tuple[dict[str, np.ndarray], ...] = field(default=(), compare=False, repr=False)
 
     def output(self, name: str) -> OutputDiff | None:
         return next((o for o in self.outputs if o.tensor == name), None)
@@ -249,11 +250,15 @@ class Session:
     def _fits_cache(self) -> bool:
         if self.reference_cache <= 0:
             return False
-        sizes = tensor_sizes(self.model, self.samples.feeds[0])
+        sizes = self._sizes
         tensors = [t for lay in self.model.layers for t in lay.outputs]
         if any(t not in sizes for t in tensors if self.model.is_float(t)):
             return False
         return sum(sizes.get(t, 0) for t in tensors) * len(self.samples) <= self.reference_cache
+
+    @once
+    def _sizes(self) -> dict[str, int]:
+        return tensor_sizes(self.model, self.samples.feeds[0])
 
     # -- evaluate and compare --------------------------------------------------------------------------
 
