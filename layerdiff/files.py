@@ -1,35 +1,60 @@
 """Writing files for users: checked before any work is done, written atomically (a temporary file
-beside the target, then a rename), with the permissions a new file gets from the umask."""
+beside the target, then a rename), with the permissions a new file gets from the umask, or the ones the
+file already had when it is replaced.
+
+A symbolic link is followed: the file it points to is replaced, the link stays. A path that is not a
+regular file (/dev/null, /dev/stdout, a named pipe) is written through, as a shell redirection would:
+it cannot be replaced, and renaming over it would destroy it."""
 
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from pathlib import Path
 
 from layerdiff.errors import OutputPathError
 
 
-def check_writable(path: str | Path, protect: tuple[str | Path, ...] = ()) -> Path:
+def _special(path: Path) -> bool:
+    """Whether `path` exists and is not a regular file or a directory (a device, a pipe, a socket)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _inside(path: Path, protected: Path) -> bool:
+    return path == protected or (protected.is_dir() and protected in path.parents)
+
+
+def check_writable(path: str | Path, protect: tuple[str | Path | None, ...] = ()) -> Path:
     """Fail before any work is done if `path` cannot be written, or would overwrite one of `protect`
-    (the user's own input files)."""
-    path = Path(path)
+    (the user's own input files, or a file inside an input directory)."""
+    given = Path(path)
+    target = Path(os.path.realpath(given))
     for p in protect:
-        if p is not None and Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
-            raise OutputPathError(f"refusing to write {path}: it is an input of this run; give another file name")
-    if path.is_dir():
-        raise OutputPathError(f"cannot write {path}: it is a directory; give a file name")
-    if not path.parent.is_dir():
-        raise OutputPathError(f"cannot write {path}: directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputPathError(f"cannot write {path}: permission denied; give a path you can write")
+        if p is not None and Path(p).exists() and _inside(target, Path(os.path.realpath(p))):
+            raise OutputPathError(f"refusing to write {given}: it is an input of this run, or inside one; "
+                                  "give another file name")
+    if target.is_dir():
+        raise OutputPathError(f"cannot write {given}: it is a directory; give a file name")
+    if _special(target):
+        if not os.access(target, os.W_OK):
+            raise OutputPathError(f"cannot write {given}: permission denied; give a path you can write")
+        return target
+    if not target.parent.is_dir():
+        raise OutputPathError(f"cannot write {given}: directory {given.parent} does not exist")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise OutputPathError(f"cannot write {given}: permission denied; give a path you can write")
     try:  # some places refuse new files whatever the permission bits say (/proc, read-only mounts)
-        fd, probe = _new_file(path)
+        fd, probe = _new_file(target)
     except OSError as err:
-        raise OutputPathError(f"cannot write {path}: {err.strerror or err}; give another path") from err
+        raise OutputPathError(f"cannot write {given}: {err.strerror or err}; give another path") from err
     os.close(fd)
     os.unlink(probe)
-    return path
+    return target
 
 
 def _new_file(path: Path) -> tuple[int, str]:
@@ -39,13 +64,20 @@ def _new_file(path: Path) -> tuple[int, str]:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = check_writable(path)
-    fd, tmp = _new_file(path)
+    """Write to a temporary file beside `path`, then rename: readers never see half a file. A file
+    replaced keeps its permissions; a device or pipe is written through."""
+    target = check_writable(path)
+    if _special(target):
+        with open(target, "wb") as f:
+            f.write(data)
+        return
+    fd, tmp = _new_file(target)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        if target.exists():
+            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -170,9 +170,24 @@ def test_outputs_that_would_overwrite_an_input_are_refused(cli, tmp_path):
     model.write_bytes(CNN.read_bytes())
     for flag in ("-o", "--save-candidate"):
         code, _, err = cli("compare", model, "--candidate", "ort-int8", flag, model, "-q")
-        assert (code, err) == (2, f"layerdiff: error: refusing to write {model}: it is an input of this run; give "
-                                  "another file name\n")
+        assert (code, err) == (2, f"layerdiff: error: refusing to write {model}: it is an input of this run, or "
+                                  "inside one; give another file name\n")
     assert model.read_bytes() == CNN.read_bytes()
+    samples = tmp_path / "samples"  # the trial's finding: -o inside an --inputs directory replaced a sample
+    samples.mkdir()
+    for f in sorted((FIXTURES / "cnn_inputs").iterdir()):
+        (samples / f.name).write_bytes(f.read_bytes())
+    kept = {f.name: f.read_bytes() for f in samples.iterdir()}
+    first = sorted(samples.iterdir())[0]
+    for flags in (["--inputs", samples], ["--calib", samples]):
+        code, _, err = cli("compare", CNN, "--candidate", "ort-int8", *flags, "-o", first, "-q")
+        assert (code, err) == (2, f"layerdiff: error: refusing to write {first}: it is an input of this run, or "
+                                  "inside one; give another file name\n")
+    link = tmp_path / "link.npz"
+    link.symlink_to(first)
+    code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "--inputs", samples, "-o", link, "-q")
+    assert code == 2 and "refusing to write" in err
+    assert {f.name: f.read_bytes() for f in samples.iterdir()} == kept
     code, _, err = cli("compare", model, "--candidate", "ort-int8", "-o", tmp_path / "x.onnx", "--save-candidate",
                        tmp_path / "x.onnx", "-q")
     assert (code, err) == (2, "layerdiff: error: two outputs name the same file; give each its own path\n")

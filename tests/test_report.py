@@ -96,3 +96,37 @@ def test_a_damaged_report(tmp_path):
     with pytest.raises(ReportError) as err:
         load_report(path)
     assert str(err.value) == f"{path} is a damaged layerdiff report (counts lacks rows); re-run layerdiff compare"
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_link_stays_a_link(tmp_path):
+    from layerdiff.files import write_atomic
+
+    old = tmp_path / "report.json"
+    old.write_text("old")
+    old.chmod(0o600)
+    write_atomic(old, b"new")
+    assert old.read_bytes() == b"new" and (old.stat().st_mode & 0o777) == 0o600
+    link = tmp_path / "latest.json"
+    link.symlink_to(old)
+    write_atomic(link, b"newer")
+    assert link.is_symlink() and old.read_bytes() == b"newer"
+
+
+def test_a_pipe_is_written_through_not_replaced(tmp_path):
+    """The trial's finding: -o /dev/null replaced the device with a file (a rename over it). A named pipe
+    stands in for /dev/null and /dev/stdout here: it must stay a pipe and carry the bytes."""
+    import os
+    import stat
+    import threading
+
+    from layerdiff.files import write_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_atomic(fifo, b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
