@@ -143,3 +143,44 @@ def test_real_model_derived_plans_equal_the_quantizers():
     for a, b in zip(_semantic_run(q.derive(pins), q.calib.feeds),
                     _semantic_run(_quantizer_reference(q, pins), q.calib.feeds), strict=True):
         np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_a_constant_read_only_by_a_subgraph_body_survives_folding(tmp_path):
+    """The trial's finding: folding Constant nodes into initializers dropped one that only an If branch
+    reads (from the outer scope), so the quantized model did not load. The saved candidate must load and
+    give what the plain run of it gives, and its If must still read k's value."""
+    from onnx import TensorProto, helper
+
+    import layerdiff
+
+    k = helper.make_node("Constant", [], ["k"], name="k", value=numpy_helper.from_array(np.float32([0.5, -1, 2, 3])))
+    then = helper.make_graph([helper.make_node("Mul", ["h", "k"], ["t"], name="mul")], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph([helper.make_node("Add", ["h", "k"], ["e"], name="add")], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [k, helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("ReduceSum", ["h"], ["s"], name="sum", keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+         helper.make_node("If", ["c"], ["y"], name="if", then_branch=then, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w, numpy_helper.from_array(np.float32(0), "zero")])
+    path = tmp_path / "if.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 4)).astype(np.float32)} for i in range(4)]
+    for i, f in enumerate(feeds):
+        np.savez(tmp_path / f"s{i}.npz", **f)
+    (tmp_path / "in").mkdir()
+    for i in range(4):
+        (tmp_path / f"s{i}.npz").rename(tmp_path / "in" / f"s{i}.npz")
+    session = layerdiff.prepare(path, inputs=tmp_path / "in", reference_provider="cpu")
+    cand = session.candidate("ort-int8")
+    assert cand.details["quantized_nodes"] == 1  # the MatMul
+    report = session.compare(cand)
+    plain = _semantic_run(cand.model, session.samples.feeds)
+    for feed, (y,), metrics in zip(session.samples.feeds, plain, session.evaluate(cand).per_sample, strict=True):
+        exact = _semantic_run(onnx.load(path), [feed])[0][0]
+        assert metrics["y"].max_abs == pytest.approx(float(np.abs(y.astype(np.float64) - exact).max()), abs=1e-6)
+    assert report.output_metrics("y").cosine > 0.99

@@ -44,7 +44,9 @@ def fold_weights(model: LoadedModel) -> onnx.ModelProto:
     kept = [n for n in out.graph.node if n.name not in model.weight_layers]
     del out.graph.node[:]
     out.graph.node.extend(kept)
-    read = {t for n in kept for t in n.input} | {o.name for o in out.graph.output}
+    # what the computation reads, subgraph bodies' outer-scope reads included (a Constant an If branch reads)
+    read = {t for lay in model.layers if lay.name not in model.weight_layers for t in lay.inputs}
+    read |= {o.name for o in out.graph.output}
     out.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in folded.items() if name in read)
     return out
 
