@@ -123,6 +123,9 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed
     warnings = []
     if samples.random:
         warnings.append(RANDOM_WARNING)
+    if samples.defaulted:
+        warnings.append(f"dynamic dimensions set to 1 in the random inputs ({'; '.join(samples.defaulted)}): give "
+                        "--shape NAME:DIMxDIM... for the shapes you deploy")
     if res.interrupted:
         warnings.append(f"interrupted: the report holds what finished ({res.samples_done} of {len(samples)} "
                         "samples in every chunk)")

@@ -146,9 +146,9 @@ class _Capture:
             + [row.local_from for row in chunk.rows if row.local_from] + keep))
         exploded = None
         if local_rows:
-            keys = {(lay.name, slot): key for row in local_rows for lay, slot, _, key in row.reads}
+            keys = {(lay.name, slot, t): key for row in local_rows for lay, slot, t, key in row.reads}
             exploded = explode(model, [row.layers for row in local_rows],
-                               lambda lay, slot, t: keys.get((lay.name, slot), t))
+                               lambda lay, slot, t: keys.get((lay.name, slot, t), t))
         with ExitStack() as stack:
             ref = stack.enter_context(self.reference(ref_names))
             cand = stack.enter_context(self.deployment.open(cand_names, self.cancel))

@@ -20,6 +20,14 @@ class Samples:
     feeds: tuple[Feed, ...]
     source: str  # a path, or "random (seed N)"
     random: bool = False
+    defaulted: tuple[str, ...] = ()  # random inputs whose dynamic dimensions were set to 1, e.g. "x (batch, len)"
+
+    def hint(self) -> str:
+        """What to say when a model fails on these samples: nothing, or that dynamic dimensions were 1."""
+        if not self.defaulted:
+            return ""
+        return (f"; the random inputs set dynamic dimensions to 1 ({'; '.join(self.defaulted)}): give --shape "
+                "NAME:DIMxDIM... for the shapes you deploy, or --inputs")
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -48,6 +56,12 @@ def parse_shapes(specs: list[str] | tuple[str, ...], inputs: tuple[InputSpec, ..
                                  "e.g. input:1x3x224x224")
         if name not in names:
             raise InputDataError(f"--shape names '{name}', which is not a model input; inputs are: {sorted(names)}")
+        fixed = next(i.shape for i in inputs if i.name == name)
+        if fixed is not None:
+            shown = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in fixed)
+            if len(fixed) != len(shape) or any(isinstance(d, int) and d > 0 and d != g for d, g in zip(fixed, shape, strict=False)):
+                raise InputDataError(f"--shape '{spec}' disagrees with the model, whose input '{name}' is {shown} "
+                                     "(? marks the dynamic dimensions --shape sets)")
         shapes[name] = shape
     return shapes
 
@@ -152,11 +166,19 @@ def random_samples(inputs: tuple[InputSpec, ...], shapes: dict[str, tuple[int, .
     integers in {0, 1}, booleans at random. Dynamic dimensions not set by --shape are 1."""
     rng = np.random.default_rng(seed)
     feed: Feed = {}
+    defaulted = []
     for spec in inputs:
         if spec.name in shapes:
             shape = shapes[spec.name]
+        elif spec.shape is None:
+            raise InputDataError(f"input '{spec.name}' has no shape in the model (its rank is unknown): give --shape "
+                                 f"{spec.name}:DIMxDIM... or --inputs")
         else:
-            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in (spec.shape or ()))
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+            dynamic = [str(d) if isinstance(d, str) and d else f"dim {k}" for k, d in enumerate(spec.shape)
+                       if not (isinstance(d, int) and d > 0)]
+            if dynamic:
+                defaulted.append(f"{spec.name}: {', '.join(dynamic)}")
         dtype = spec.dtype
         if dtype.kind == "f":
             feed[spec.name] = rng.random(shape, dtype=np.float64).astype(dtype)
@@ -166,4 +188,4 @@ def random_samples(inputs: tuple[InputSpec, ...], shapes: dict[str, tuple[int, .
             feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
             raise InputDataError(f"cannot make random data for input '{spec.name}' of type {dtype}; give --inputs")
-    return Samples((feed,), f"random (seed {seed})", random=True)
+    return Samples((feed,), f"random (seed {seed})", random=True, defaulted=tuple(defaulted))

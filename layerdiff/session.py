@@ -14,6 +14,7 @@ model runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -30,6 +31,7 @@ from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
+    BackendError,
     BadInput,
     Cancelled,
     InputDataError,
@@ -94,6 +96,22 @@ def prepare(model: str | Path, *, inputs: str | Path | None = None, calib: str |
                    capture_mode=capture_mode, reference_cache=reference_cache)
 
 
+def _explained(method):
+    """A model that fails to run on random inputs whose dynamic dimensions were set to 1 says so."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except BackendError as err:
+            hint = self.samples.hint() or self.calib.hint()
+            if hint and str(err).startswith("ONNX Runtime failed to run") and not str(err).endswith(hint):
+                raise BackendError(f"{err}{hint}") from err
+            raise
+
+    return run
+
+
 class Session:
     """One model, its samples, its FP32 reference and its calibration, prepared once (see the module doc)."""
 
@@ -145,6 +163,7 @@ class Session:
             return FakeBackend(self.model)
         raise BadInput(f"unknown backend '{name}'; use ort, ort-cuda, ort-trt-fp16, ort-trt-int8, trt or fake")
 
+    @_explained
     def realise(self, plan: PrecisionPlan | None = None, backend="ort", *, progress: Progress | None = None,
                 cancel: threading.Event | None = None) -> Candidate:
         """The candidate `plan` describes, built by `backend` (a name, see `backend()`, or a backend
@@ -222,6 +241,7 @@ class Session:
 
     # -- the reference ---------------------------------------------------------------------------------
 
+    @_explained
     def reference_outputs(self, cancel: threading.Event | None = None) -> list[dict[str, np.ndarray]]:
         """The FP32 model's final outputs for every sample (plain runs, computed once)."""
         with self._lock:
@@ -262,6 +282,7 @@ class Session:
 
     # -- evaluate and compare --------------------------------------------------------------------------
 
+    @_explained
     def evaluate(self, candidate: Candidate, *, cancel: threading.Event | None = None,
                  keep_values: bool = False) -> Evaluation:
         """The candidate's final outputs against the FP32 model's, from plain runs (nothing exposed).
@@ -313,6 +334,7 @@ class Session:
         renamed = {o: pairing.candidate(o) for o in self.model.outputs if o not in outputs}
         return {o: o if o in outputs else renamed[o] or "" for o in self.model.outputs}
 
+    @_explained
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
         """The layer-wise report of `candidate` against the FP32 model (see layerdiff.report)."""

@@ -257,3 +257,42 @@ def test_an_internal_error_is_not_the_tolerance_exit_code(cli, tmp_path, monkeyp
     assert code == 3
     assert err == ("layerdiff: internal error (ZeroDivisionError: division by zero); this is a bug in layerdiff: rerun "
                    "with --debug and report the traceback\n")
+
+
+def test_shape_that_disagrees_with_a_fixed_dimension(cli, tmp_path):
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--shape", "input:1x3x64x64"],
+            "--shape 'input:1x3x64x64' disagrees with the model, whose input 'input' is 1x3x32x32 (? marks the "
+            "dynamic dimensions --shape sets)")
+
+
+def test_an_input_of_unknown_rank_needs_a_shape(cli, tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "norank.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    _expect(cli, tmp_path, [path, "--candidate", "ort-fp16"],
+            "input 'x' has no shape in the model (its rank is unknown): give --shape x:DIMxDIM... or --inputs")
+
+
+def test_a_model_failing_on_dimensions_set_to_1_says_so(cli, tmp_path):
+    """Random inputs set dynamic dimensions to 1 (as Polygraphy's data loader does); a model that cannot
+    run on them fails with ONNX Runtime's reason and what to do, in one line, with nothing else on stderr."""
+    from onnx import TensorProto, helper
+
+    pads = onnx.numpy_helper.from_array(np.array([0, 2, 0, 2], np.int64), "pads")
+    graph = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["y"], name="pad", mode="reflect")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "samples"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])], [pads])
+    path = tmp_path / "pad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    report = tmp_path / "report.json"
+    code, _, err = cli("compare", path, "--candidate", "ort-fp16", "-o", report, "-q")
+    assert code == 2 and err.count("\n") == 1 and not report.exists()
+    assert err.startswith("layerdiff: error: ONNX Runtime failed to run the model: ")
+    assert err.endswith("; the random inputs set dynamic dimensions to 1 (x: samples): give --shape "
+                        "NAME:DIMxDIM... for the shapes you deploy, or --inputs\n")
+    code, _, err = cli("compare", path, "--candidate", "ort-fp16", "--shape", "x:1x8", "-o", report, "-q")
+    assert code == 0 and report.exists()

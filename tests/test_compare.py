@@ -279,6 +279,34 @@ def test_if_layer_local_error_is_its_branch_on_the_candidates_input():
     assert if_row.outputs[0].accumulated.worst.cosine > 0.999
 
 
+def test_a_branch_reading_two_outer_tensors_is_fed_each_its_own_value(tmp_path):
+    """The trial's finding (silero-vad): an If whose branch reads two tensors of the outer scope was fed
+    one value for both in its local run. With a candidate equal to the model (zero injected error) the
+    If row's local error is zero, and its branch's Sub(a, b) is far from zero."""
+    from onnx import TensorProto, helper
+
+    then = helper.make_graph([helper.make_node("Sub", ["a", "b"], ["t"], name="sub")], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph([helper.make_node("Add", ["a", "b"], ["e"], name="add")], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="relu"), helper.make_node("Sigmoid", ["x"], ["b"], name="sig"),
+         helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["c"], name="gt"),
+         helper.make_node("If", ["c"], ["y"], name="if", then_branch=then, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(np.float32(-100), "zero")])
+    path = tmp_path / "if2.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    session = layerdiff.prepare(path, reference_provider="cpu")
+    report = session.compare(session.realise(PrecisionPlan.uniform("fp16"), layerdiff.FakeBackend(session.model,
+                                                                                               default_error=0.0)))
+    row = _layer(report, "if")
+    assert row.outputs[0].local is not None and row.outputs[0].local.worst.max_abs == 0
+    assert np.abs(run_plain(path, session.samples.feeds[0])["y"]).max() > 0.1
+
+
 def test_calibration_methods_give_different_ranges():
     a = compare(CNN, "ort-int8", inputs=FIXTURES / "cnn_inputs", calibration="minmax", reference_provider="cpu")
     b = compare(CNN, "ort-int8", inputs=FIXTURES / "cnn_inputs", calibration="percentile", reference_provider="cpu")

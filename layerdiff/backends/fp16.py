@@ -65,7 +65,7 @@ def nodes_without_fp16_kernel(candidate: onnx.ModelProto, types: dict[str, int] 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.optimized_model_filepath = os.path.join(tmp, "placed.onnx")
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # errors come back as exceptions, said in one line
         ort.InferenceSession(candidate.SerializeToString(), so, providers=["CPUExecutionProvider"])
         placed = onnx.load(so.optimized_model_filepath, load_external_data=False)
     seen, upcast = set(), set()

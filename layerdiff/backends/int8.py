@@ -65,7 +65,7 @@ def _weight_values(model: LoadedModel) -> dict[str, np.ndarray]:
     weights = onnx.helper.make_model(graph, opset_imports=model.proto.opset_import)
     weights.ir_version = model.proto.ir_version
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, said in one line
     values = ort.InferenceSession(weights.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(wanted, {})
     return dict(zip(wanted, values, strict=True))
 

@@ -149,7 +149,7 @@ class _Watch:
 
 def session_options(level: str = "all", low_memory: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, said in one line
     so.graph_optimization_level = LEVELS[level]
     if low_memory:
         # a session whose outputs are many tensors: no arena, so memory goes back as results are dropped
