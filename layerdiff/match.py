@@ -26,6 +26,10 @@ from layerdiff.graph import FINAL_KEY, LoadedModel
 TRANSPARENT = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
 # ops a rewrite may drop without changing what the next layer reads (or that a QuantizeLinear absorbs)
 PASS_THROUGH = frozenset({"Identity", "Dropout", "Relu", "Clip"})
+# a layer with constant operands that a rewrite folds into the weights of the layer before it (ONNX
+# Runtime's Conv+BatchNormalization, Conv+Mul and Conv+Add fusions, which quant_pre_process applies)
+FOLDABLE = frozenset({"BatchNormalization", "Mul", "Add", "Sub", "Div"})
+FOLD_INTO = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Pairing:
     nodes: dict[str, str] = field(default_factory=dict)  # reference layer -> candidate node
     reads: dict[tuple[str, int], str] = field(default_factory=dict)  # (layer, input slot) -> candidate tensor
     absorbed: dict[str, str] = field(default_factory=dict)  # reference tensor -> the QuantizeLinear doing its layer
+    folded: set[str] = field(default_factory=set)  # reference tensors inside a candidate node that folds layers
 
     def candidate(self, tensor: str) -> str | None:
         pair = self.tensors.get(tensor)
@@ -123,6 +128,7 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
 
     pairing = Pairing()
     raw: dict[str, str] = {}  # reference tensor -> the candidate tensor as its node wrote it
+    host: dict[str, int] = {}  # reference layer -> the candidate node computing it
     for spec in model.inputs:
         ok = spec.name in cand_inputs
         pairing.tensors[spec.name] = Pair(spec.name, spec.name if ok else None,
@@ -149,6 +155,8 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
             _unpaired(pairing, layer, nodes, by_name, model.weight_layers)
             inputs = [_ref_source(model, t, raw) for t in (node.input if node is not None else ())]
             active = [s for s in inputs if s]
+            if _fold(model, layer, node, active, host, nodes, raw, final, pairing):
+                continue
             if layer.op in PASS_THROUGH and len(active) == 1 and len(layer.outputs) == 1:
                 # removed (Identity, Dropout) or absorbed by the QuantizeLinear after it (a Relu or Clip that
                 # an unsigned INT8 range clips anyway): its readers read what it read
@@ -169,6 +177,7 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
         # equal structure: the node of the same name if there is one, else the first in file order
         index = next((i for i in found if nodes[i].name == layer.name), min(found))
         taken.add(index)
+        host[layer.name] = index
         cand = nodes[index]
         pairing.nodes[layer.name] = cand.name
         for slot, name in enumerate(cand.input):
@@ -182,6 +191,32 @@ def match_tensors(model: LoadedModel, candidate: onnx.ModelProto) -> Pairing:
             else:
                 pairing.tensors[tensor] = Pair(tensor, None, f"the candidate's {layer.op} node has no output {k}")
     return pairing
+
+
+def _fold(model: LoadedModel, layer, node, active: list[str], host: dict[str, int], nodes, raw, final,
+          pairing: Pairing) -> bool:
+    """Pair `layer` (a BatchNormalization, or a Mul/Add/Sub/Div by a constant) with the candidate node
+    that computes the layer before it, when the candidate folded it into that node's weights: its value
+    is that node's output, and the tensor between them exists only in the model (it is grouped with
+    them in one row, as a fusion is)."""
+    if layer.op not in FOLDABLE or node is None or len(active) != 1 or len(layer.outputs) != 1:
+        return False
+    inner = [t for t in node.input if t and t not in model.fixed]
+    producer = model.producers.get(inner[0]) if len(inner) == 1 else None
+    if producer is None or producer.name not in host or inner[0] in model.outputs:
+        return False
+    cand = nodes[host[producer.name]]
+    if cand.op_type not in FOLD_INTO or [lay.name for lay in model.consumers.get(inner[0], ())] != [layer.name]:
+        return False
+    out = layer.outputs[0]
+    raw[out] = active[0]
+    pairing.tensors[out] = Pair(out, final.get(active[0], active[0]))
+    pairing.tensors[inner[0]] = Pair(inner[0], None, f"fused inside the candidate's {cand.op_type} node "
+                                     f"'{cand.name}', which also computes {layer.op} '{layer.name}' (folded into it)")
+    pairing.folded.add(inner[0])
+    pairing.nodes[layer.name] = cand.name
+    host[layer.name] = host[producer.name]
+    return True
 
 
 def _candidate_weights(graph: onnx.GraphProto) -> set[str]:

@@ -101,7 +101,9 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
         """(the candidate tensor holding reference tensor t as deployed, view) or (None, reason)."""
         if t not in seen:
             c = pairing.candidate(t)
-            if c is None:
+            if t in pairing.folded:
+                seen[t] = (None, "folded")
+            elif c is None:
                 seen[t] = (None, pairing.tensors[t].reason if t in pairing.tensors else "not matched")
             elif deployment.available(c):
                 seen[t] = (c, "quantized" if t in pairing.absorbed else deployment.view(c))
@@ -122,7 +124,7 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
             if not _is_float(model, t) or layer.name in model.weight_layers:
                 continue
             cand, why = value(t)
-            if cand is None and why == "fused":
+            if cand is None and why in ("fused", "folded"):
                 for reader in model.consumers.get(t, ()):
                     merged.union(layer.name, reader.name)
     units: dict[str, list[Layer]] = defaultdict(list)
@@ -159,7 +161,7 @@ def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulate
                 continue
             cand, why = value(t)
             if cand is None:
-                reason = deployment.missing if why == "fused" else why
+                reason = {"fused": deployment.missing, "folded": pairing.tensors[t].reason}.get(why, why)
                 outputs.append(RowOutput(t, None, reason))
                 continue
             outputs.append(RowOutput(t, cand, "", why))

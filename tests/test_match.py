@@ -97,6 +97,42 @@ def test_a_candidate_from_onnxruntimes_default_quantizer_pairs_every_tensor(tmp_
     assert not any(lay.kind == "conversion" and lay.converts == "conv1_bn" for lay in report.layers)
 
 
+def test_a_candidate_with_batchnorm_folded_into_its_convs_blames_no_conv(tmp_path):
+    """The trial's finding: after onnxruntime's quant_pre_process (which folds each BatchNormalization into
+    the Conv before it) the candidate's Conv was paired with the model's Conv alone, and its BatchNorm
+    counted as a 0.83-cosine error. The folded Conv's value is the model's BatchNormalization output: the
+    two are one row, the tensor between them is fused away, and no row diverges."""
+    import numpy as np
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import layerdiff
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": np.load(f)["input"]} for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quant_pre_process(str(FIXTURES / "cnn.onnx"), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(tmp_path / "pre.onnx").graph.node}
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+    report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "q.onnx"), inputs=FIXTURES / "cnn_inputs",
+                               reference_provider="cpu")
+    assert report.first_divergence is None
+    conv1 = report.layer("conv1")
+    assert [n for n in conv1.onnx_nodes] == ["conv1", "conv1_bn"]
+    between = next(o for o in conv1.outputs if o.tensor == "conv1_out")
+    assert not between.paired and between.unpaired_reason.startswith("fused inside the candidate's Conv node")
+    assert min(lay.local_cosine for lay in report.layers if lay.local_cosine is not None) > 0.999
+    assert report.counts.unpaired == 0
+
+
 def test_a_removed_identity_does_not_break_the_pairing():
     ref = from_proto(_with_identity())
     cand = _with_identity()
