@@ -296,3 +296,27 @@ def test_a_model_failing_on_dimensions_set_to_1_says_so(cli, tmp_path):
                         "NAME:DIMxDIM... for the shapes you deploy, or --inputs\n")
     code, _, err = cli("compare", path, "--candidate", "ort-fp16", "--shape", "x:1x8", "-o", report, "-q")
     assert code == 0 and report.exists()
+
+
+def test_calibration_samples_with_nan_are_refused(cli, tmp_path):
+    bad = tmp_path / "nan.npz"
+    x = np.load(sorted((FIXTURES / "cnn_inputs").glob("*.npz"))[0])["input"].copy()
+    x[0, 1, 2, 3] = np.nan
+    np.savez(bad, input=x)
+    _expect(cli, tmp_path, [CNN, "--candidate", "ort-int8", "--inputs", bad],
+            "calibration sample 0 of " + str(bad) + " holds NaN or Inf in input 'input': INT8 ranges need finite "
+            "values; give other --calib (or --inputs) samples")
+
+
+def test_int8_of_a_model_that_already_computes_in_fp16(cli, tmp_path):
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float16), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 4])], [w])
+    path = tmp_path / "half.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    _expect(cli, tmp_path, [path, "--candidate", "ort-int8"],
+            "INT8 quantization starts from an FP32 model, and this one computes in float16 (tensor 'x'): give its "
+            "FP32 original as MODEL")

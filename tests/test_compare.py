@@ -474,3 +474,24 @@ def test_an_fp16_candidate_with_fp16_inputs(tmp_path):
     assert ("the candidate takes input 'input' as float16: the samples (float32) are cast to it, and that rounding "
             "is in every row's error") in report.warnings
     assert any("ran in FP32 on ONNX Runtime's CPU provider" in w for w in report.warnings)
+
+
+def test_fp16_of_a_model_whose_input_is_also_an_output(tmp_path):
+    """The trial's finding: onnxruntime's FP16 converter cast such an input twice under one name."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "through.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    session = layerdiff.prepare(path, reference_provider="cpu")
+    cand = session.candidate("ort-fp16")
+    assert [o.name for o in cand.model.graph.output] == ["y", "x"]
+    assert cand.model.graph.output[1].type.tensor_type.elem_type == TensorProto.FLOAT
+    report = session.compare(cand)
+    assert report.output_metrics("x").max_abs == 0
+    x = session.samples.feeds[0]["x"]
+    want = float(np.abs(np.maximum(x.astype(np.float16), 0).astype(np.float64) - np.maximum(x, 0)).max())
+    assert report.output_metrics("y").max_abs == pytest.approx(want, abs=1e-7)

@@ -49,13 +49,24 @@ def calibrate(model: LoadedModel, samples: Samples, method: str = "minmax", budg
         raise InputDataError(f"unknown calibration method '{method}'; use one of {', '.join(CALIBRATION_METHODS)}")
     if len(samples) == 0:
         raise InputDataError("the calibration set is empty: give --calib samples")
+    for i, feed in enumerate(samples.feeds):
+        bad = next((k for k, v in feed.items() if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+        if bad is not None:
+            raise InputDataError(f"calibration sample {i} of {samples.source} holds NaN or Inf in input '{bad}': INT8 "
+                                 "ranges need finite values; give other --calib (or --inputs) samples")
     names = activations(model)
     if method == "minmax":
         lo, hi = _min_max(model, names, samples, cancel, progress)
-        return TensorsData(CalibrationMethod.MinMax, {t: TensorData(lowest=lo[t], highest=hi[t]) for t in names})
-    thresholds = _histograms(model, names, samples, method, budget, cancel, progress)
-    kind = CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile
-    return TensorsData(kind, thresholds)
+        ranges = {t: TensorData(lowest=lo[t], highest=hi[t]) for t in names}
+        kind = CalibrationMethod.MinMax
+    else:
+        ranges = _histograms(model, names, samples, method, budget, cancel, progress)
+        kind = CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile
+    for t, r in ranges.items():
+        if not all(np.isfinite(np.asarray(v, np.float64)).all() for v in r.range_value):
+            raise InputDataError(f"tensor '{t}' reaches NaN or Inf on the calibration samples, so it has no INT8 "
+                                 "range; check the model and the --calib samples, or pin its readers to fp32")
+    return TensorsData(kind, ranges)
 
 
 def _check(cancel: threading.Event | None) -> None:

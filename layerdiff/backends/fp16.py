@@ -43,9 +43,18 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     source = onnx.ModelProto()
     source.CopyFrom(model.proto)
     keep_fp32 = [layer.name for layer in model.layers if plan.precision_of(layer.name) != "fp16"]
+    # a graph input that is also a graph output: the converter would cast it twice under one name, so it
+    # is taken out of the outputs while converting and put back where it was (it stays the FP32 input)
+    outputs = list(source.graph.output)
+    inputs = {i.name for i in source.graph.input}
+    del source.graph.output[:]
+    source.graph.output.extend(o for o in outputs if o.name not in inputs)
     # the converter logs (through logging) the values it clamps to the FP16 range; the caller's logging
     # configuration decides whether they are shown (the CLI shows them with --debug)
     candidate = convert_float_to_float16(source, keep_io_types=True, node_block_list=keep_fp32)
+    converted = {o.name: o for o in candidate.graph.output}
+    del candidate.graph.output[:]
+    candidate.graph.output.extend(converted.get(o.name, o) for o in outputs)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
     return candidate
 

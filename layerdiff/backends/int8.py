@@ -25,6 +25,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from layerdiff.backends.calibrate import calibrate
+from layerdiff.errors import BackendError
 from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
 from layerdiff.lazy import once
@@ -83,6 +84,7 @@ class Int8Quantizer:
         """The calibration ranges, computed on first use (a cancelled calibration keeps nothing)."""
         with self._lock:
             if self._ranges is None:
+                _check_fp32(self.model)
                 self._ranges = calibrate(self.model, self.calib, self.method, self.budget, cancel, progress)
             return self._ranges
 
@@ -145,6 +147,17 @@ class Int8Quantizer:
         if pinned:
             _unquantize(out, self.source, pinned)
         return out
+
+
+def _check_fp32(model: LoadedModel) -> None:
+    """INT8 quantization starts from the FP32 model: refuse one that already computes in FP16 or BF16."""
+    narrow = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    tensors = [i.name for i in model.inputs] + [t for lay in model.layers if lay.name not in model.weight_layers
+                                                for t in lay.outputs]
+    low = next((t for t in tensors if model.tensor_types.get(t) in narrow), None)
+    if low is not None:
+        raise BackendError(f"INT8 quantization starts from an FP32 model, and this one computes in "
+                           f"{narrow[model.tensor_types[low]]} (tensor '{low}'): give its FP32 original as MODEL")
 
 
 def _dequantized_readers(model: onnx.ModelProto, weights: bool = False) -> dict[str, str]:
