@@ -495,3 +495,28 @@ def test_fp16_of_a_model_whose_input_is_also_an_output(tmp_path):
     x = session.samples.feeds[0]["x"]
     want = float(np.abs(np.maximum(x.astype(np.float16), 0).astype(np.float64) - np.maximum(x, 0)).max())
     assert report.output_metrics("y").max_abs == pytest.approx(want, abs=1e-7)
+
+
+@pytest.mark.parametrize("capture_mode", ["kernels", "mark-outputs"])
+def test_a_gather_from_an_fp16_table_is_labelled_fp16(tmp_path, capture_mode):
+    """The trial's finding: a Gather reading an FP16 embedding table by int64 ids was labelled fp32 (its
+    only non-weight input is integer), while its local error was the table's FP16 rounding."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    emb = onnx.numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "emb")
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["g"], name="gather"),
+                               helper.make_node("MatMul", ["g", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])], [emb, w])
+    path = tmp_path / "emb.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    np.savez(tmp_path / "ids.npz", ids=np.array([[0, 3, 7, 15, 2]], np.int64))
+    report = compare(path, "ort-fp16", inputs=tmp_path / "ids.npz", reference_provider="cpu",
+                     capture_mode=capture_mode)
+    gather = report.layer("gather")
+    assert gather.precision == "fp16"
+    table = onnx.numpy_helper.to_array(emb)[[0, 3, 7, 15, 2]]
+    want = float(np.abs(table.astype(np.float16).astype(np.float64) - table).max())
+    assert gather.outputs[0].local.worst.max_abs == pytest.approx(want, abs=1e-9)

@@ -303,6 +303,8 @@ class OrtKernels:
     def _describe(self, node: onnx.NodeProto) -> Kernel:
         data = [t for t in node.input if t and (t in self.kproducer or t in self.kinputs)]
         types = [self.ktypes.get(t) for t in data]
+        if not any(t in _FLOATS for t in types):  # its float operand is a weight (a Gather's table): its output
+            types += [self.ktypes.get(t) for t in node.output if t]
         low = next((_LOW[t] for t in types if t in _LOW), None)
         if node.op_type in _INTEGER_KERNELS:
             precision = low or "int8"

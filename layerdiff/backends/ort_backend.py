@@ -39,6 +39,7 @@ QUANTIZATION = ("QDQ by onnxruntime.quantization: symmetric INT8 activations and
                 "INT32 biases; Q/DQ on the inputs of " + ", ".join(TRT_QDQ_OPS) + ", never on outputs")
 _LOW = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "int8", onnx.TensorProto.FLOAT16: "fp16",
         onnx.TensorProto.BFLOAT16: "bf16"}
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
 
 
 class OrtRunner:
@@ -107,8 +108,10 @@ class MarkedOutputs:
             return None
         if self.runner.opaque:  # a provider that compiles the graph its own way (TensorRT) does not say
             return Kernel(self.runner.opaque, "unknown")
-        kinds = [_LOW.get(self.types.get(t, 0)) for t in node.input if t in self.producer or t in self.inputs]
-        precision = next((k for k in kinds if k), "fp32")
+        data = [self.types.get(t, 0) for t in node.input if t in self.producer or t in self.inputs]
+        if not any(t in _FLOATS for t in data):  # its float operand is a weight (a Gather's table): its output
+            data += [self.types.get(t, 0) for t in node.output if t]
+        precision = next((_LOW[t] for t in data if t in _LOW), "fp32")
         dq = any(self.producer[t].op_type == "DequantizeLinear" for t in node.input if t in self.producer)
         return Kernel(node.op_type, precision, dequantized_inputs=dq and precision == "fp32")
 
