@@ -416,6 +416,25 @@ def test_engine_info_from_another_model(info_dir, cli):
                    "model; give the ONNX model the engine was built from\n")
 
 
+@pytest.mark.parametrize("name", ["trex_resnet18_a100_qat_int8_trt84.graph.json",
+                                  "trex_tf_resnet50_rtx3090_qat_int8_trt84ea.graph.json",
+                                  "trex_v010_mobilenet_qat_int8_trt82.graph.json"])
+def test_a_names_only_file_from_another_model(info_dir, cli, name):
+    """The trial's finding: files without Metadata (TREx, TensorRT 8) were resolved against any model
+    silently, one layer even mapped to a node by a coincidence of weight names."""
+    code, _, err = cli("inspect", info_dir / name, "--model", FIXTURES / "cnn.onnx")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"layerdiff: error: engine info {info_dir / name} names ")
+    assert err.endswith("it was built from another model; give the ONNX model the engine was built from\n")
+
+
+def test_a_names_only_file_with_its_model_resolves_without_complaint(tmp_path):
+    names = ["Relu_1 + Mul_2", "Reformatting CopyNode for Input Tensor 0 to Add_3", "Add_3", "Renamed_by_trt_77"]
+    (tmp_path / "n.json").write_text(json.dumps({"Layers": names}))
+    info = parse_engine_info(tmp_path / "n.json", _readers_model())
+    assert [layer.onnx_nodes for layer in info.layers] == [("Relu_1", "Mul_2"), (), ("Add_3",), ()]
+
+
 def test_inspect_json(info_dir, cli):
     code, out, _ = cli("inspect", info_dir / "trex_resnet18_a100_qat_int8_trt84.graph.json", "--json")
     assert code == 0

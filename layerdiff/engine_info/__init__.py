@@ -88,6 +88,7 @@ def parse_engine_info(path: str | Path, model: LoadedModel | None = None) -> Eng
     raw = read_layer_info(path)
     index = NodeIndex(model) if model is not None else None
     layers, foreign = [], []
+    named_layers, unresolved = 0, []  # layers whose names claim ONNX nodes, and the claims the model lacks
     # Torch-TensorRT engines name layers after aten ops, not ONNX nodes: no name grammar applies
     not_onnx = any("-[aten_ops." in rec["Name"] for rec in raw.layers)
     for i, rec in enumerate(raw.layers):
@@ -101,12 +102,23 @@ def parse_engine_info(path: str | Path, model: LoadedModel | None = None) -> Eng
         else:
             nodes = [] if not_onnx else name_nodes(name, index)
             origin = "name" if nodes else "none"
+            if index is not None and not not_onnx:
+                claimed = name_nodes(name, None)  # what the name says, read without the model
+                if claimed:
+                    named_layers += 1
+                    if not nodes:
+                        unresolved.extend(claimed)
         layers.append(EngineLayer(
             index=i, name=name, type=rec.get("LayerType", "unknown"), precision=layer_precision(rec),
             onnx_nodes=tuple(dict.fromkeys(nodes)), origin=origin, inputs=_tensors(rec.get("Inputs", [])),
             outputs=_tensors(rec.get("Outputs", [])), serves=served_layer(name),
             tactic=rec.get("TacticName") or rec.get("TacticValue") or "",
         ))
+    # names are a heuristic (TensorRT renames some layers), but when most named layers match no node of
+    # the model, the engine was built from another one
+    if model is not None and not foreign and unresolved and \
+            sum(1 for layer in layers if layer.origin == "name") * 2 < named_layers:
+        foreign = unresolved
     if model is not None and foreign:
         unique = list(dict.fromkeys(foreign))
         shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
