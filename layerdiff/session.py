@@ -27,7 +27,7 @@ from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
 from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
 from layerdiff.backends.int8 import Int8Quantizer
-from layerdiff.backends.ort import OrtSource, providers_for
+from layerdiff.backends.ort import OrtSource, cpu_lacks_vnni, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
@@ -38,7 +38,7 @@ from layerdiff.errors import (
     ModelError,
     OutputPathError,
 )
-from layerdiff.graph import LoadedModel, load_model
+from layerdiff.graph import LoadedModel, load_model, serialize
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.lazy import once
 from layerdiff.match import identity_pairing, match_tensors
@@ -347,8 +347,8 @@ class Session:
         rows = plan_rows(self.model, pairing, deployment, executed=candidate.executed,
                          groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
                          emulated=candidate.emulated, requested=dict(candidate.requested))
-        graph_outputs = [o for o in dict.fromkeys(pairing.candidate(t) for t in self.model.outputs)
-                         if o and deployment.available(o)]
+        held = self._output_names(candidate)  # the candidate's graph outputs: compared with its plain run
+        graph_outputs = [o for o in dict.fromkeys(held.values()) if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,
                          progress=progress, cancel=cancel, keep=graph_outputs)
         evaluation = None
@@ -360,7 +360,8 @@ class Session:
         if evaluation is None:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
-        exposed = _exposed_vs_plain(result.kept, evaluation.values, pairing, self._output_names(candidate))
+        exposed = _exposed_vs_plain(result.kept, evaluation.values, held)
+        kernel_note = () if result.interrupted else self._kernel_check(candidate, evaluation, held, cancel)
         if progress:
             progress("final outputs", 1, 1)
         info = CandidateInfo(candidate.spec, candidate.kind, candidate.runtime,
@@ -371,7 +372,43 @@ class Session:
                                divergence_cosine=divergence_cosine, max_memory=self.max_memory,
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
-                               warnings=_candidate_warnings(self.model, candidate, pairing, rows))
+                               warnings=_candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
+
+
+    def _kernel_check(self, candidate: Candidate, evaluation: Evaluation, held: dict[str, str],
+                      cancel: threading.Event | None) -> tuple[str, ...]:
+        """For an ONNX Runtime candidate holding Q/DQ pairs, run at a level that fuses them into integer
+        kernels: its outputs from plain runs of its Q/DQ arithmetic (graph optimizations 'basic', which
+        fuse no Q/DQ), against the deployed kernels'. Integer kernels are meant to compute that
+        arithmetic; where they do not (ONNX Runtime's u8s8 kernels saturate on x86 CPUs without VNNI),
+        the rows of those kernels carry an error the Q/DQ model itself (and TensorRT) would not have."""
+        executed = candidate.executed
+        if (candidate.runtime.find("(CPU") < 0 or executed is None or self.optimization in ("disabled", "basic")
+                or not any(n.op_type == "QuantizeLinear" for n in executed.graph.node) or not evaluation.values):
+            return ()
+        worst: tuple[float, float, str] | None = None  # (arithmetic cosine, deployed cosine, output)
+        with OrtSource(serialize(executed), None, None, "basic", "candidate (Q/DQ arithmetic)",
+                       cancel=cancel) as source:
+            per_output: dict[str, list[tuple[float, float]]] = {}
+            for feed, ref, deployed in zip(self.samples.feeds, self.reference_outputs(), evaluation.values,
+                                           strict=True):
+                arith = source.infer(feed)
+                for name, h in held.items():
+                    if h in arith and h in deployed and ref[name].dtype.kind == "f" and arith[h].shape == ref[name].shape:
+                        per_output.setdefault(name, []).append((diff_metrics(ref[name], arith[h]).cosine,
+                                                                diff_metrics(ref[name], deployed[h]).cosine))
+        for name, pairs in per_output.items():
+            a, d = min(p[0] for p in pairs), min(p[1] for p in pairs)
+            if 1 - d > max(2 * (1 - a), 1e-4) and (worst is None or d - a < worst[1] - worst[0]):
+                worst = (a, d, name)
+        if worst is None:
+            return ()
+        a, d, name = worst
+        why = "; this CPU has no VNNI, where ONNX Runtime's u8s8 kernels can saturate" if cpu_lacks_vnni() else ""
+        return (f"ONNX Runtime's fused INT8 kernels compute output '{name}' worse than the candidate's Q/DQ "
+                f"arithmetic (worst cosine {d:.6f} as deployed, {a:.6f} with Q/DQ unfused){why}: rows of QLinear* "
+                "kernels carry that kernel error, which TensorRT would not have; --ort-optimization basic shows "
+                "the Q/DQ arithmetic layer by layer",)
 
 
 class _Cached:
@@ -391,16 +428,15 @@ class _Cached:
         return {n: values[n] for n in self.names}
 
 
-def _exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, np.ndarray], ...], pairing,
+def _exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, np.ndarray], ...],
                       outputs: dict[str, str]) -> float | None:
-    """Largest difference between the final outputs read during the capture and the plain run's: zero
-    when reading tensors did not change what ran. None when there was nothing to compare."""
+    """Largest difference between the candidate's graph outputs read during the capture and the plain
+    run's: zero when reading tensors did not change what ran. None when there was nothing to compare."""
     worst = None
     for values, deployed in zip(kept, plain, strict=False):
-        for name, held in outputs.items():
-            c = pairing.candidate(name)
-            if c in values and held in deployed and values[c].shape == deployed[held].shape and values[c].size:
-                diff = np.abs(values[c].astype(np.float64) - deployed[held].astype(np.float64))
+        for held in dict.fromkeys(outputs.values()):
+            if held in values and held in deployed and values[held].shape == deployed[held].shape and values[held].size:
+                diff = np.abs(values[held].astype(np.float64) - deployed[held].astype(np.float64))
                 diff = diff[np.isfinite(diff)]
                 worst = max(worst or 0.0, float(diff.max()) if diff.size else 0.0)
     return worst

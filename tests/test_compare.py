@@ -520,3 +520,49 @@ def test_a_gather_from_an_fp16_table_is_labelled_fp16(tmp_path, capture_mode):
     table = onnx.numpy_helper.to_array(emb)[[0, 3, 7, 15, 2]]
     want = float(np.abs(table.astype(np.float16).astype(np.float64) - table).max())
     assert gather.outputs[0].local.worst.max_abs == pytest.approx(want, abs=1e-9)
+
+
+def test_integer_kernels_that_miss_their_qdq_arithmetic_are_named(tmp_path):
+    """A MatMul whose INT8 weights are all at full range (+-127): on x86 CPUs without VNNI, ONNX Runtime's
+    u8s8 kernel adds pairs of products in 16 bits and saturates, so the deployed output differs from the
+    Q/DQ model's own arithmetic (computed here by plain sessions with and without the fusions). The report
+    warns exactly when the two differ, with those numbers; on a VNNI CPU they agree and it says nothing."""
+    from onnx import TensorProto, helper
+
+    from layerdiff.backends.ort import cpu_lacks_vnni
+
+    rng = np.random.default_rng(0)
+    w = np.sign(rng.standard_normal((64, 32))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32])],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    path = tmp_path / "sat.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "in" / f"{i}.npz", x=rng.uniform(-1, 1, (8, 64)).astype(np.float32))
+    session = layerdiff.prepare(path, inputs=tmp_path / "in", reference_provider="cpu")
+    cand = session.candidate("ort-int8")
+    report = session.compare(cand)
+    saved = tmp_path / "q.onnx"
+    onnx.save(cand.model, saved)
+
+    def worst(level):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        sess = ort.InferenceSession(str(saved), so, providers=["CPUExecutionProvider"])
+        return min(cosine64(run_plain(path, f)["y"], sess.run(None, f)[0]) for f in session.samples.feeds)
+
+    arith, deployed = worst(ort.GraphOptimizationLevel.ORT_ENABLE_BASIC), worst(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    notes = [w for w in report.warnings if w.startswith("ONNX Runtime's fused INT8 kernels")]
+    if 1 - deployed > max(2 * (1 - arith), 1e-4):
+        assert len(notes) == 1 and f"worst cosine {deployed:.6f} as deployed, {arith:.6f} with Q/DQ unfused" in notes[0]
+        assert ("this CPU has no VNNI" in notes[0]) == cpu_lacks_vnni()
+    else:
+        assert notes == []
+    assert report.output_metrics("y").cosine == pytest.approx(deployed, abs=1e-6)
+    basic = layerdiff.prepare(path, inputs=tmp_path / "in", reference_provider="cpu", optimization="basic")
+    unfused = basic.compare(basic.candidate("ort-int8"))
+    assert unfused.output_metrics("y").cosine == pytest.approx(arith, abs=1e-6)
+    assert not [w for w in unfused.warnings if w.startswith("ONNX Runtime's fused INT8 kernels")]

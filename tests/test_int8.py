@@ -184,3 +184,38 @@ def test_a_constant_read_only_by_a_subgraph_body_survives_folding(tmp_path):
         exact = _semantic_run(onnx.load(path), [feed])[0][0]
         assert metrics["y"].max_abs == pytest.approx(float(np.abs(y.astype(np.float64) - exact).max()), abs=1e-6)
     assert report.output_metrics("y").cosine > 0.99
+
+
+def test_a_graph_output_that_quantized_nodes_read_stays_fp32():
+    """onnxruntime's quantizer makes such an output its DequantizeLinear (the trial's finding on a model
+    whose output y1 also feeds a Gemm): the output is given back its FP32 value, the Gemm reads it through
+    Q/DQ, and the non-quantized readers (ArgMax, Greater) read FP32, as TensorRT's placement has it."""
+    from onnx import TensorProto, helper
+
+    from layerdiff.graph import from_proto
+    from layerdiff.inputs import Samples
+
+    rng = np.random.default_rng(1)
+    wm = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32) * 0.3, "wm")
+    wg = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32) * 0.3, "wg")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "wm"], ["mm"], name="mm"), helper.make_node("Relu", ["mm"], ["y1"], name="relu"),
+         helper.make_node("ArgMax", ["y1"], ["idx"], name="argmax", axis=1, keepdims=0),
+         helper.make_node("Gemm", ["y1", "wg"], ["y2"], name="gemm")],
+        "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 16])],
+        [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [2]),
+         helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, 16])], [wm, wg])
+    model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    feeds = tuple({"a": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(3))
+    q = Int8Quantizer(model, Samples(feeds, "test"))
+    base = q.base
+    producer = {o: n for n in base.graph.node for o in n.output}
+    assert producer["y1"].op_type == "Relu"
+    assert producer[next(n for n in base.graph.node if n.name == "argmax").input[0]].op_type == "Relu"
+    gemm_input = producer[next(n for n in base.graph.node if n.name == "gemm").input[0]]
+    assert gemm_input.op_type == "DequantizeLinear" and producer[gemm_input.input[0]].input[0] == "y1"
+    for feed, (y2, idx, y1) in zip(feeds, _semantic_run(base, feeds), strict=True):
+        mm = _semantic_run(model.proto, [feed])[0]
+        assert np.abs(y1 - mm[2]).max() < 0.05 * np.abs(mm[2]).max()  # the INT8 MatMul's output, unrounded
+        assert (idx == np.argmax(y1, axis=1)).all()

@@ -128,6 +128,7 @@ class Int8Quantizer:
         """Every node the placement quantizes, in INT8; every other node reads FP32 values (the quantizer
         also feeds some other readers of a quantized tensor through its DequantizeLinear)."""
         model = self.quantize()
+        _outputs_stay_fp32(model)
         others = {name for name, op in _dequantized_readers(model).items() if op not in TRT_QDQ_OPS}
         if others:
             _unquantize(model, self.source, others)
@@ -147,6 +148,28 @@ class Int8Quantizer:
         if pinned:
             _unquantize(out, self.source, pinned)
         return out
+
+
+def _outputs_stay_fp32(model: onnx.ModelProto) -> None:
+    """A graph output that quantized nodes also read: the quantizer renames the FP32 tensor and makes the
+    output its DequantizeLinear. Give the output back its FP32 value, as TensorRT's placement does (Q/DQ
+    on the inputs of the readers only); its readers read the DequantizeLinear output under a new name."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    producer = {o: n for n in graph.node for o in n.output if o}
+    for name in outputs:
+        dq = producer.get(name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in outputs:
+            continue
+        fp32, deq = q.input[0], f"{name}_DequantizeLinear_Output"
+        for node in graph.node:
+            node.input[:] = [deq if t == name else fp32 if t == fp32 else t for t in node.input]
+            node.output[:] = [deq if t == name else name if t == fp32 else t for t in node.output]
+        q.input[0] = name
+        # the value_info entries of the two renamed tensors swap names with them
+        for vi in graph.value_info:
+            vi.name = {name: deq, fp32: name}.get(vi.name, vi.name)
 
 
 def _check_fp32(model: LoadedModel) -> None:

@@ -147,6 +147,22 @@ class _Watch:
         self._done.set()
 
 
+def cpu_lacks_vnni() -> bool:
+    """Whether this is an x86 CPU known to have no VNNI instructions (AVX512-VNNI, AVX-VNNI, AMX): there
+    ONNX Runtime's u8s8 integer kernels add pairs of products in 16 bits, which saturate when both the
+    activation and a full-range INT8 weight are large. False where it cannot be told."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is not None and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
 def session_options(level: str = "all", low_memory: bool = False) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 4  # errors come back as exceptions, said in one line
