@@ -1,19 +1,21 @@
 """The `layerdiff` command, a thin layer over the Python API. Exit 0: done; 1: ran, but a tolerance
 failed; 2: bad input (one line on stderr, no traceback unless --debug); 3: an internal error (a bug: one
-line, and --debug shows the traceback); 130: interrupted before anything finished."""
+line, and --debug shows the traceback); 130: interrupted before anything finished; 141: the reader of
+the output went away (a closed pipe)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 import traceback
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from layerdiff._version import __version__
 from layerdiff.errors import BadInput, LayerdiffError, OutputPathError
@@ -24,7 +26,7 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
           "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
 MIN_BUDGET = 2**10
-EXIT_TOLERANCE, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_TOLERANCE, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 3, 130, 141
 
 
 def parse_size(text: str) -> int:
@@ -102,7 +104,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             engine_info, save_engine_info, max_memory, min_cosine, divergence_cosine, reference_provider,
             capture_mode, ort_optimization, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
-    from layerdiff.console import print_summary, progress_bar
+    from layerdiff.console import make_console, print_summary, progress_bar
     from layerdiff.files import check_writable, write_atomic
     from layerdiff.report import write_report
     from layerdiff.session import prepare
@@ -110,6 +112,17 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     budget = parse_size(max_memory) if max_memory else None
     imported = candidate[len(IMPORTED):] if candidate.startswith(IMPORTED) else candidate
     inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported) if p)
+    # options that cannot apply to this candidate: said before any work is done
+    if save_emulation and candidate != "ort-fp16":
+        raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
+    if save_engine_info and not candidate.startswith("trt-"):
+        raise BadInput("--save-engine-info writes the layer information of an engine layerdiff built: use it "
+                       "with --candidate trt-*")
+    if candidate.startswith(IMPORTED):
+        if save_candidate:
+            raise BadInput("--save-candidate: imported results have no ONNX model to save")
+        if not Path(imported).is_file():
+            raise BadInput(f"Polygraphy results not found: {imported}")
     for flag, path in (("-o", output), ("--save-candidate", save_candidate), ("--save-emulation", save_emulation),
                        ("--save-engine-info", save_engine_info)):
         if path:
@@ -117,9 +130,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     if len({Path(p).resolve() for p in (output, save_candidate, save_emulation, save_engine_info) if p}) < \
             sum(1 for p in (output, save_candidate, save_emulation, save_engine_info) if p):
         raise OutputPathError("two outputs name the same file; give each its own path")
-    out, err = Console(), Console(stderr=True)
-    if not out.is_terminal:
-        out = Console(width=160)
+    out, err = make_console(), make_console(stderr=True)
     with progress_bar(err, quiet) as progress:
         session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
                           reference_provider=reference_provider, max_memory=budget, cache_dir=cache_dir,
@@ -141,8 +152,9 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
         print_summary(report, out, top)
         if output:
             out.print(f"report written to {output}", markup=False, highlight=False)
-    elif report.inputs.random:
-        err.print(f"warning: {report.warnings[0]}", markup=False, highlight=False)
+    else:
+        for w in report.warnings:
+            err.print(f"warning: {w}", markup=False, highlight=False)
     if report.tolerance is not None and not report.tolerance.passed:
         if quiet:
             err.print(f"tolerance failed: final output cosine below {report.tolerance.min_cosine} for "
@@ -177,7 +189,7 @@ def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) 
 @click.option("--json", "as_json", is_flag=True, help='print {"layers": [...]} as JSON')
 def inspect(engine_info, model, as_json) -> int:
     """Show each TensorRT engine layer: realised precision and the ONNX nodes it came from."""
-    from layerdiff.console import print_engine_info
+    from layerdiff.console import make_console, print_engine_info
     from layerdiff.engine_info import parse_engine_info
     from layerdiff.graph import load_model
 
@@ -186,8 +198,7 @@ def inspect(engine_info, model, as_json) -> int:
         click.echo(json.dumps({"kind": info.kind, "bindings": list(info.bindings),
                                "layers": [layer.to_dict() for layer in info.layers]}, indent=1))
     else:
-        out = Console()
-        print_engine_info(info, out if out.is_terminal else Console(width=160))
+        print_engine_info(info, make_console())
     return 0
 
 
@@ -203,14 +214,29 @@ def _quiet_libraries(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
-    _quiet_libraries(debug)
     try:
-        code = cli.main(args=args, prog_name="layerdiff", standalone_mode=False)
-    except click.exceptions.Abort:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:  # Ctrl-C at any moment, while the libraries load too
         print("layerdiff: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (| head): no traceback, and not the tolerance code
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(args: list[str]) -> int:
+    debug = "--debug" in args
+    if not args:
+        click.echo(cli.get_help(click.Context(cli, info_name="layerdiff")))
+        return 0
+    _quiet_libraries(debug)
+    try:
+        # click's own main would print an empty line on Ctrl-C; the context is entered here instead
+        with cli.make_context("layerdiff", args) as ctx:
+            code = cli.invoke(ctx)
+    except click.exceptions.Exit as e:  # --help, --version
+        return e.exit_code
     except click.ClickException as e:
         print(f"layerdiff: error: {e.format_message()}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -219,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"layerdiff: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):
         print("layerdiff: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
     except Exception as e:  # a bug: one line and its own exit code, never the tolerance code
         if debug:
             traceback.print_exc()

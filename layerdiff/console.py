@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -55,6 +56,27 @@ def progress_bar(console: Console, quiet: bool, delay: float = 1.0) -> Iterator[
             bar.stop()
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich exits 1 (the tolerance code); the CLI says 141, as SIGPIPE would
+        raise BrokenPipeError
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for the CLI. On a terminal, its width; piped, the width in COLUMNS, else 160 columns for
+    the table, and prose lines are never broken (a reader of the file wraps them)."""
+    console = _Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    columns = os.environ.get("COLUMNS", "")
+    return _Console(stderr=stderr, width=int(columns) if columns.isdigit() and int(columns) > 0 else 160,
+                    soft_wrap=True)
+
+
+def clean(name: str) -> str:
+    """A name as one line of text: control characters (a newline in a node name) shown escaped."""
+    return name if name.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def fmt(x: float | None, spec: str = ".6f") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -66,6 +88,7 @@ def fmt(x: float | None, spec: str = ".6f") -> str:
 def shorten(name: str, width: int) -> str:
     """`name` cut in the middle to `width` characters (the start and the end tell most names apart),
     marked with `..` (ASCII, so byte-counting tools agree with the terminal)."""
+    name = clean(name)
     if len(name) <= width or width < 6:
         return name
     head = (width - 2) // 2
@@ -92,22 +115,22 @@ def _line(console: Console, *parts: str | Text) -> None:
 
 def print_summary(report: Report, console: Console, top: int) -> None:
     cand = report.candidate
-    _line(console, ("layerdiff compare ", "bold"), report.model.path, "  vs  ", (cand.spec, "bold"),
-          f"  ({report.inputs.samples} sample(s) from ", report.inputs.source, ")")
+    _line(console, ("layerdiff compare ", "bold"), clean(report.model.path), "  vs  ", (clean(cand.spec), "bold"),
+          f"  ({report.inputs.samples} sample(s) from ", clean(report.inputs.source), ")")
     for w in report.warnings:
-        _line(console, ("warning: ", "bold yellow"), w)
+        _line(console, ("warning: ", "bold yellow"), clean(w))
     for out in report.outputs:
         if out.accumulated is not None:
             w = out.accumulated.worst
             bad = f"  {w.cand_nonfinite} NaN/Inf in the candidate" if w.cand_nonfinite else ""
-            _line(console, "output ", (out.tensor, "bold"),
+            _line(console, "output ", (shorten(out.tensor, 60), "bold"),
                   f": cosine {fmt(w.cosine)}  max_abs {fmt(w.max_abs, '.4g')}  sqnr {fmt(w.sqnr_db, '.1f')} dB"
                   f"  (worst of {out.accumulated.samples})", (bad, "bold red"))
         elif out.match_rate is not None:
-            _line(console, "output ", (out.tensor, "bold"), f": integer, {out.match_rate:.2%} of elements equal "
+            _line(console, "output ", (shorten(out.tensor, 60), "bold"), f": integer, {out.match_rate:.2%} of elements equal "
                   "(worst sample)")
         else:
-            _line(console, "output ", (out.tensor, "bold"), ": not compared (", out.reason, ")")
+            _line(console, "output ", (shorten(out.tensor, 60), "bold"), ": not compared (", out.reason, ")")
     if report.tolerance is not None:
         t = report.tolerance
         if t.passed:
@@ -117,8 +140,12 @@ def print_summary(report: Report, console: Console, top: int) -> None:
                   ", ".join(t.failed))
     fd = report.first_divergence
     if fd is not None:
-        _line(console, "first divergent layer: ", (fd.layer, "bold red"), f" (#{fd.index} {fd.op}, {fd.precision}): ",
-              fd.reason)
+        row = next((lay for lay in report.layers if lay.name == fd.layer), None)
+        shown = row.converts if row is not None and row.kind == "conversion" else fd.layer  # as the table shows it
+        op = "Q/DQ" if fd.op == "QuantizeLinear" else fd.op
+        label = precision_label(row) if row is not None else fd.precision
+        _line(console, "first divergent layer: ", (shorten(shown, 60), "bold red"),
+              f" (#{fd.index} {shorten(op, 40)}, {label}): ", fd.reason)
     elif report.divergence_note:
         _line(console, "first divergent layer: ", report.divergence_note)
     else:
@@ -146,7 +173,10 @@ def print_summary(report: Report, console: Console, top: int) -> None:
         if any(precision_label(lay) == "fp32q" for lay in ranked):
             legend.append("fp32q: a float kernel on INT8 values read through DequantizeLinear")
         if any(lay.kind == "conversion" for lay in ranked):
-            legend.append("Q/DQ and Cast rows: the rounding of the named tensor before its readers")
+            legend.append("Q/DQ and Cast rows: the rounding of the named tensor before its readers (# of its "
+                          "producer)")
+        if any(lay.precision == "unknown" for lay in ranked):
+            legend.append("unknown: no kernel computed it at run time (folded into a constant by the runtime)")
         for note in legend:
             console.print(Text(note, style="dim"))
 
@@ -187,6 +217,6 @@ def print_engine_info(info, console: Console) -> None:
         nodes = ", ".join(layer.onnx_nodes[:4]) + (f" (+{len(layer.onnx_nodes) - 4})" if len(layer.onnx_nodes) > 4 else "")
         if layer.serves:
             nodes = f"(serves {layer.serves})"
-        table.add_row(str(layer.index), Text(layer.name), Text(layer.type), layer.precision, Text(nodes),
-                      layer.origin)
+        table.add_row(str(layer.index), Text(clean(layer.name)), Text(clean(layer.type)), layer.precision,
+                      Text(clean(nodes)), layer.origin)
     console.print(table)

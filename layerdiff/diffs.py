@@ -108,6 +108,8 @@ class LayerDiff:
         """None when nothing was requested for this row; else whether the request was realised."""
         if self.requested_precision is None:
             return None
+        if self.precision == "unknown":  # no kernel computed it at run time (a Shape, a folded constant): no word
+            return None
         return _same_precision(self.requested_precision, self.precision)
 
     @property
@@ -198,7 +200,8 @@ def _same_precision(requested: str, realised: str) -> bool:
 
 
 def precision_audit(layers: tuple[LayerDiff, ...]) -> list[dict[str, Any]]:
-    """Requested vs realised precision of every row whose precision was requested (a pinned node)."""
+    """Requested vs realised precision of every row whose precision was requested (a pinned node);
+    `realised_as_requested` is None where no kernel says (precision unknown)."""
     return [{"layer": lay.name, "index": lay.index, "requested": lay.requested_precision,
              "realised": lay.precision, "realised_as_requested": lay.request_realised}
             for lay in layers if lay.requested_precision is not None]

@@ -145,6 +145,8 @@ def _sha256(path: Path) -> str:
 def load_model(path: str | Path) -> LoadedModel:
     """Load an ONNX model (external data included), check ONNX Runtime can read it, infer shapes."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory; give the path of an .onnx file")
     if not path.is_file():
         raise ModelError(f"model not found: {path} (give the path of an .onnx file)")
     try:

@@ -44,7 +44,7 @@ def test_min_cosine_fails_with_exit_1(cli):
 
 def test_first_divergence_in_summary(cli):
     code, stdout, _ = cli("compare", FIXTURES / "fp16_overflow.onnx", "--candidate", "ort-fp16")
-    assert code == 0 and "first divergent layer: big_matmul (#0 MatMul, fp16)" in stdout
+    assert code == 0 and "first divergent layer: big_matmul (#0 MatMul, fp16*)" in stdout
 
 
 def test_save_candidate_then_compare_it(cli, tmp_path):
@@ -118,6 +118,66 @@ def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "layerdiff.cli", "compare", str(FIXTURES / "nope.onnx"),
                           "--candidate", "ort-int8"], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().startswith("layerdiff: error: model not found")
+    from layerdiff._entry import main
+
+    assert main.__module__ == "layerdiff._entry"  # pyproject's [project.scripts] names this function
+    assert 'layerdiff = "layerdiff._entry:main"' in (FIXTURES.parent / "pyproject.toml").read_text()
+
+
+def test_import_layerdiff_loads_no_runtime():
+    """`import layerdiff` is light (the public names load on first use): the command starts fast and a
+    Ctrl-C while it starts is an interruption, not a traceback from inside ONNX Runtime's import."""
+    code = "import sys, layerdiff; print(sorted(m for m in ('onnxruntime', 'onnx', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_closed_pipe_is_exit_141_not_the_tolerance_code():
+    """`layerdiff compare ... | head -1`: the reader goes away; exit 141 (as SIGPIPE), nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from layerdiff._entry import main; sys.exit(main())",
+                             "compare", str(FIXTURES / "cnn.onnx"), "--candidate", "ort-int8", "--inputs",
+                             str(FIXTURES / "cnn_inputs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(120) == 141 and err == b""
+
+
+def test_no_arguments_shows_the_help(cli):
+    code, out, err = cli()
+    assert code == 0 and out.startswith("Usage: layerdiff") and "compare" in out and err == ""
+
+
+def test_options_that_cannot_apply_are_refused_before_any_work(cli, tmp_path, monkeypatch):
+    import layerdiff.session as session
+
+    monkeypatch.setattr(session, "prepare", lambda *a, **k: pytest.fail("work began"))
+    cases = [
+        (["--candidate", "ort-int8", "--save-emulation", tmp_path / "e.onnx"],
+         "--save-emulation saves the FP16 emulation model of an ort-fp16 candidate"),
+        (["--candidate", "ort-fp16", "--save-engine-info", tmp_path / "l.json"],
+         "--save-engine-info writes the layer information of an engine layerdiff built: use it with --candidate trt-*"),
+        (["--candidate", f"polygraphy:{tmp_path / 'nope.json'}"], f"Polygraphy results not found: {tmp_path / 'nope.json'}"),
+        (["--candidate", f"polygraphy:{FIXTURES / 'cnn.onnx'}", "--save-candidate", tmp_path / "c.onnx"],
+         "--save-candidate: imported results have no ONNX model to save"),
+    ]
+    for args, message in cases:
+        code, _, err = cli("compare", FIXTURES / "cnn.onnx", *args, "-q")
+        assert (code, err) == (2, f"layerdiff: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_piped_output_keeps_prose_lines_whole_and_honours_columns(tmp_path):
+    env = {**__import__("os").environ, "COLUMNS": "100"}
+    args = [sys.executable, "-m", "layerdiff.cli", "compare", str(FIXTURES / "cnn.onnx"), "--candidate", "ort-int8"]
+    out = subprocess.run(args, capture_output=True, text=True, env=env).stdout
+    lines = out.splitlines()
+    warning = next(line for line in lines if line.startswith("warning: no --inputs given"))
+    assert warning.endswith("pass real samples with --inputs")  # one line, however long
+    table = lines[lines.index(next(line for line in lines if line.startswith("worst "))) + 1:]
+    assert max(len(line) for line in table if line.strip()) <= 100
+    quiet = subprocess.run(args + ["-q"], capture_output=True, text=True, env=env).stderr
+    assert quiet.count("\n") == 1 and quiet.startswith("warning: no --inputs given")
 
 
 def test_ci_checks_that_shared_is_there():
@@ -176,6 +236,21 @@ def test_names_are_never_read_as_markup(cli, tmp_path):
     code, out, err = cli("compare", model, "--candidate", "fake", "--top", "5", "-o", tmp_path / "r.json")
     assert code == 0, err
     assert "attn[i]" in out and "[/bold]relu" in out
+
+
+def test_a_name_holding_a_newline_stays_on_its_row(tmp_path):
+    from rich.console import Console
+
+    from layerdiff.console import print_summary
+
+    onnx_model = onnx.load(_bracketed_model(tmp_path))
+    onnx_model.graph.node[0].name = "two\nlines"
+    onnx.save(onnx_model, tmp_path / "nl.onnx")
+    report = layerdiff.compare(tmp_path / "nl.onnx", "fake", reference_provider="cpu")
+    console = Console(width=80, record=True, color_system=None)
+    print_summary(report, console, 15)
+    text = console.export_text()
+    assert "two\\nlines" in text and not any(line.startswith("lines") for line in text.splitlines())
 
 
 def test_inspect_shows_torch_tensorrt_names_with_brackets(cli, shared_dir):

@@ -193,8 +193,7 @@ def test_save_candidate_is_for_onnx_runtime_candidates(saved_run, cli, tmp_path)
     tmp, _, _ = saved_run
     code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{tmp / 'outputs.json'}", "--inputs",
                        tmp / "inputs.json", "--save-candidate", tmp_path / "c.onnx", "-q")
-    assert (code, err) == (2, "layerdiff: error: --save-candidate: a polygraphy-results candidate has no ONNX model to "
-                              "save (for TensorRT engines use --save-engine-info)\n")
+    assert (code, err) == (2, "layerdiff: error: --save-candidate: imported results have no ONNX model to save\n")
     assert not (tmp_path / "c.onnx").exists()
 
 
