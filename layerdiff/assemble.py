@@ -73,8 +73,7 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                 "candidate and the FP32 recomputation)")
     tolerance = None
     if min_cosine is not None:
-        failed = tuple(o.tensor for o in outputs if o.match_rate is None
-                       and (o.accumulated is None or not o.accumulated.worst.cosine >= min_cosine))
+        failed = tuple(o.tensor for o in outputs if not _within(o, min_cosine))
         tolerance = Tolerance(min_cosine, not failed, failed)
     overflow = [o.tensor for lay in compute for o in lay.outputs
                 if o.paired and o.accumulated.worst.exceeds_fp16 and lay.kind == "layer"]
@@ -116,6 +115,19 @@ def _counts(model: LoadedModel, layers: list[LayerDiff], res: CaptureResult) -> 
                   exceeds_fp16=exceeds, local_errors=sum(1 for lay in layers if lay.has_local),
                   constants=sum(1 for lay in layers if lay.kind == "constant"),
                   conversions=sum(1 for lay in layers if lay.kind == "conversion"))
+
+
+def _within(o: OutputDiff, min_cosine: float) -> bool:
+    """Whether a final output passes --min-cosine. Integer outputs are judged by no cosine (their match
+    rate is reported). The cosine of a one-element output says only its sign: it passes when its relative
+    error is what that cosine allows for small errors, sqrt(2 (1 - min_cosine))."""
+    if o.match_rate is not None:
+        return True
+    if o.accumulated is None:
+        return False
+    if o.accumulated.mean.count == 1:
+        return o.accumulated.worst.rel_rms <= math.sqrt(2 * (1 - min_cosine))
+    return o.accumulated.worst.cosine >= min_cosine
 
 
 def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed_vs_plain: float | None, mode: str,

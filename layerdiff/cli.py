@@ -87,7 +87,8 @@ def cli() -> None:
               "JSON that was read")
 @click.option("--max-memory", metavar="SIZE", help="capture tensors, and calibrate, in chunks that stay under SIZE "
               "(e.g. 2GiB); ONNX Runtime's own working memory and the weights come on top")
-@click.option("--min-cosine", type=Cosine(), help="exit 1 when a final output's cosine (worst sample) is below this")
+@click.option("--min-cosine", type=Cosine(), help="exit 1 when a float final output's cosine (worst sample) is "
+              "below this (a one-element output: when its relative error exceeds sqrt(2(1-COSINE)))")
 @click.option("--divergence-cosine", type=Cosine(), default=0.99, show_default=True,
               help="a row diverges when its local cosine falls below this")
 @click.option("--reference-provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -157,7 +158,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             err.print(f"warning: {w}", markup=False, highlight=False)
     if report.tolerance is not None and not report.tolerance.passed:
         if quiet:
-            err.print(f"tolerance failed: final output cosine below {report.tolerance.min_cosine} for "
+            err.print(f"tolerance failed: final output outside cosine {report.tolerance.min_cosine} for "
                       f"{', '.join(report.tolerance.failed)}", markup=False, highlight=False)
         return EXIT_TOLERANCE
     return 0

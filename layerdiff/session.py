@@ -411,6 +411,14 @@ class Session:
                 "the Q/DQ arithmetic layer by layer",)
 
 
+# integer operators that replace a float node and its quantization (onnxruntime's QOperator format and
+# dynamic quantization): nothing in the model has their op type, so they cannot be paired
+_QOPERATOR = frozenset({"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+                        "QLinearAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax",
+                        "QGemm", "QAttention", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
+                        "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+
+
 class _Cached:
     """A reference source answering from values computed once."""
 
@@ -460,6 +468,12 @@ def _candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows)
         if want and want != spec.elem_type:
             warnings.append(f"the candidate takes input '{spec.name}' as {tensor_dtype_to_np_dtype(want)}: the "
                             f"samples ({spec.dtype}) are cast to it, and that rounding is in every row's error")
+    qop = sorted({n.op_type for n in candidate.executed.graph.node if n.op_type in _QOPERATOR})
+    if qop:
+        paired = sum(1 for lay in model.layers if lay.name in pairing.nodes)
+        warnings.append(f"the candidate computes with integer operators that replace the model's nodes "
+                        f"({', '.join(qop)}): {paired} of {len(model.layers)} layers could be paired; for a row per "
+                        "layer give a QDQ model (quant_format=QuantFormat.QDQ)")
     types = proto_tensor_types(candidate.executed)
     fp16 = {lay.name for row in rows if row.kind == "layer" and row.precision == "fp32" for lay in row.layers
             if any(types.get(pairing.candidate(t) or "") == TensorProto.FLOAT16 for t in lay.outputs)}

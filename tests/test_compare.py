@@ -566,3 +566,23 @@ def test_integer_kernels_that_miss_their_qdq_arithmetic_are_named(tmp_path):
     unfused = basic.compare(basic.candidate("ort-int8"))
     assert unfused.output_metrics("y").cosine == pytest.approx(arith, abs=1e-6)
     assert not [w for w in unfused.warnings if w.startswith("ONNX Runtime's fused INT8 kernels")]
+
+
+def test_a_one_element_output_is_judged_by_its_relative_error(tmp_path):
+    """The trial's finding (silero-vad's speech probability): the cosine of one number is 1 whenever the
+    signs agree, so --min-cosine passed an output 30% off. It is judged by its relative error instead."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["p"], name="mean", keepdims=0)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, [])])
+    path = tmp_path / "one.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    np.savez(tmp_path / "x.npz", x=np.linspace(1, 2, 64, dtype=np.float32))
+    session = layerdiff.prepare(path, inputs=tmp_path / "x.npz", reference_provider="cpu")
+    for error, passes in ((0.3, False), (1e-5, True)):
+        cand = session.realise(PrecisionPlan("fp16"), layerdiff.FakeBackend(session.model, default_error=error))
+        report = session.compare(cand, min_cosine=0.9999)
+        out = report.output_metrics("p")
+        assert out.cosine == 1.0 and report.tolerance.passed is passes
+        assert bool(out.rel_rms <= np.sqrt(2 * (1 - 0.9999))) is passes

@@ -153,3 +153,29 @@ def _with_identity() -> onnx.ModelProto:
     m = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
+
+
+def test_a_qoperator_candidate_says_why_few_layers_pair(tmp_path):
+    import numpy as np
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
+
+    import layerdiff
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": np.load(f)["input"]} for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qop.onnx"), Reader(), quant_format=QuantFormat.QOperator)
+    report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "qop.onnx"), inputs=FIXTURES / "cnn_inputs",
+                               reference_provider="cpu")
+    note = next(w for w in report.warnings if w.startswith("the candidate computes with integer operators"))
+    paired = sum(1 for lay in report.layers if lay.kind == "layer" and any(o.paired for o in lay.outputs))
+    assert "QLinearConv" in note and f"of {report.counts.layers} layers could be paired" in note
+    assert paired < report.counts.layers
