@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import onnx
+
 from layerdiff.plan import PrecisionPlan
 from layerdiff.progress import Progress
 from layerdiff.report import Report
@@ -15,7 +17,7 @@ __all__ = ["Progress", "compare"]
 
 
 def compare(
-    model: str | Path,
+    model: str | Path | onnx.ModelProto,
     candidate: str,
     *,
     inputs: str | Path | None = None,

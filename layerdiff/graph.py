@@ -63,6 +63,11 @@ class LoadedModel:
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
 
+    @property
+    def key(self) -> str:
+        """Tells this model apart from others: its file's SHA-256, or this object for an in-memory model."""
+        return self.sha256 or f"memory:{id(self)}"
+
     def is_float(self, tensor: str) -> bool:
         return self.tensor_types.get(tensor) in FLOAT_TYPES
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
@@ -38,7 +39,13 @@ from layerdiff.errors import (
     ModelError,
     OutputPathError,
 )
-from layerdiff.graph import LoadedModel, load_model, serialize
+from layerdiff.graph import (
+    LoadedModel,
+    check_ir_version,
+    from_proto,
+    load_model,
+    serialize,
+)
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.lazy import once
 from layerdiff.match import identity_pairing, match_tensors
@@ -74,7 +81,7 @@ class Evaluation:
         return min(vals) if vals else float("nan")
 
 
-def prepare(model: str | Path, *, inputs: str | Path | None = None, calib: str | Path | None = None,
+def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = None, calib: str | Path | None = None,
             shapes: tuple[str, ...] | list[str] = (), seed: int = 1, calibration: str = "minmax",
             reference_provider: str = "auto", max_memory: int | None = None, cache_dir: str | Path | None = None,
             optimization: str = "all", capture_mode: str = "kernels",
@@ -85,9 +92,20 @@ def prepare(model: str | Path, *, inputs: str | Path | None = None, calib: str |
     `optimization`: ONNX Runtime's graph optimization level of the deployed candidate (all, extended,
     basic, disabled); `capture_mode`: kernels (read what the deployed session computes) or mark-outputs
     (every tensor an output, which blocks fusions)."""
+    for what, value in (("inputs", inputs), ("calib", calib), ("cache_dir", cache_dir)):
+        if value is not None and not isinstance(value, (str, Path)):
+            raise BadInput(f"{what} is a path (str or Path), not {type(value).__name__}")
+    if isinstance(shapes, str):
+        shapes = (shapes,)
     if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise OutputPathError(f"--cache-dir {cache_dir} is a file, not a directory; give a directory")
-    loaded = load_model(model)
+    if isinstance(model, onnx.ModelProto):
+        check_ir_version(model, "the model")
+        loaded = from_proto(model, sha256=hashlib.sha256(model.SerializeToString()).hexdigest())
+    elif isinstance(model, (str, Path)):
+        loaded = load_model(model)
+    else:
+        raise BadInput(f"model is the path of an ONNX file or an onnx.ModelProto, not {type(model).__name__}")
     shape_map = parse_shapes(tuple(shapes), loaded.inputs)
     samples = load_samples(inputs, loaded.inputs, shape_map, seed)
     calib_samples = load_samples(calib, loaded.inputs, shape_map, seed, what="--calib") if calib else samples
@@ -182,6 +200,8 @@ class Session:
         trt-bf16, ort-cuda, ort-trt-fp16, ort-trt-int8, fake, polygraphy:RESULTS (outputs saved on a GPU
         machine; `engine_info` groups fused layers) or the path of a candidate ONNX model. An INT8 spec
         calibrates on first use (`progress` reports it, `cancel` stops it)."""
+        if not isinstance(spec, str):
+            raise BadInput(f"a candidate is named by a string (ort-int8, a path, ...), not {type(spec).__name__}")
         if spec.startswith(IMPORTED):
             from layerdiff.backends.imported import ImportedBackend
 
@@ -287,6 +307,7 @@ class Session:
                  keep_values: bool = False) -> Evaluation:
         """The candidate's final outputs against the FP32 model's, from plain runs (nothing exposed).
         `keep_values` keeps the candidate's outputs of every sample in the result."""
+        self._check(candidate)
         reference = self.reference_outputs(cancel)
         names = self._output_names(candidate)
         per_sample: list[dict[str, TensorMetrics]] = []
@@ -324,6 +345,14 @@ class Session:
                 outputs.append(OutputDiff(name, match_rate=min(rates[name])))
         return Evaluation(tuple(outputs), tuple(per_sample), provider, tuple(kept))
 
+    def _check(self, candidate: Candidate) -> None:
+        if not isinstance(candidate, Candidate):
+            raise BadInput(f"expected a Candidate (from session.realise or session.candidate), not "
+                           f"{type(candidate).__name__}")
+        if candidate.of and candidate.of != self.model.key:
+            raise BadInput("this candidate was made from another model (another session's): realise it in this "
+                           "session")
+
     def _output_names(self, candidate: Candidate) -> dict[str, str]:
         """{model output: the candidate's graph output holding it}: the same name, or, where a rewrite
         renamed it, the candidate's output paired with it by structure."""
@@ -338,6 +367,10 @@ class Session:
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
         """The layer-wise report of `candidate` against the FP32 model (see layerdiff.report)."""
+        self._check(candidate)
+        for what, value in (("divergence_cosine", divergence_cosine), ("min_cosine", min_cosine)):
+            if value is not None and not (isinstance(value, (int, float)) and -1.0 <= value <= 1.0):
+                raise BadInput(f"{what} is a cosine, between -1 and 1; got {value!r}")
         deployment = candidate.deployment()
         if candidate.executed is not None:
             pairing = match_tensors(self.model, candidate.executed)

@@ -286,3 +286,29 @@ def test_every_spec_is_built_or_refused_in_one_line(session, spec):
         assert cand.kind in (spec, "fake") and cand.plan.default == SPECS[spec].precision
     help_text = " ".join(CliRunner().invoke(cli, ["compare", "--help"]).output.split())
     assert spec in help_text.replace("- ", "-")
+
+
+def test_api_arguments_of_the_wrong_kind_are_layerdiff_errors():
+    """The trial's findings: raw TypeErrors and AttributeErrors from the API, and a --shape string read
+    character by character."""
+    import onnx
+
+    with pytest.raises(BadInput, match="inputs is a path"):
+        layerdiff.prepare(CNN, inputs=123)
+    with pytest.raises(BadInput, match="model is the path of an ONNX file or an onnx.ModelProto"):
+        layerdiff.prepare(3)
+    with pytest.raises(BadInput, match="a candidate is named by a string"):
+        layerdiff.compare(CNN, None)
+    with pytest.raises(BadInput, match="divergence_cosine is a cosine"):
+        layerdiff.compare(CNN, "fake", divergence_cosine=2)
+    from_proto = layerdiff.prepare(onnx.load(CNN), shapes="input:1x3x32x32", reference_provider="cpu")
+    from_file = layerdiff.prepare(CNN, reference_provider="cpu")
+    assert from_proto.samples.feeds[0]["input"].shape == (1, 3, 32, 32)
+    assert from_proto.evaluate(from_proto.candidate("ort-fp16")).outputs == \
+        from_file.evaluate(from_file.candidate("ort-fp16")).outputs
+    with pytest.raises(BadInput, match="made from another model"):
+        from_file.evaluate(layerdiff.prepare(FIXTURES / "transformer.onnx").candidate("fake"))
+    with pytest.raises(layerdiff.PlanError, match="FakeBackend errors name node"):
+        FakeBackend(from_file.model, errors={"nope": 0.05})
+    with pytest.raises(layerdiff.PlanError, match="finite numbers >= 0"):
+        FakeBackend(from_file.model, errors={"conv1": -0.1})

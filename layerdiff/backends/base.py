@@ -96,6 +96,7 @@ class Candidate:
     requested: Mapping[str, str] = field(default_factory=dict)  # node -> precision the plan asked for
     details: Mapping[str, Any] = field(default_factory=dict)  # kind-specific facts for the report
     artifacts: Mapping[str, str] = field(default_factory=dict, repr=False)  # files a user may save (engine info)
+    of: str = ""  # the key of the FP32 model it was made from (LoadedModel.key)
 
     def __post_init__(self) -> None:
         for name in ("requested", "details", "artifacts"):

@@ -3,7 +3,7 @@ built on plans (bisect, the CLI, the TUI) without quantizing, calibrating or bui
 
 Every node whose plan precision is not fp32 gets a known relative error injected on each float output:
 `y' = y * (1 + e * sin(997 * y))`, elementwise (so cosine, SQNR and max error all move, unlike a plain
-scale). `e` is `errors[node]` when given, else `default_error`. The candidate is an ONNX model run by
+scale): a relative error of at most e, about e / sqrt(2) in rel_rms. `e` is `errors[node]` when given, else `default_error`. The candidate is an ONNX model run by
 ONNX Runtime on the CPU, so everything downstream (capture, metrics, reports) runs for real; its rows
 carry the plan's precision, labelled with the kernel "fake".
 """
@@ -11,6 +11,7 @@ carry the plan's precision, labelled with the kernel "fake".
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from layerdiff.backends.base import Candidate, Kernel
 from layerdiff.backends.ort_backend import MarkedOutputs, OrtRunner
+from layerdiff.errors import PlanError
 from layerdiff.graph import FINAL_KEY, LoadedModel
 from layerdiff.plan import PrecisionPlan
 
@@ -29,6 +31,14 @@ class FakeBackend:
 
     def __init__(self, model: LoadedModel, errors: Mapping[str, float] | None = None, default_error: float = 1e-3):
         self.model, self.errors, self.default_error = model, dict(errors or {}), default_error
+        known = {lay.name for lay in model.layers}
+        unknown = sorted(n for n in self.errors if n not in known)
+        if unknown:
+            raise PlanError(f"FakeBackend errors name node(s) the model does not have: {', '.join(unknown[:5])}")
+        bad = [f"{n}={e!r}" for n, e in [("default_error", default_error), *self.errors.items()]
+               if not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0)]
+        if bad:
+            raise PlanError(f"FakeBackend errors are finite numbers >= 0; got {', '.join(bad[:5])}")
 
     def error_of(self, node: str) -> float:
         return self.errors.get(node, self.default_error)
@@ -42,7 +52,7 @@ class FakeBackend:
         # ONNX Runtime's optimizations off: the plain and the exposed runs are the same computation
         runner = OrtRunner(executed, None, "disabled", "mark-outputs",
                            view=lambda r: _FakeDeployment(r, precision))
-        return Candidate(spec="fake", kind="fake", backend=self.name,
+        return Candidate(of=self.model.key, spec="fake", kind="fake", backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} (CPU, injected errors)", plan=plan,
                          model=executed, executed=executed, runner=runner, pinned=plan.pinned,
                          requested=dict(plan.overrides),

@@ -231,6 +231,7 @@ class ImportedBackend:
                                       "boundary_tensors_captured": len(boundary & tensors)}
         provider = f"imported from {self.results} (runner {runner_name})"
         runner = ImportedRunner(self.model, iterations, self.samples, provider, info)
-        return Candidate(spec=f"polygraphy:{self.results}", kind="polygraphy-results", backend=self.name,
+        return Candidate(of=self.model.key, spec=f"polygraphy:{self.results}", kind="polygraphy-results",
+                         backend=self.name,
                          runtime="TensorRT (results imported; not run here)", plan=None, model=None, executed=None,
                          runner=runner, details=details)

@@ -201,7 +201,7 @@ class OrtBackend:
         where = "CPU" if self.provider == "cpu" else GPU_PROVIDERS[self.provider][0]
         runner = OrtRunner(executed, providers, self.level, self.capture, expect,
                            derived_from=self.model.blob if derived else None)
-        return Candidate(spec=kind, kind=kind, backend=self.name,
+        return Candidate(of=self.model.key, spec=kind, kind=kind, backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} ({where})", plan=plan, model=deployable,
                          executed=executed, runner=runner, pinned=pinned, emulated=emulated,
                          requested=dict(plan.overrides), details=details)
@@ -223,7 +223,7 @@ class OnnxFileBackend:
 
         proto = self.candidate.proto
         runner = OrtRunner(proto, None, self.level, self.capture)
-        return Candidate(spec=str(self.candidate.path), kind="onnx", backend=self.name,
+        return Candidate(of=self.model.key, spec=str(self.candidate.path), kind="onnx", backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} (CPU)", plan=None, model=proto,
                          executed=proto, runner=runner, emulated=frozenset(emulated_nodes(proto)),
                          details={"path": str(self.candidate.path), "sha256": self.candidate.sha256})

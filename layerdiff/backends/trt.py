@@ -181,7 +181,7 @@ class TrtBackend:
         runners = TrtRunnerSet(self.model, onnx_model, precision, plan, self.calib, strongly_typed)
         details = {"engine_info": {**runners.info_summary, "path": "(read from the built engine)"},
                    "strongly_typed": strongly_typed}
-        return Candidate(spec=f"trt-{precision}", kind=f"trt-{precision}", backend=self.name,
+        return Candidate(of=self.model.key, spec=f"trt-{precision}", kind=f"trt-{precision}", backend=self.name,
                          runtime=f"TensorRT {version}", plan=plan, model=onnx_model if strongly_typed else None,
                          executed=onnx_model if strongly_typed else None, runner=runners, pinned=plan.pinned,
                          requested=dict(plan.overrides), details=details,
