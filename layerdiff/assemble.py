@@ -117,6 +117,9 @@ def _counts(model: LoadedModel, layers: list[LayerDiff], res: CaptureResult) -> 
                   conversions=sum(1 for lay in layers if lay.kind == "conversion"))
 
 
+MANY_CHUNKS = 16
+
+
 def _within(o: OutputDiff, min_cosine: float) -> bool:
     """Whether a final output passes --min-cosine. Integer outputs are judged by no cosine (their match
     rate is reported). The cosine of a one-element output says only its sign: it passes when its relative
@@ -135,6 +138,9 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed
     warnings = []
     if samples.random:
         warnings.append(RANDOM_WARNING)
+    if res.chunks > MANY_CHUNKS:
+        warnings.append(f"the memory budget split the capture into {res.chunks} chunks, each a run of every sample: "
+                        "a larger --max-memory runs faster")
     if samples.defaulted:
         warnings.append(f"dynamic dimensions set to 1 in the random inputs ({'; '.join(samples.defaulted)}): give "
                         "--shape NAME:DIMxDIM... for the shapes you deploy")

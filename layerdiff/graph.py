@@ -103,6 +103,11 @@ class LoadedModel:
         return {out: layer for layer in self.layers for out in layer.outputs}
 
     @once
+    def tensor_producers(self) -> dict[str, str]:
+        """{tensor: the name of the layer that writes it}."""
+        return {out: layer.name for layer in self.layers for out in layer.outputs}
+
+    @once
     def consumers(self) -> dict[str, tuple[Layer, ...]]:
         """{tensor: the layers that read it}, in topological order."""
         out: dict[str, list[Layer]] = defaultdict(list)

@@ -69,14 +69,17 @@ class PrecisionPlan:
     def uniform(cls, precision: str, pin_fp32: Iterable[str] = ()) -> PrecisionPlan:
         return cls(precision, {n: "fp32" for n in pin_fp32})
 
-    def check(self, nodes: Iterable[str]) -> None:
-        """Raise PlanError naming the overridden nodes that are not among `nodes` (a model's node names)."""
+    def check(self, nodes: Iterable[str], producers: Mapping[str, str] | None = None) -> None:
+        """Raise PlanError naming the overridden nodes that are not among `nodes` (a model's node names);
+        `producers` ({tensor: the node writing it}) turns a tensor's name into a hint."""
         known = set(nodes)
         missing = [n for n, _ in self._items if n not in known]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise PlanError(f"the plan names {len(missing)} node(s) the model does not have: {shown}; "
-                            "node names are those in the report's 'name' field")
+            tensor = next((n for n in missing if producers and n in producers), None)
+            hint = (f"'{tensor}' is a tensor, written by node '{producers[tensor]}': pin the node"
+                    if tensor is not None else "node names are those in the report's 'name' field")
+            raise PlanError(f"the plan names {len(missing)} node(s) the model does not have: {shown}; {hint}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"default": self._default, "overrides": dict(self._items)}

@@ -224,6 +224,11 @@ def test_chunked_capture_equals_single_pass():
     # the CNN's activations are ~75 kB in all: a 20 kB budget forces several chunks
     parts = compare(CNN, "ort-int8", inputs=FIXTURES / "cnn_inputs", max_memory=20_000, reference_provider="cpu")
     assert parts.capture.chunks > 2 and whole.capture.chunks == 1
+    from layerdiff.assemble import MANY_CHUNKS
+
+    many = [w for w in parts.warnings if w.startswith("the memory budget split the capture into")]
+    assert many == ([f"the memory budget split the capture into {parts.capture.chunks} chunks, each a run of every "
+                     "sample: a larger --max-memory runs faster"] if parts.capture.chunks > MANY_CHUNKS else [])
     assert parts.output_metrics("probs") == whole.output_metrics("probs")
     for a, b in zip(whole.layers, parts.layers, strict=True):
         assert a.name == b.name
@@ -321,6 +326,7 @@ def test_report_json_contract(int8_cnn, tmp_path):
     assert d["schema"] == "layerdiff.report/1"
     assert set(d["model"]) >= {"path", "sha256", "layers", "opset"} and len(d["model"]["sha256"]) == 64
     assert set(d["candidate"]) >= {"spec", "kind", "runtime", "provider", "calibration", "pinned_fp32"}
+    assert d["candidate"]["ort_optimization"] == "all"
     assert set(d["capture"]) >= {"mode", "matches_plain_engine", "chunks", "max_memory", "exposed_vs_plain_max_abs",
                                  "interrupted", "samples_done"}
     assert set(d["counts"]) >= {"layers", "rows", "float_tensors", "compared", "unpaired", "fused_away",

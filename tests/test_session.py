@@ -239,6 +239,10 @@ def test_a_plan_naming_nodes_the_model_lacks(session):
         session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv9", "conv2"}))
     assert str(err.value) == ("the plan names 1 node(s) the model does not have: conv9; node names are those in the "
                               "report's 'name' field")
+    with pytest.raises(layerdiff.PlanError) as err:  # a conversion row shows a tensor's name: which node writes it
+        session.realise(PrecisionPlan.uniform("int8", pin_fp32={"conv1_out"}))
+    assert str(err.value) == ("the plan names 1 node(s) the model does not have: conv1_out; 'conv1_out' is a tensor, "
+                              "written by node 'conv1': pin the node")
 
 
 def test_tensorrt_provider_rows_say_unknown_precision(session):

@@ -44,7 +44,7 @@ class FakeBackend:
         return self.errors.get(node, self.default_error)
 
     def realise(self, plan: PrecisionPlan) -> Candidate:
-        plan.check(lay.name for lay in self.model.layers)
+        plan.check((lay.name for lay in self.model.layers), self.model.tensor_producers)
         perturbed = {lay.name: self.error_of(lay.name) for lay in self.model.layers
                      if lay.name not in self.model.weight_layers and plan.precision_of(lay.name) != "fp32"}
         executed = _inject(self.model, perturbed)

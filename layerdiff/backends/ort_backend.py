@@ -144,7 +144,7 @@ class OrtBackend:
         return [(name, options), "CPUExecutionProvider"], name
 
     def realise(self, plan: PrecisionPlan) -> Candidate:
-        plan.check(lay.name for lay in self.model.layers)
+        plan.check((lay.name for lay in self.model.layers), self.model.tensor_producers)
         if self.provider != "cpu":
             return self._gpu(plan)
         precisions = plan.precisions
@@ -204,7 +204,7 @@ class OrtBackend:
         return Candidate(of=self.model.key, spec=kind, kind=kind, backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} ({where})", plan=plan, model=deployable,
                          executed=executed, runner=runner, pinned=pinned, emulated=emulated,
-                         requested=dict(plan.overrides), details=details)
+                         requested=dict(plan.overrides), details={**details, "ort_optimization": self.level})
 
 
 class OnnxFileBackend:
@@ -226,7 +226,8 @@ class OnnxFileBackend:
         return Candidate(of=self.model.key, spec=str(self.candidate.path), kind="onnx", backend=self.name,
                          runtime=f"onnxruntime {onnxruntime.__version__} (CPU)", plan=None, model=proto,
                          executed=proto, runner=runner, emulated=frozenset(emulated_nodes(proto)),
-                         details={"path": str(self.candidate.path), "sha256": self.candidate.sha256})
+                         details={"path": str(self.candidate.path), "sha256": self.candidate.sha256,
+                                  "ort_optimization": self.level})
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -170,7 +170,7 @@ class TrtBackend:
                 f"--candidate trt-{plan.default} needs TensorRT and an NVIDIA GPU, which are not available here; "
                 "install them with pip install 'layerdiff[tensorrt]' on a GPU machine, or use ort-int8 / ort-fp16"
             )
-        plan.check(lay.name for lay in self.model.layers)
+        plan.check((lay.name for lay in self.model.layers), self.model.tensor_producers)
         precision = plan.default
         if precision == "fp32" or len(plan.precisions - {"fp32"}) > 1:
             raise BackendError("the TensorRT backend builds an fp16, int8 or bf16 plan (nodes pinned to fp32 allowed)")
