@@ -67,9 +67,7 @@ def test_a_candidate_from_onnxruntimes_default_quantizer_pairs_every_tensor(tmp_
     """onnxruntime.quantization's defaults drop the Relus (an unsigned INT8 range clips anyway) and an Identity
     may be gone: pairing continues past the missing node, and the Relu's row is the QuantizeLinear that does
     its work, with its rounding as local error, never a false divergence."""
-    import numpy as np
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         QuantType,
         quantize_static,
@@ -77,14 +75,7 @@ def test_a_candidate_from_onnxruntimes_default_quantizer_pairs_every_tensor(tmp_
 
     import layerdiff
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"input": np.load(f)["input"]} for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qs.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qs.onnx"), _cnn_reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     cand = onnx.load(tmp_path / "qs.onnx")
     assert "Relu" not in {n.op_type for n in cand.graph.node}
@@ -102,9 +93,7 @@ def test_a_candidate_with_batchnorm_folded_into_its_convs_blames_no_conv(tmp_pat
     the Conv before it) the candidate's Conv was paired with the model's Conv alone, and its BatchNorm
     counted as a 0.83-cosine error. The folded Conv's value is the model's BatchNormalization output: the
     two are one row, the tensor between them is fused away, and no row diverges."""
-    import numpy as np
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         quantize_static,
     )
@@ -112,16 +101,9 @@ def test_a_candidate_with_batchnorm_folded_into_its_convs_blames_no_conv(tmp_pat
 
     import layerdiff
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"input": np.load(f)["input"]} for f in sorted((FIXTURES / "cnn_inputs").glob("*.npz"))])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
     quant_pre_process(str(FIXTURES / "cnn.onnx"), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
     assert "BatchNormalization" not in {n.op_type for n in onnx.load(tmp_path / "pre.onnx").graph.node}
-    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "q.onnx"), _cnn_reader(), quant_format=QuantFormat.QDQ)
     report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "q.onnx"), inputs=FIXTURES / "cnn_inputs",
                                reference_provider="cpu")
     assert report.first_divergence is None
@@ -156,14 +138,26 @@ def _with_identity() -> onnx.ModelProto:
 
 
 def test_a_qoperator_candidate_says_why_few_layers_pair(tmp_path):
-    import numpy as np
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         QuantFormat,
         quantize_static,
     )
 
     import layerdiff
+
+    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qop.onnx"), _cnn_reader(), quant_format=QuantFormat.QOperator)
+    report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "qop.onnx"), inputs=FIXTURES / "cnn_inputs",
+                               reference_provider="cpu")
+    note = next(w for w in report.warnings if w.startswith("the candidate computes with integer operators"))
+    paired = sum(1 for lay in report.layers if lay.kind == "layer" and any(o.paired for o in lay.outputs))
+    assert "QLinearConv" in note and f"of {report.counts.layers} layers could be paired" in note
+    assert paired < report.counts.layers
+
+
+def _cnn_reader():
+    """onnxruntime.quantization's calibration reader over the CNN fixture's samples."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -172,10 +166,4 @@ def test_a_qoperator_candidate_says_why_few_layers_pair(tmp_path):
         def get_next(self):
             return next(self.feeds, None)
 
-    quantize_static(str(FIXTURES / "cnn.onnx"), str(tmp_path / "qop.onnx"), Reader(), quant_format=QuantFormat.QOperator)
-    report = layerdiff.compare(FIXTURES / "cnn.onnx", str(tmp_path / "qop.onnx"), inputs=FIXTURES / "cnn_inputs",
-                               reference_provider="cpu")
-    note = next(w for w in report.warnings if w.startswith("the candidate computes with integer operators"))
-    paired = sum(1 for lay in report.layers if lay.kind == "layer" and any(o.paired for o in lay.outputs))
-    assert "QLinearConv" in note and f"of {report.counts.layers} layers could be paired" in note
-    assert paired < report.counts.layers
+    return Reader()
