@@ -165,6 +165,15 @@ class Session:
         ranges read from --cache-dir when it holds them)."""
         return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory, self._cached_ranges())
 
+    def use_ranges(self, ranges) -> None:
+        """Quantize with these calibration ranges (a recipe's) instead of calibrating; before any INT8
+        candidate is made."""
+        with self._lock:
+            if "quantizer" in self.__dict__ or self._backends:
+                raise BadInput("use_ranges comes before the session's first INT8 candidate")
+            self.__dict__["quantizer"] = Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory,
+                                                       ranges)
+
     def _make_backend(self, name: str):
         if name == "ort":
             return OrtBackend(self.model, quantizer=self.quantizer, level=self.optimization,
@@ -287,6 +296,20 @@ class Session:
         return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers,
                          REFERENCE_LEVEL, "reference", cancel=cancel, low_memory=True, derived_from=self.model.blob)
 
+    def reference_absmax(self, tensors: list[str], cancel: threading.Event | None = None) -> dict[str, float]:
+        """The largest finite |value| of each of `tensors` in the FP32 model over every sample."""
+        out: dict[str, float] = {}
+        with self._reference(tensors, cancel) as source:
+            for feed in self.samples.feeds:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("run cancelled")
+                for name, value in source.infer(feed).items():
+                    value = np.asarray(value)
+                    finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
+                    if finite.size:
+                        out[name] = max(out.get(name, 0.0), float(np.abs(finite).max()))
+        return out
+
     def _fits_cache(self) -> bool:
         if self.reference_cache <= 0:
             return False
@@ -299,6 +322,41 @@ class Session:
     @once
     def _sizes(self) -> dict[str, int]:
         return tensor_sizes(self.model, self.samples.feeds[0])
+
+    def with_samples(self, samples: Samples, calib: Samples | None = None) -> Session:
+        """A session of the same model and settings on other samples (calibrating on `calib`, default:
+        this session's calibration samples, whose ranges and quantized model are then shared)."""
+        other = Session(self.model, samples, calib if calib is not None else self.calib, self.reference_providers,
+                        calibration=self.calibration, max_memory=self.max_memory, cache_dir=self.cache_dir,
+                        optimization=self.optimization, capture_mode=self.capture_mode,
+                        reference_cache=self.reference_cache)
+        if calib is None and "quantizer" in self.__dict__:
+            other.__dict__["quantizer"] = self.quantizer
+        return other
+
+    @_explained
+    def outputs_on(self, candidate: Candidate | None, samples: Samples | None = None,
+                   cancel: threading.Event | None = None) -> list[dict[str, np.ndarray]]:
+        """Final outputs, keyed by the model's output names, one dict per sample of `samples` (default:
+        the session's), from plain runs: of `candidate`, or of the FP32 model when it is None (the
+        session's own samples' reference outputs are computed once)."""
+        samples = samples if samples is not None else self.samples
+        if candidate is None:
+            if samples is self.samples:
+                return self.reference_outputs(cancel)
+            with OrtSource(self.model.blob, None, self.reference_providers, REFERENCE_LEVEL, "reference",
+                           cancel=cancel) as source:
+                return [source.infer(feed) for feed in samples.feeds]
+        self._check(candidate)
+        names = self._output_names(candidate)
+        out = []
+        with candidate.open(cancel) as source:
+            for feed in samples.feeds:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("run cancelled")
+                values = source.infer(feed)
+                out.append({name: values[held] for name, held in names.items() if held in values})
+        return out
 
     # -- evaluate and compare --------------------------------------------------------------------------
 

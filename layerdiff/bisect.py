@@ -1,0 +1,372 @@
+"""`bisect`: the fewest ONNX nodes to keep in FP32 so that a reduced-precision candidate's final outputs
+meet a tolerance, checked on held-out samples.
+
+    session, holdout = layerdiff.bisect.prepare_split("model.onnx", inputs="samples/")
+    target = Target.parse("cosine", 0.999, [], session.model.outputs)
+    result = layerdiff.bisect.bisect(session, "ort-int8", target, holdout=holdout)
+    print(result.pins, result.outcome.value)
+
+Every plan is realised on the prepared session (calibration once; INT8 plans by graph edits of one
+quantized model) and evaluated by plain runs of its final outputs; outcomes are cached by the plan's
+pins and, with `state`, kept in a file so that an interrupted search resumes without repeating one.
+The search itself is layerdiff.search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerdiff.backends.base import Candidate
+from layerdiff.errors import BadInput, Cancelled
+from layerdiff.files import write_atomic
+from layerdiff.inputs import Samples
+from layerdiff.metrics import FP16_MAX
+from layerdiff.plan import PrecisionPlan
+from layerdiff.search import STRATEGIES, Outcome, Search, eval_bound
+from layerdiff.session import Session, prepare
+from layerdiff.specs import IMPORTED, SPECS
+from layerdiff.target import Target
+
+STATE_SCHEMA = "layerdiff.bisect-state/1"
+
+
+@dataclass(frozen=True)
+class Holdout:
+    samples: int
+    source: str
+    value: float
+    per_sample: tuple[float, ...]
+    holds: bool
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    """One pinned node: what the pin changes in the candidate and the evidence for it."""
+
+    node: str
+    op: str
+    covers: tuple[str, ...] = ()  # the conversions (Q/DQ, Casts) the pin removes or adds
+    engine_layers: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BisectResult:
+    """How a bisect ended. `status`: met (no pin needed), found, budget (out of evaluations: the best
+    plan found), max-pins (no plan within --max-pins passed: the best within it), unreachable (even
+    all pinned fails), interrupted (the best found so far)."""
+
+    status: str
+    strategy: str
+    target: Target
+    spec: str
+    precision: str
+    outcome: Outcome  # the answer's evaluation on the search samples
+    baseline: Outcome  # nothing pinned
+    all_pinned: Outcome | None
+    pins: tuple[PinInfo, ...]
+    forced: tuple[str, ...]  # pinned in every plan (FP16: reference values beyond FP16's range)
+    pinnable: int
+    evaluations: int
+    bound: int
+    samples: int
+    holdout: Holdout | None
+    warnings: tuple[str, ...]
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome.passed and self.status in ("met", "found", "budget")
+
+    @property
+    def plan(self) -> PrecisionPlan:
+        return PrecisionPlan.uniform(self.precision, [p.node for p in self.pins])
+
+
+def split_samples(samples: Samples) -> tuple[Samples, Samples | None]:
+    """(search, held out): the last third of the samples (at least one) are held out when there are two
+    or more; a single sample is searched on and nothing is held out."""
+    n = len(samples)
+    if n < 2:
+        return samples, None
+    k = max(1, n // 3)
+    return (replace(samples, feeds=samples.feeds[:n - k], source=f"{samples.source} (samples 1-{n - k} of {n})"),
+            replace(samples, feeds=samples.feeds[n - k:],
+                    source=f"{samples.source} (samples {n - k + 1}-{n} of {n}, held out)"))
+
+
+def prepare_split(model, *, inputs=None, calib=None, holdout=None, **kwargs) -> tuple[Session, Samples | None]:
+    """A session on the search samples and the held-out samples: `holdout` (a path) when given, else
+    a split of `inputs`. Without `calib`, calibration uses the search samples only (never the held-out
+    ones, which would flatter the check)."""
+    session = prepare(model, inputs=inputs, calib=calib, **kwargs)
+    if holdout is not None:
+        from layerdiff.inputs import load_samples, parse_shapes
+
+        shapes = parse_shapes(tuple(kwargs.get("shapes", ()) or ()), session.model.inputs)
+        held = load_samples(holdout, session.model.inputs, shapes, kwargs.get("seed", 1), what="--holdout")
+        return session, held
+    search, held = split_samples(session.samples)
+    if held is None:
+        return session, None
+    return session.with_samples(search, None if calib is not None else search), held
+
+
+def _digest(samples: Samples) -> str:
+    h = hashlib.sha256()
+    for feed in samples.feeds:
+        for name in sorted(feed):
+            h.update(name.encode())
+            h.update(str(feed[name].shape).encode())
+            h.update(np.ascontiguousarray(feed[name]).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _State:
+    """The outcomes of one search, kept in a JSON file (written atomically after each evaluation)."""
+
+    def __init__(self, path: Path | None, identity: dict[str, Any]):
+        self.path, self.identity = path, identity
+        self.rows: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def load(self, target: Target) -> list[Outcome]:
+        if self.path is None or not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text())
+            if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+                raise BadInput(f"--resume {self.path} is not a layerdiff bisect state file (schema "
+                               f"{data.get('schema') if isinstance(data, dict) else None!r}); give another path")
+            for key, want in self.identity.items():
+                if data.get(key) != want:
+                    raise BadInput(f"--resume {self.path} was written by another search ({key} differs: "
+                                   f"{data.get(key)!r}, this run {want!r}); give another path or delete it")
+            outcomes = []
+            for row in data["evaluations"]:
+                pins = frozenset(row["pins"])
+                if not all(isinstance(p, str) for p in pins):
+                    raise ValueError("pins are node names")
+                per = tuple(float(v) for v in row["per_sample"])
+                value = target.worst(per)
+                outcomes.append(Outcome(pins, value, per, target.passes(value), float(row.get("seconds", 0))))
+                self.rows.append(row)
+            return outcomes
+        except BadInput:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise BadInput(f"--resume {self.path} is damaged ({type(err).__name__}: {err}); delete it or give "
+                           "another path") from None
+
+    def add(self, outcome: Outcome) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            self.rows.append({"pins": sorted(outcome.pins), "per_sample": [_num(v) for v in outcome.per_sample],
+                              "seconds": round(outcome.seconds, 4)})
+            write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, **self.identity,
+                                                "evaluations": self.rows}).encode())
+
+
+def _num(v: float) -> float | str:
+    return v if math.isfinite(v) else str(v)  # json: "inf", "-inf", "nan" (float() reads them back)
+
+
+def bisect(session: Session, candidate: str, target: Target, *, strategy: str = "auto",
+           holdout: Samples | None = None, max_pins: int | None = None, max_evals: int | None = None,
+           jobs: int = 1, state: str | Path | None = None, backend: Any = None, evidence: bool = True,
+           on_start: Callable[[int, int, int], None] | None = None,
+           on_outcome: Callable[[Outcome, int, int, bool], None] | None = None,
+           progress=None, cancel: threading.Event | None = None) -> BisectResult:
+    """Search the plans of `candidate` (ort-int8, ort-fp16, trt-*, fake; or `backend`, a backend object
+    such as FakeBackend, whose plans are `precision` with pins) for the fewest FP32 pins that meet
+    `target` on the session's samples, then check the answer on `holdout`. `on_start(pinnable, forced,
+    most evaluations)` is called once before the search, `on_outcome(outcome, n, bound, cached)` after
+    each evaluation. Ctrl-C (KeyboardInterrupt) or `cancel` end it with status "interrupted" and the
+    best plan found so far."""
+    if strategy not in STRATEGIES:
+        raise BadInput(f"unknown strategy '{strategy}'; use {', '.join(STRATEGIES)}")
+    if candidate.startswith(IMPORTED) or candidate not in SPECS:
+        raise BadInput(f"bisect realises precision plans: use --candidate {', '.join(s for s in SPECS if s != 'ort-cuda')}"
+                       f" (not '{candidate}', which it cannot rebuild with pins)")
+    precision = SPECS[candidate].precision
+    if precision == "fp32":
+        raise BadInput(f"--candidate {candidate} runs in FP32: there is nothing to pin")
+    if max_pins is not None and max_pins < 0:
+        raise BadInput("--max-pins is at least 0")
+    reference = session.reference_outputs(cancel)
+    target.check(reference[0])
+
+    def make(pins: frozenset[str]) -> Candidate:
+        plan = PrecisionPlan.uniform(precision, pins)
+        if backend is not None:
+            return session.realise(plan, backend, progress=progress, cancel=cancel)
+        return session.candidate(candidate, plan, progress=progress, cancel=cancel)
+
+    base_candidate = make(frozenset())  # calibrates once (INT8)
+    pinnable = _pinnable(session, base_candidate, candidate if backend is None else "fake")
+    forced: tuple[str, ...] = ()
+    if precision in ("fp16", "bf16") and precision == "fp16":
+        forced = _beyond_fp16(session, pinnable, cancel)
+        pinnable = [n for n in pinnable if n not in forced]
+    if not pinnable:
+        raise BadInput(f"the model has no node that {candidate} computes in {precision}: nothing to pin")
+    bound = max_evals if max_evals is not None else eval_bound(strategy, len(pinnable))
+    if bound < 2:
+        raise BadInput("--max-evals is at least 2 (nothing pinned and everything pinned)")
+    ref_outputs = session.outputs_on(None, cancel=cancel)
+
+    def test(pins: frozenset[str]) -> Outcome:
+        start = time.perf_counter()
+        cand = make(pins | frozenset(forced))
+        got = session.outputs_on(cand, cancel=cancel)
+        per = tuple(target.score(r, g) for r, g in zip(ref_outputs, got, strict=True))
+        value = target.worst(per)
+        return Outcome(pins, value, per, target.passes(value), time.perf_counter() - start)
+
+    identity = {"model": session.model.sha256, "candidate": candidate, "precision": precision,
+                "calibration": session.calibration if precision == "int8" else None,
+                "samples": _digest(session.samples), "calib": _digest(session.calib) if precision == "int8" else None,
+                "target": {k: v for k, v in target.to_dict().items() if k != "threshold"},
+                "forced": list(forced)}
+    store = _State(Path(state) if state else None, identity)
+    known = store.load(target)
+    if on_start:
+        on_start(len(pinnable), len(forced), bound)
+    count = [len(known)]
+
+    def seen(outcome: Outcome, cached: bool) -> None:
+        if not cached:
+            count[0] += 1
+            store.add(outcome)
+        if on_outcome:
+            on_outcome(outcome, count[0], bound, cached)
+
+    search = Search(pinnable, test, target.better, max_evals=bound, known=known, on_outcome=seen, jobs=jobs,
+                    cancel=cancel)
+    try:
+        result = search.run(strategy)
+        status, outcome = result.status, result.outcome
+    except (KeyboardInterrupt, Cancelled):
+        status, outcome = "interrupted", search.best()
+        if outcome is None:
+            raise
+    baseline = search.cache.get(frozenset()) or outcome
+    every = search.cache.get(frozenset(pinnable))
+    if max_pins is not None and len(outcome.pins) > max_pins and status != "interrupted":
+        within = [o for o in search.cache.values() if len(o.pins) <= max_pins]
+        best = within[0] if within else baseline
+        for o in within:
+            if (o.passed and not best.passed) or (o.passed == best.passed and target.better(o.value, best.value)):
+                best = o
+        if not best.passed:
+            status, outcome = "max-pins", best
+        else:
+            outcome = best
+    warnings = list(_warnings(target, baseline, status))
+    held = None
+    if holdout is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
+        cand = make(outcome.pins | frozenset(forced))
+        got = session.outputs_on(cand, holdout, cancel)
+        ref = session.outputs_on(None, holdout, cancel)
+        per = tuple(target.score(r, g) for r, g in zip(ref, got, strict=True))
+        value = target.worst(per)
+        held = Holdout(len(holdout), holdout.source, value, per, target.passes(value))
+        if not held.holds:
+            warnings.append(f"the answer fails on the {len(holdout)} held-out sample(s): {target.metric} "
+                            f"{value:.6g} against {target.threshold:g}; search on more samples (--inputs) before "
+                            "trusting it")
+    elif holdout is None and status in ("met", "found", "budget"):
+        warnings.append("no held-out samples (one sample given): the answer was not checked on inputs it was not "
+                        "found on; give --inputs with several samples or --holdout DIR")
+    pins = _pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins),
+                      evidence and status not in ("interrupted",), progress, cancel)
+    calibration = {}
+    if precision == "int8" and backend is None and candidate.startswith("ort"):
+        from layerdiff.backends.calibrate import ranges_to_json
+
+        calibration = {"method": session.calibration, "source": session.calib.source, "samples": len(session.calib),
+                       "random": session.calib.random, "ranges": ranges_to_json(session.quantizer.ranges)}
+    return BisectResult(status, strategy, target, candidate, precision, outcome, baseline, every, pins, forced,
+                        len(pinnable), search.evaluations, bound, len(session.samples), held, tuple(warnings),
+                        calibration)
+
+
+def _pinnable(session: Session, base: Candidate, candidate: str) -> list[str]:
+    """The nodes whose pin changes the candidate, in topological order: for ort-int8 the nodes that
+    read through Q/DQ; otherwise every node that computes a float value."""
+    model = session.model
+    if candidate in ("ort-int8",):
+        quantized = session.quantizer.quantized
+        return [lay.name for lay in model.layers if lay.name in quantized]
+    return [lay.name for lay in model.layers if lay.name not in model.weight_layers
+            and any(model.is_float(t) for t in lay.outputs)]
+
+
+def _beyond_fp16(session: Session, pinnable: list[str], cancel) -> tuple[str, ...]:
+    """Nodes whose FP32 reference values leave FP16's range (they are pinned in every FP16 plan)."""
+    model = session.model
+    outputs = {t: lay.name for lay in model.layers if lay.name in set(pinnable) for t in lay.outputs
+               if model.is_float(t)}
+    absmax = session.reference_absmax(sorted(outputs), cancel)
+    beyond = {outputs[t] for t, v in absmax.items() if v > FP16_MAX}
+    return tuple(n for n in pinnable if n in beyond)
+
+
+def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]:
+    """Too few inputs to tell: the metric moves more between samples than the gap being closed."""
+    per = [v for v in baseline.per_sample if math.isfinite(v)]
+    if len(per) < 2 or status == "met":
+        return ()
+    spread, gap = max(per) - min(per), abs(target.threshold - baseline.value)
+    if math.isfinite(gap) and spread > gap:
+        return (f"the metric varies more between samples ({spread:.3g}) than the gap being closed ({gap:.3g}): "
+                "too few inputs to tell which pins matter; give more samples",)
+    return ()
+
+
+def _pin_infos(session: Session, base: Candidate, make, pins: frozenset[str], ordered: list[str], evidence: bool,
+               progress, cancel) -> tuple[PinInfo, ...]:
+    if not pins:
+        return ()
+    rows: dict[str, Any] = {}
+    if evidence:
+        report = session.compare(base, progress=progress, cancel=cancel)
+        for row in report.layers:
+            for node in row.onnx_nodes or (row.name,):
+                if node in pins and row.kind == "layer":
+                    rows[node] = row
+    engine: dict[str, tuple[str, ...]] = {}
+    for group, layer in base.deployment().groups():
+        if layer:
+            for node in group:
+                engine[node] = engine.get(node, ()) + (layer[0],)
+    before = _conversions(base)
+    infos = []
+    for node in ordered:
+        alone = _conversions(make(frozenset({node})))
+        covers = tuple(sorted(before ^ alone))
+        row = rows.get(node)
+        facts: dict[str, Any] = {}
+        if row is not None:
+            facts = {"realised_precision": row.precision, "local_cosine": row.local_cosine,
+                     "local_rel_rms": row.local_rel_rms, "accumulated_cosine": row.cosine}
+        infos.append(PinInfo(node, session.model.nodes[node].op_type, covers, engine.get(node, ()), facts))
+    return tuple(infos)
+
+
+def _conversions(candidate: Candidate) -> set[str]:
+    graph = candidate.model.graph if candidate.model is not None else None
+    if graph is None:
+        return set()
+    return {n.name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast")}

@@ -1,0 +1,106 @@
+"""A recipe in the forms build tools take (`layerdiff export --format ...`):
+
+- `trtexec`: `--precisionConstraints=obey --layerPrecisions=... --layerOutputTypes=...` (TensorRT 10 and
+  earlier: TensorRT 11 removed these flags and ILayer::setPrecision);
+- `polygraphy`: `polygraphy convert ... --layer-precisions NODE:float32 ... --precision-constraints obey`;
+- `modelopt`: ModelOpt's ONNX INT8 quantizer with `--nodes_to_exclude` (anchored, escaped patterns) and
+  `--high_precision_dtype fp32` (without it ModelOpt casts the excluded nodes to FP16);
+- `ort`: JSON for onnxruntime.quantization (`nodes_to_exclude` and the extra options layerdiff used), or
+  for an FP16 recipe, `node_block_list` of onnxruntime's float16 converter;
+- `onnx` (not here: `layerdiff.cli` builds it): the model with the recipe in the graph itself, Q/DQ or
+  Casts in place, the only form TensorRT 11's strongly typed networks take.
+
+TensorRT names a layer parsed from ONNX after its node, so node names are layer names; fused layers
+take new names, which `--precisionConstraints=obey` still honours per original layer at build time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from layerdiff.errors import BadInput
+from layerdiff.recipe import Recipe
+
+FORMATS = ("trtexec", "polygraphy", "modelopt", "ort", "onnx")
+_TRT_FLAG = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16"}
+_POLY_FLAG = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16"}
+
+
+def _check_names(nodes: tuple[str, ...], fmt: str, separators: str) -> None:
+    bad = [n for n in nodes if any(c in n for c in separators)]
+    if bad:
+        raise BadInput(f"node '{bad[0]}' has a character ({separators!r}) that {fmt}'s layer list cannot carry: "
+                       "use --format onnx, which puts the recipe in the model itself")
+
+
+def trtexec(recipe: Recipe) -> str:
+    nodes = recipe.nodes
+    _check_names(nodes, "trtexec", ",")
+    flags = [f"--onnx={recipe.model_path}", _TRT_FLAG[recipe.precision]]
+    if nodes:
+        flags += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
+                  "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes)]
+    lines = [f"# layerdiff recipe: {len(nodes)} node(s) kept in FP32 for TensorRT 10 and earlier",
+             "# (TensorRT 11 removed --layerPrecisions, --precisionConstraints and --int8/--fp16: its networks",
+             "#  are strongly typed; build the model from `layerdiff export --format onnx` instead)"]
+    if recipe.precision == "int8":
+        lines.append("# INT8 needs a calibration cache (--calib=FILE), or build the Q/DQ model from --format onnx")
+    return "\n".join(lines + ["trtexec " + " ".join(shlex.quote(f) for f in flags)]) + "\n"
+
+
+def polygraphy(recipe: Recipe) -> str:
+    nodes = recipe.nodes
+    args = ["polygraphy", "convert", recipe.model_path, _POLY_FLAG[recipe.precision]]
+    if nodes:
+        args += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in nodes)]
+    args += ["-o", "model.engine"]
+    note = f"# layerdiff recipe: {len(nodes)} node(s) kept in FP32 (TensorRT 10 and earlier)"
+    if recipe.precision == "int8":
+        note += "\n# INT8 calibration: add --data-loader-script or --calibration-cache, or convert the --format onnx model"
+    return note + "\n" + " ".join(shlex.quote(a) for a in args) + "\n"
+
+
+def modelopt(recipe: Recipe) -> str:
+    if recipe.precision != "int8":
+        raise BadInput("--format modelopt is ModelOpt's INT8 ONNX quantizer; for an FP16 recipe use --format onnx "
+                       "or trtexec")
+    patterns = [f"^{re.escape(n)}$" for n in recipe.nodes]
+    args = ["python", "-m", "modelopt.onnx.quantization", f"--onnx_path={recipe.model_path}", "--quantize_mode=int8",
+            "--calibration_data=CALIB.npz", "--high_precision_dtype", "fp32"]
+    if patterns:
+        args += ["--nodes_to_exclude", *patterns]
+    return ("# layerdiff recipe: ModelOpt's ONNX quantizer with the pinned nodes excluded (their names as anchored "
+            "patterns);\n# --high_precision_dtype fp32 keeps them in FP32 (ModelOpt's default casts them to FP16)\n"
+            + " ".join(shlex.quote(a) for a in args) + "\n")
+
+
+def ort(recipe: Recipe) -> str:
+    if recipe.precision == "int8":
+        settings = recipe.candidate.get("ort_quantize")
+        if not isinstance(settings, dict):
+            raise BadInput("--format ort: this recipe does not record onnxruntime.quantization settings (it was not "
+                           "made with --candidate ort-int8); use --format onnx")
+        body = {"api": "onnxruntime.quantization.quantize_static", "nodes_to_exclude": list(recipe.nodes), **settings}
+    elif recipe.precision == "fp16":
+        body = {"api": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+                "node_block_list": list(recipe.nodes)}
+    else:
+        raise BadInput(f"--format ort: ONNX Runtime has no {recipe.precision} conversion; use --format onnx")
+    return json.dumps(body, indent=1) + "\n"
+
+
+def ort_quantize_settings(op_types: set[str]) -> dict:
+    """quantize_static's arguments for layerdiff's placement (Q/DQ on the inputs of TensorRT's quantized
+    op types, never on outputs), given the op types of the model."""
+    from layerdiff.backends.int8 import TRT_QDQ_OPS
+
+    return {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
+            "op_types_to_quantize": list(TRT_QDQ_OPS),
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True,
+                              "QDQKeepRemovableActivations": True,
+                              "OpTypesToExcludeOutputQuantization": sorted(op_types)}}
+
+
+TEXT = {"trtexec": trtexec, "polygraphy": polygraphy, "modelopt": modelopt, "ort": ort}

@@ -1,0 +1,149 @@
+"""A precision-override recipe (`"schema": "layerdiff.recipe/1"`): the ONNX nodes to keep in FP32 for a
+candidate to meet a tolerance, with the evidence, written by `bisect` and read by `export` and `apply`.
+
+    {"schema": "layerdiff.recipe/1", "finished": true,
+     "model": {"path", "sha256"}, "candidate": {"spec", "precision", "calibration"},
+     "tolerance": {"metric", "threshold", "outputs", "direction"},
+     "achieved": {"value", "passed", "samples"}, "baseline": {"value", "all_pinned"},
+     "holdout": {"samples", "source", "achieved", "holds"} | null,
+     "pins": [{"node", "op", "precision": "fp32", "covers", "engine_layers", "evidence"}],
+     "forced": [...], "evaluations", "strategy", "status", "versions"}
+
+Pins name ONNX nodes, never tensors. Field names are a contract, as the report's are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerdiff.errors import BadInput
+from layerdiff.files import write_atomic
+from layerdiff.plan import PRECISIONS, PrecisionPlan
+
+SCHEMA = "layerdiff.recipe/1"
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model_path: str
+    model_sha256: str
+    candidate: Mapping[str, Any]
+    tolerance: Mapping[str, Any]
+    pins: tuple[Mapping[str, Any], ...]
+    forced: tuple[str, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the whole JSON object
+
+    @property
+    def precision(self) -> str:
+        return self.candidate["precision"]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node kept in FP32: the pins, then the forced ones."""
+        return tuple(p["node"] for p in self.pins) + tuple(n for n in self.forced if n not in
+                                                           {p["node"] for p in self.pins})
+
+    @property
+    def plan(self) -> PrecisionPlan:
+        return PrecisionPlan.uniform(self.precision, self.nodes)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.data.get("finished", True))
+
+
+def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
+    """The JSON object of a BisectResult (layerdiff.bisect)."""
+    import onnx
+    import onnxruntime
+
+    from layerdiff._version import __version__
+    from layerdiff.export import ort_quantize_settings
+
+    outcome = result.outcome
+    try:
+        import polygraphy
+        poly = polygraphy.__version__
+    except Exception:  # pragma: no cover - polygraphy is a dependency
+        poly = None
+    return {
+        "schema": SCHEMA,
+        "finished": result.status != "interrupted",
+        "status": result.status,
+        "model": {"path": str(model_path), "sha256": session.model.sha256},
+        "candidate": {"spec": result.spec, "precision": result.precision,
+                      **({"calibration": dict(result.calibration)} if result.calibration else {}),
+                      **({"ort_quantize": ort_quantize_settings({n.op_type for n in session.model.proto.graph.node})}
+                         if result.spec == "ort-int8" else {}),
+                      "ort_optimization": session.optimization},
+        "tolerance": result.target.to_dict(),
+        "achieved": {"value": _finite(outcome.value), "passed": outcome.passed, "samples": result.samples,
+                     "per_sample": [_finite(v) for v in outcome.per_sample]},
+        "baseline": {"value": _finite(result.baseline.value),
+                     "all_pinned": _finite(result.all_pinned.value) if result.all_pinned is not None else None},
+        "holdout": None if result.holdout is None else {
+            "samples": result.holdout.samples, "source": result.holdout.source,
+            "achieved": _finite(result.holdout.value), "holds": result.holdout.holds},
+        "pins": [{"node": p.node, "op": p.op, "precision": "fp32", "covers": list(p.covers),
+                  "engine_layers": list(p.engine_layers),
+                  "evidence": {k: _finite(v) if isinstance(v, float) else v for k, v in p.evidence.items()}}
+                 for p in result.pins],
+        "forced": list(result.forced),
+        "pinnable": result.pinnable,
+        "evaluations": result.evaluations,
+        "strategy": result.strategy,
+        "warnings": list(result.warnings),
+        "versions": {"layerdiff": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                     "polygraphy": poly},
+    }
+
+
+def write_recipe(data: Mapping[str, Any], path: str | Path) -> None:
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def load_recipe(path: str | Path, model_sha256: str | None = None) -> Recipe:
+    """Read a recipe; a damaged file, an unknown schema, or (with `model_sha256`) a recipe made for
+    another model: BadInput in one line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise BadInput(f"{path} is not a layerdiff recipe (not JSON: {err})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{path} is not a layerdiff recipe (a JSON {type(data).__name__}, not an object)")
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise BadInput(f"{path} has recipe schema {schema!r}; this layerdiff reads {SCHEMA!r}")
+    try:
+        model, cand, tol = data["model"], data["candidate"], data["tolerance"]
+        pins = tuple(data["pins"])
+        if not (isinstance(model, dict) and isinstance(model["sha256"], str) and isinstance(model["path"], str)):
+            raise TypeError("model is {path, sha256}")
+        if cand.get("precision") not in PRECISIONS or not isinstance(cand.get("spec"), str):
+            raise TypeError("candidate is {spec, precision}")
+        if not isinstance(tol, dict):
+            raise TypeError("tolerance is an object")
+        for p in pins:
+            if not (isinstance(p, dict) and isinstance(p.get("node"), str) and p.get("precision") == "fp32"):
+                raise TypeError("each pin is {node, precision: fp32}")
+        forced = tuple(data.get("forced", ()))
+        if not all(isinstance(n, str) for n in forced):
+            raise TypeError("forced is a list of node names")
+    except (KeyError, TypeError, AttributeError) as err:
+        raise BadInput(f"{path} is a damaged layerdiff recipe ({type(err).__name__}: {err})") from None
+    if model_sha256 is not None and model["sha256"] != model_sha256:
+        raise BadInput(f"{path} was made for another model ({model['path']}, sha256 {model['sha256'][:12]}...; this "
+                       f"one is {model_sha256[:12]}...): run bisect on this model")
+    return Recipe(model["path"], model["sha256"], cand, tol, pins, forced, data)
