@@ -365,8 +365,8 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
     for w in result.warnings:
         p(f"warning: {w}")
     if output:
-        p(f"recipe written to {output}; export it with: layerdiff export {output} --format trtexec|polygraphy|"
-          "modelopt|ort|onnx")
+        p(f"recipe written to {output}")
+        p("  layerdiff export RECIPE --format trtexec|polygraphy|modelopt|ort|onnx")
 
 
 @cli.command()
@@ -385,9 +385,9 @@ def export(recipe, fmt, model, calib, output, debug) -> int:
     from layerdiff.graph import serialize
     from layerdiff.recipe import load_recipe
 
-    if output:
-        check_writable(output, protect=(recipe, model, calib))
     r = load_recipe(recipe)
+    if output:
+        check_writable(output, protect=(recipe, model or r.model_path, calib))
     if fmt != "onnx":
         text = TEXT[fmt](r)
         if output:

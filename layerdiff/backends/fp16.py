@@ -56,7 +56,46 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     del candidate.graph.output[:]
     candidate.graph.output.extend(converted.get(o.name, o) for o in outputs)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
+    _drop_round_trips(candidate)
     return candidate
+
+
+def _drop_round_trips(model: onnx.ModelProto) -> None:
+    """The converter casts every tensor between two nodes it left in FP32 (and a graph input read by one)
+    down to FP16 and back up: a rounding, and an overflow to inf beyond 65504, that no FP16 kernel asked
+    for. Readers of such a round trip read the FP32 tensor itself; casts nothing reads any more go."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output if o}
+    types = {t.name: t.data_type for t in graph.initializer}
+
+    def to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    back: dict[str, str] = {}  # the output of a cast back to FP32 -> the FP32 tensor before the round trip
+    for node in graph.node:
+        if node.op_type != "Cast" or to(node) != TensorProto.FLOAT:
+            continue
+        down = producer.get(node.input[0])
+        if down is not None and down.op_type == "Cast" and to(down) == TensorProto.FLOAT16 \
+                and types.get(down.input[0], TensorProto.FLOAT) == TensorProto.FLOAT:
+            back[node.output[0]] = down.input[0]
+    if not back:
+        return
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] in back and node.output[0] in outputs:
+            # a graph output at the end of a round trip: an Identity of the FP32 tensor, under its name
+            node.op_type, node.input[0] = "Identity", back[node.output[0]]
+            del node.attribute[:]
+        else:
+            node.input[:] = [back.get(t, t) for t in node.input]
+    while True:
+        read = {t for n in graph.node for t in n.input} | outputs
+        dead = [i for i, n in enumerate(graph.node) if n.op_type == "Cast" and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del graph.node[i]
 
 
 def nodes_without_fp16_kernel(candidate: onnx.ModelProto, types: dict[str, int] | None = None) -> set[str]:

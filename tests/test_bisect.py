@@ -1,0 +1,309 @@
+"""bisect, recipes, export and apply, end to end on the fixtures (FakeBackend, ort-int8, ort-fp16)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+import numpy as np
+import onnx
+import pytest
+
+from layerdiff.backends.fake import FakeBackend
+from layerdiff.bisect import bisect, prepare_split, split_samples
+from layerdiff.errors import BadInput
+from layerdiff.recipe import load_recipe, recipe_dict, write_recipe
+from layerdiff.target import Target
+from tests.conftest import FIXTURES, cosine64, run_plain
+
+CNN = FIXTURES / "cnn.onnx"
+INPUTS = FIXTURES / "cnn_inputs"
+
+
+def samples_of(path=INPUTS):
+    return [dict(np.load(f)) for f in sorted(path.glob("*.npz"))]
+
+
+@pytest.fixture(scope="module")
+def split():
+    return prepare_split(CNN, inputs=INPUTS)
+
+
+def test_the_last_third_is_held_out_and_not_calibrated_on(split):
+    session, held = split
+    assert len(session.samples) == 3 and len(held) == 1
+    assert len(session.calib) == 3  # calibration never sees the held-out sample
+    np.testing.assert_array_equal(held.feeds[0]["input"], samples_of()[3]["input"])
+    one, none = split_samples(session.samples.__class__((session.samples.feeds[0],), "x"))
+    assert none is None and len(one) == 1
+
+
+def test_fake_errors_are_found_exactly(split):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"conv2": 0.05, "fc": 0.05}, default_error=0.0)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    result = bisect(session, "fake", target, holdout=held, backend=backend)
+    assert result.status == "found"
+    assert {p.node for p in result.pins} == {"conv2", "fc"}
+    assert result.outcome.passed and not result.baseline.passed
+    assert result.evaluations <= result.bound
+    assert result.holdout is not None and result.holdout.holds
+
+
+def test_prefix_and_suffix_reproduce_a_contiguous_bisect(split):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"conv2": 0.05, "fc": 0.05}, default_error=0.0)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    order = [lay.name for lay in session.model.layers if lay.name not in session.model.weight_layers]
+    prefix = bisect(session, "fake", target, strategy="prefix", backend=backend, evidence=False)
+    got = {p.node for p in prefix.pins}
+    assert "fc" in got and got == set(order[:order.index("fc") + 1]) & got  # a run from the start to fc
+    suffix = bisect(session, "fake", target, strategy="suffix", backend=backend, evidence=False)
+    assert "conv2" in {p.node for p in suffix.pins} and len(suffix.pins) > 2
+
+
+@pytest.fixture(scope="module")
+def int8_recipe(split, tmp_path_factory):
+    session, held = split
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    result = bisect(session, "ort-int8", target, holdout=held)
+    path = tmp_path_factory.mktemp("recipe") / "recipe.json"
+    write_recipe(recipe_dict(result, session, str(CNN)), path)
+    return result, path
+
+
+def test_int8_answer_meets_the_tolerance_in_a_plain_session(int8_recipe, cli, tmp_path):
+    result, path = int8_recipe
+    assert result.status == "found" and result.pins
+    assert not result.baseline.passed
+    saved = tmp_path / "cand.onnx"
+    code, out, err = cli("apply", path, CNN, "--inputs", INPUTS, "-o", saved)
+    assert code == 0, err
+    # the oracle: plain ONNX Runtime sessions of the saved candidate and of the FP32 model, numpy cosines
+    samples = samples_of()
+    worst = min(cosine64(run_plain(CNN, s)["probs"], run_plain(saved, s)["probs"]) for s in samples[:3])
+    assert worst >= 0.99999
+    assert worst == pytest.approx(result.outcome.value, abs=1e-9)
+    saved_model = onnx.load(saved)
+    pinned = {p.node for p in result.pins}
+    dq_out = {o for n in saved_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    for node in saved_model.graph.node:
+        if node.name in pinned:
+            assert not set(node.input) & dq_out, f"pinned {node.name} still reads through Q/DQ"
+    assert "requested fp32, ran fp32" in out
+
+
+def test_export_ort_feeds_onnxruntime_quantization(int8_recipe, cli, tmp_path):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantType,
+        quantize_static,
+    )
+
+    result, path = int8_recipe
+    code, text, err = cli("export", path, "--format", "ort")
+    assert code == 0, err
+    args = json.loads(text)
+    assert args["nodes_to_exclude"] == [p.node for p in result.pins]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples_of()[:3])  # the samples bisect calibrated on
+
+        def get_next(self):
+            return next(self.it, None)
+
+    theirs = tmp_path / "theirs.onnx"
+    quantize_static(str(CNN), str(theirs), Reader(), quant_format=getattr(__import__("onnxruntime.quantization",
+                    fromlist=["QuantFormat"]).QuantFormat, args["quant_format"]),
+                    activation_type=getattr(QuantType, args["activation_type"]),
+                    weight_type=getattr(QuantType, args["weight_type"]), per_channel=args["per_channel"],
+                    op_types_to_quantize=args["op_types_to_quantize"], nodes_to_exclude=args["nodes_to_exclude"],
+                    extra_options=args["extra_options"], calibrate_method=CalibrationMethod.MinMax)
+    ours = tmp_path / "ours.onnx"
+    assert cli("export", path, "--format", "onnx", "-o", ours)[0] == 0
+    for s in samples_of():
+        np.testing.assert_allclose(run_plain(theirs, s)["probs"], run_plain(ours, s)["probs"], atol=1e-6)
+
+
+def test_export_polygraphy_parses_with_polygraphys_own_parser(int8_recipe, cli):
+    from polygraphy.tools.args import util as args_util
+    from polygraphy.tools.convert.convert import Convert
+
+    result, path = int8_recipe
+    code, text, _ = cli("export", path, "--format", "polygraphy")
+    command = next(line for line in text.splitlines() if line.startswith("polygraphy "))
+    parser = argparse.ArgumentParser()
+    Convert().setup_parser(parser.add_subparsers())
+    args = parser.parse_args(shlex.split(command)[1:])
+    assert args.precision_constraints == "obey" and args.int8
+    assert args_util.parse_arglist_to_dict(args.layer_precisions, allow_empty_key=False) == \
+        {p.node: "float32" for p in result.pins}
+
+
+def test_export_trtexec_and_modelopt_strings(int8_recipe, cli):
+    result, path = int8_recipe
+    nodes = [p.node for p in result.pins]
+    code, text, _ = cli("export", path, "--format", "trtexec")
+    flags = shlex.split(next(line for line in text.splitlines() if line.startswith("trtexec ")))
+    assert "--precisionConstraints=obey" in flags and "--int8" in flags
+    assert f"--layerPrecisions={','.join(n + ':fp32' for n in nodes)}" in flags
+    assert f"--layerOutputTypes={','.join(n + ':fp32' for n in nodes)}" in flags
+    assert "TensorRT 11 removed" in text
+    code, text, _ = cli("export", path, "--format", "modelopt")
+    flags = shlex.split(text.splitlines()[-1])
+    at = flags.index("--nodes_to_exclude")
+    assert flags[at + 1:] == [f"^{n}$" for n in nodes]
+    assert flags[flags.index("--high_precision_dtype") + 1] == "fp32"
+
+
+def test_fp16_pins_nodes_beyond_fp16_range_first(tmp_path):
+    session, held = prepare_split(FIXTURES / "fp16_overflow.onnx")
+    target = Target.parse("cosine", 0.999, [], session.model.outputs)
+    result = bisect(session, "ort-fp16", target, holdout=held)
+    assert "big_matmul" in result.forced
+    assert result.outcome.passed
+    assert any("no held-out samples" in w for w in result.warnings)  # one random sample
+    write_recipe(recipe_dict(result, session, str(FIXTURES / "fp16_overflow.onnx")), tmp_path / "r.json")
+    assert "big_matmul" in load_recipe(tmp_path / "r.json").nodes
+
+
+def test_interrupt_keeps_the_best_plan_marked_unfinished(split):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"conv2": 0.05, "fc": 0.05}, default_error=0.0)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    seen = []
+
+    def stop(outcome, n, bound, cached):
+        seen.append(outcome)
+        if n == 4:
+            raise KeyboardInterrupt
+
+    result = bisect(session, "fake", target, backend=backend, on_outcome=stop)
+    assert result.status == "interrupted" and result.evaluations == 4
+    assert result.outcome.passed  # all pinned passed, so the best so far passes
+    assert not recipe_dict(result, session, str(CNN))["finished"]
+
+
+def test_resume_repeats_no_evaluation(split, tmp_path):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"conv2": 0.05, "fc": 0.05}, default_error=0.0)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    state = tmp_path / "state.json"
+    first = bisect(session, "fake", target, backend=backend, state=state, max_evals=5, evidence=False)
+    assert first.status == "budget"
+    second = bisect(session, "fake", target, backend=backend, state=state, evidence=False)
+    assert {p.node for p in second.pins} == {"conv2", "fc"}
+    rows = json.loads(state.read_text())["evaluations"]
+    assert len(rows) == second.evaluations
+    assert len({tuple(r["pins"]) for r in rows}) == len(rows), "an evaluation was repeated"
+
+
+# -- the command line: results, exit codes, and bad input --------------------------------------------------
+
+
+def test_cli_bisect_writes_a_recipe_and_apply_checks_it(cli, tmp_path):
+    recipe = tmp_path / "r.json"
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--min-cosine", "0.99999",
+                         "-o", recipe)
+    assert code == 0, err
+    assert "at most" in err and "pins" in err  # the bound first, then a line per evaluation
+    data = json.loads(recipe.read_text())
+    assert data["schema"] == "layerdiff.recipe/1" and data["finished"] and data["holdout"]["holds"]
+    assert data["pins"] and all(p["precision"] == "fp32" and p["covers"] for p in data["pins"])
+    assert data["model"]["sha256"] and data["tolerance"]["threshold"] == 0.99999
+    # the result lines fit 80 columns (prose such as warnings is never broken when piped: readers wrap it)
+    assert all(len(line) <= 80 for line in out.splitlines() if not line.startswith(("warning:", "recipe written")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--outputs", "nope"], "not a final output"),
+    (["--outputs", "probs[:, 20:]"], "selects no element"),
+    (["--outputs", "probs[0, 0, 0]"], "does not fit"),
+    (["--metric", "max-abs", "--min", "0.1"], "--max"),
+    (["--min", "0.9", "--max", "0.1"], "one threshold"),
+])
+def test_cli_bad_tolerances(cli, tmp_path, extra, message):
+    recipe = tmp_path / "r.json"
+    args = ["bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "-o", recipe, *extra]
+    if "--min" not in extra and "--max" not in extra:
+        args += ["--min-cosine", "0.999"]
+    code, out, err = cli(*args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not recipe.exists()
+
+
+def test_cli_tolerance_met_and_unreachable(cli, tmp_path):
+    recipe = tmp_path / "r.json"
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--min-cosine", "0.99",
+                         "-o", recipe)
+    assert code == 0 and "already met" in out
+    assert json.loads(recipe.read_text())["pins"] == []
+    recipe.unlink()
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--metric", "max-abs",
+                         "--max", "0", "-o", recipe)
+    assert code == 1 and "even with all" in err
+    assert not recipe.exists()
+
+
+def test_cli_state_files_of_another_run_or_damaged(cli, tmp_path):
+    state = tmp_path / "s.json"
+    state.write_text("{not json")
+    base = ["bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--min-cosine", "0.99999"]
+    code, _, err = cli(*base, "--resume", state)
+    assert code == 2 and "damaged" in err
+    state.unlink()
+    assert cli(*base, "--resume", state)[0] == 0
+    code, _, err = cli(*base[:-1], "0.9999", "--metric-fn", "x.py:f", "--resume", state)
+    assert code == 2
+    code, _, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--metric", "sqnr", "--min",
+                       "60", "--resume", state)
+    assert code == 2 and "another search" in err
+
+
+def test_recipes_of_another_model_or_schema(cli, int8_recipe, tmp_path):
+    _, path = int8_recipe
+    code, _, err = cli("apply", path, FIXTURES / "transformer.onnx")
+    assert code == 2 and "another model" in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads(path.read_text()), "schema": "layerdiff.recipe/9"}))
+    code, _, err = cli("export", other, "--format", "trtexec")
+    assert code == 2 and "schema" in err
+    other.write_text("[1, 2]")
+    assert cli("export", other, "--format", "ort")[0] == 2
+    with pytest.raises(BadInput, match="not found"):
+        load_recipe(tmp_path / "none.json")
+    before = CNN.read_bytes()
+    code, _, err = cli("export", path, "--format", "onnx", "-o", CNN)  # the recipe's model: never overwritten
+    assert code == 2 and "input" in err and CNN.read_bytes() == before
+
+
+def test_a_slice_of_an_output_as_the_tolerance(split):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"fc": 0.05}, default_error=0.0)
+    whole = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    part = Target.parse("cosine", 0.99999, ["probs[:, :3]"], session.model.outputs)
+    a = bisect(session, "fake", whole, backend=backend, evidence=False)
+    b = bisect(session, "fake", part, backend=backend, evidence=False)
+    assert {p.node for p in a.pins} == {"fc"} and {p.node for p in b.pins} == {"fc"}
+    assert b.baseline.value != a.baseline.value  # the slice is measured on its own
+
+
+def test_fp16_nodes_pinned_side_by_side_exchange_fp32_values():
+    # onnxruntime's converter casts every tensor between two blocked nodes down to FP16 and back (an
+    # overflow to inf beyond 65504); a pinned node must read its FP32 neighbour's values as they are
+    import layerdiff
+    from layerdiff.plan import PrecisionPlan
+
+    session = layerdiff.prepare(FIXTURES / "fp16_overflow.onnx")
+    every = [lay.name for lay in session.model.layers if lay.name not in session.model.weight_layers]
+    cand = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", every))
+    assert not [n for n in cand.model.graph.node if n.op_type == "Cast"]
+    feed = session.samples.feeds[0]
+    np.testing.assert_array_equal(run_plain(cand.model.SerializeToString(), feed)["out"],
+                                  run_plain(str(FIXTURES / "fp16_overflow.onnx"), feed)["out"])
+    one = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", ["big_matmul"]))
+    big = next(n for n in one.model.graph.node if n.name == "big_matmul")
+    assert big.input[0] == "x"  # the graph input, not a round trip through FP16
