@@ -6,8 +6,8 @@ Strategies (all on one cache of outcomes, keyed by the set of pins, so no plan i
   that passes, by binary search (Polygraphy's contiguous bisect);
 - `rank`: pin each node alone, rank by the metric, then the shortest passing prefix of that ranking
   (one-at-a-time sensitivity, as NNCF, Quark and ModelOpt rank layers);
-- `auto`: unpinned and all-pinned first; prefix and suffix (an upper bound and a fallback); from the
-  smaller of the two, Junker's QuickXplain (divide and conquer on contiguous halves: about 2k log2(n/k)
+- `auto`: unpinned and all-pinned first; prefix and suffix (an upper bound and a fallback); from each
+  of the two, Junker's QuickXplain (divide and conquer on contiguous halves: about 2k log2(n/k)
   evaluations for k needed pins), and where its answer fails (pins that hurt: the metric is not
   monotonic in the pins), Zeller's delta debugging (ddmin: contiguous chunks, halves, then complements
   before subsets); then a pass that tries dropping each remaining pin alone. Single-pin effects do not
@@ -254,9 +254,12 @@ class Search:
                 found = self.test(self.contiguous(False, self.ranking()))
             else:
                 prefix, suffix = self.both_ends()
-                start = min((prefix, suffix), key=len)
-                quick = self.test(self.quickxplain(start))
-                found = self.test(self.prune(quick.pins if quick.passed else self.ddmin(start)))
+                starts = sorted({prefix, suffix}, key=len)
+                # QuickXplain from both (cheap: the fewest pins may lie in the longer run only), ddmin
+                # from the shorter where neither answer passes
+                answers = [q.pins for q in (self.test(self.quickxplain(s)) for s in starts) if q.passed]
+                best = min(answers, key=len) if answers else self.ddmin(starts[0])
+                found = self.test(self.prune(best))
         except OutOfEvaluations:
             complete = False
         best = self.best()

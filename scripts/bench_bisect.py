@@ -1,0 +1,106 @@
+"""Benchmark `bisect`'s strategies on the same models, candidate (ort-int8) and tolerance: pins,
+evaluations, wall time, time per evaluation against a plain ONNX Runtime run of the candidate (session
+creation included), and whether the answer holds on held-out samples. Prints a Markdown table.
+
+    python scripts/get_models.py && python scripts/bench_bisect.py
+    python scripts/bench_bisect.py --cases cnn --strategies auto,prefix
+
+The tolerance is halfway between the all-INT8 baseline's cosine and 1.0 (the worst sample, every float
+output). Samples: --inputs of each model, the last third held out; calibration on its calib/ samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CASES = {
+    "cnn": ("fixtures/cnn.onnx", "fixtures/cnn_inputs", None, "CNN fixture"),
+    "transformer": ("fixtures/transformer.onnx", None, None, "transformer fixture (random inputs)"),
+    "ppocr_cls": ("models/ppocr_cls/model.onnx", "models/ppocr_cls/inputs", "models/ppocr_cls/calib",
+                  "PP-OCR mobile v2.0 direction classifier"),
+    "ppocr_det": ("models/ppocr_det/model.onnx", "models/ppocr_det/inputs", "models/ppocr_det/calib",
+                  "PP-OCRv4 text detector"),
+    "ppocr_rec": ("models/ppocr_rec/model.onnx", "models/ppocr_rec/inputs", "models/ppocr_rec/calib",
+                  "PP-OCRv4 text recogniser"),
+}
+
+
+def plain_run_seconds(session, candidate, repeat: int = 3) -> float:
+    """A plain ONNX Runtime session of the candidate over the search samples, creation included."""
+    import onnxruntime as ort
+
+    blob = candidate.model.SerializeToString()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+        for feed in session.samples.feeds:
+            sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> int:
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.search import eval_bound
+    from layerdiff.target import Target
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="cnn,transformer,ppocr_cls,ppocr_det")
+    parser.add_argument("--strategies", default="auto,prefix,suffix,rank")
+    args = parser.parse_args()
+    rows = []
+    for case in args.cases.split(","):
+        model, inputs, calib, label = CASES[case]
+        if not (ROOT / model).is_file():
+            print(f"skipping {case}: {model} not found (run python scripts/get_models.py)", file=sys.stderr)
+            continue
+        session, held = prepare_split(ROOT / model, inputs=ROOT / inputs if inputs else None,
+                                      calib=ROOT / calib if calib and (ROOT / calib).is_dir() else None,
+                                      reference_provider="cpu")
+        base = session.candidate("ort-int8")
+        ref = session.outputs_on(None)
+        probe = Target.parse("cosine", 0.0, [], session.model.outputs)
+        baseline = probe.worst([probe.score(r, g) for r, g in zip(ref, session.outputs_on(base), strict=True)])
+        threshold = (max(baseline, 0.0) + 1.0) / 2
+        target = Target.parse("cosine", threshold, [], session.model.outputs)
+        plain = plain_run_seconds(session, base)
+        n = len(session.quantizer.quantized)
+        results = {}
+        for strategy in args.strategies.split(","):  # all on one prepared session: calibration once
+            t = time.perf_counter()
+            r = bisect(session, "ort-int8", target, strategy=strategy, holdout=held, evidence=False)
+            wall = time.perf_counter() - t
+            results[strategy] = r
+            holds = "-" if r.holdout is None else ("yes" if r.holdout.holds else "no")
+            per_eval = wall / max(r.evaluations, 1)
+            rows.append(f"| {label} ({n}) | {baseline:.6f} | {threshold:.6f} | {strategy} | {len(r.pins)} | "
+                        f"{r.evaluations} / {eval_bound(strategy, n)} | {wall:.1f} | {per_eval:.3f} | "
+                        f"{per_eval / plain:.2f} | {holds} | {r.status} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+        if "auto" in results and {"prefix", "suffix"} <= set(results):
+            best = min(len(results["prefix"].pins), len(results["suffix"].pins))
+            ok = len(results["auto"].pins) <= max(1, best // 2) or len(results["auto"].pins) <= best
+            print(f"{case}: auto {len(results['auto'].pins)} pins, better contiguous {best}: "
+                  f"{'target met' if len(results['auto'].pins) <= max(1, best // 2) else 'not half'}"
+                  f"{'' if ok else ' (MORE than contiguous)'}", file=sys.stderr)
+    print()
+    print("| model (pinnable N) | baseline cosine | tolerance | strategy | pins | evaluations / bound | wall s | "
+          "s per evaluation | x plain ORT run | holds on held-out | status |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
