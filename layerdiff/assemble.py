@@ -36,6 +36,7 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                     res: CaptureResult, outputs: tuple[OutputDiff, ...], *, divergence_cosine: float,
                     max_memory: int | None, mode: str, exposed_vs_plain: float | None,
                     matches_plain_engine: bool | None = None, min_cosine: float | None = None,
+                    tolerance: Tolerance | None = None,
                     warnings: tuple[str, ...] = ()) -> Report:
     layers: list[LayerDiff] = []
     first = None
@@ -71,8 +72,7 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
     elif first is None and not any(o.local.worst.count for lay in compute for o in lay.outputs if o.local):
         note = ("not computed: every local error compares NaN or Inf only (no element is finite in both the "
                 "candidate and the FP32 recomputation)")
-    tolerance = None
-    if min_cosine is not None:
+    if tolerance is None and min_cosine is not None:
         failed = tuple(o.tensor for o in outputs if not _within(o, min_cosine))
         tolerance = Tolerance(min_cosine, not failed, failed)
     overflow = [o.tensor for lay in compute for o in lay.outputs

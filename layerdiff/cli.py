@@ -89,6 +89,8 @@ def cli() -> None:
               "(e.g. 2GiB); ONNX Runtime's own working memory and the weights come on top")
 @click.option("--min-cosine", type=Cosine(), help="exit 1 when a float final output's cosine (worst sample) is "
               "below this (a one-element output: when its relative error exceeds sqrt(2(1-COSINE)))")
+@click.option("--outputs", multiple=True, metavar="SPEC", help="the outputs --min-cosine checks, comma-separated, "
+              "each optionally sliced: 'output0[:, 4:]' (numpy basic indexing); default every float output")
 @click.option("--divergence-cosine", type=Cosine(), default=0.99, show_default=True,
               help="a row diverges when its local cosine falls below this")
 @click.option("--reference-provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -102,7 +104,7 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
 def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, save_emulation,
-            engine_info, save_engine_info, max_memory, min_cosine, divergence_cosine, reference_provider,
+            engine_info, save_engine_info, max_memory, min_cosine, outputs, divergence_cosine, reference_provider,
             capture_mode, ort_optimization, cache_dir, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     from layerdiff.console import make_console, print_summary, progress_bar
@@ -111,6 +113,8 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     from layerdiff.session import prepare
 
     budget = parse_size(max_memory) if max_memory else None
+    if outputs and min_cosine is None:
+        raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
     imported = candidate[len(IMPORTED):] if candidate.startswith(IMPORTED) else candidate
     inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported) if p)
     # options that cannot apply to this candidate: said before any work is done
@@ -142,7 +146,8 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             progress("building the candidate", 0, 1)
         cand = session.candidate(candidate, engine_info=engine_info, progress=progress)
         _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic)
-        report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, progress=progress)
+        report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, outputs=outputs,
+                                 progress=progress)
     if output:
         write_report(report, output)
     if report.capture.interrupted:

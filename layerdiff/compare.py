@@ -30,6 +30,7 @@ def compare(
     max_memory: int | None = None,
     divergence_cosine: float = 0.99,
     min_cosine: float | None = None,
+    outputs: tuple[str, ...] | list[str] = (),
     reference_provider: str = "auto",
     cache_dir: str | Path | None = None,
     optimization: str = "all",
@@ -42,11 +43,12 @@ def compare(
     'polygraphy:RESULTS' for outputs saved by `polygraphy run --trt ... --save-outputs` on a GPU machine
     (then `inputs` must be that run's --save-inputs file; `engine_info` groups fused layers),
     'trt-fp16', 'trt-int8', 'trt-bf16' (TensorRT and a GPU), 'ort-cuda', 'ort-trt-fp16', 'ort-trt-int8'
-    (onnxruntime-gpu's GPU providers) or 'fake' (injected errors, for tests)."""
+    (onnxruntime-gpu's GPU providers) or 'fake' (injected errors, for tests). `outputs`: the output
+    specs `min_cosine` checks (names, or slices such as 'output0[:, 4:]'; default every float output)."""
     session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
                       reference_provider=reference_provider, max_memory=max_memory, cache_dir=cache_dir,
                       optimization=optimization, capture_mode=capture_mode,
                       reference_cache=0)  # one comparison: a cache of every reference tensor would save nothing
     cand = session.candidate(candidate, plan, engine_info=engine_info, progress=progress, cancel=cancel)
-    return session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, progress=progress,
-                           cancel=cancel)
+    return session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, outputs=outputs,
+                           progress=progress, cancel=cancel)

@@ -158,6 +158,7 @@ class Tolerance:
     min_cosine: float
     passed: bool
     failed: tuple[str, ...]
+    outputs: tuple[str, ...] = ()  # the output specs checked (`--outputs`, slices allowed); none: every output
 
 
 @dataclass(frozen=True)

@@ -423,12 +423,14 @@ class Session:
 
     @_explained
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
+                outputs: tuple[str, ...] | list[str] = (),
                 progress: Progress | None = None, cancel: threading.Event | None = None) -> Report:
         """The layer-wise report of `candidate` against the FP32 model (see layerdiff.report)."""
         self._check(candidate)
         for what, value in (("divergence_cosine", divergence_cosine), ("min_cosine", min_cosine)):
             if value is not None and not (isinstance(value, (int, float)) and -1.0 <= value <= 1.0):
                 raise BadInput(f"{what} is a cosine, between -1 and 1; got {value!r}")
+        tolerance = self._sliced_tolerance(candidate, min_cosine, outputs, cancel) if outputs else None
         deployment = candidate.deployment()
         if candidate.executed is not None:
             pairing = match_tensors(self.model, candidate.executed)
@@ -463,8 +465,27 @@ class Session:
                                divergence_cosine=divergence_cosine, max_memory=self.max_memory,
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
+                               tolerance=tolerance,
                                warnings=_candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
 
+
+    def _sliced_tolerance(self, candidate: Candidate, min_cosine: float | None, outputs, cancel):
+        """--min-cosine on output specs (slices allowed, layerdiff.target), from plain runs."""
+        from layerdiff.report import Tolerance
+        from layerdiff.target import Target
+
+        if isinstance(outputs, str):
+            outputs = (outputs,)
+        if min_cosine is None:
+            raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
+        target = Target.parse("cosine", min_cosine, outputs, self.model.outputs)
+        reference = self.reference_outputs(cancel)
+        target.check(reference[0])
+        got = self.outputs_on(candidate, cancel=cancel)
+        failed = tuple(spec.text for spec in target.outputs
+                       if not target.passes(target.worst([Target(target.metric, min_cosine, (spec,)).score(r, g)
+                                                          for r, g in zip(reference, got, strict=True)])))
+        return Tolerance(min_cosine, not failed, failed, tuple(s.text for s in target.outputs))
 
     def _kernel_check(self, candidate: Candidate, evaluation: Evaluation, held: dict[str, str],
                       cancel: threading.Event | None) -> tuple[str, ...]:

@@ -307,3 +307,22 @@ def test_fp16_nodes_pinned_side_by_side_exchange_fp32_values():
     one = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", ["big_matmul"]))
     big = next(n for n in one.model.graph.node if n.name == "big_matmul")
     assert big.input[0] == "x"  # the graph input, not a round trip through FP16
+
+
+def test_compare_checks_min_cosine_on_a_slice(cli, tmp_path):
+    saved, report = tmp_path / "cand.onnx", tmp_path / "r.json"
+    base = ["compare", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "-q"]
+    code, _, err = cli(*base, "--min-cosine", "-1", "--outputs", "probs[:, :3]", "--save-candidate", saved, "-o", report)
+    assert code == 0, err
+    tol = json.loads(report.read_text())["tolerance"]
+    assert tol["outputs"] == ["probs[:, :3]"] and tol["passed"]
+    # the oracle: plain sessions and numpy, on the slice only (the FP32 session here runs ONNX Runtime's
+    # graph optimizations, layerdiff's reference does not: cosines agree to ~1e-8)
+    worst = min(cosine64(run_plain(CNN, s)["probs"][:, :3], run_plain(saved, s)["probs"][:, :3]) for s in samples_of())
+    assert cli(*base, "--min-cosine", str(worst - 1e-6), "--outputs", "probs[:, :3]")[0] == 0
+    code, _, err = cli(*base, "--min-cosine", str(min(1.0, worst + (1 - worst) / 2)), "--outputs", "probs[:, :3]")
+    assert code == 1 and "probs[:, :3]" in err
+    code, _, err = cli(*base, "--outputs", "probs")
+    assert code == 2 and "--min-cosine" in err
+    code, _, err = cli(*base, "--min-cosine", "0.9", "--outputs", "probs[:, 99:]")
+    assert code == 2 and "selects no element" in err

@@ -348,7 +348,7 @@ def test_min_cosine_is_recorded_with_its_outcome():
     assert report.thresholds.min_cosine == 0.99
     assert report.tolerance.passed is False and report.tolerance.failed == ("out",)
     d = report.to_dict()
-    assert d["tolerance"] == {"min_cosine": 0.99, "passed": False, "failed": ["out"]}
+    assert d["tolerance"] == {"min_cosine": 0.99, "passed": False, "failed": ["out"], "outputs": []}
 
 
 def test_model_with_external_data(tmp_path):
