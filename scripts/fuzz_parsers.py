@@ -1,7 +1,7 @@
 """Fuzz layerdiff's file parsers with hypothesis: whatever a file holds, a parser returns its result or
 raises its own error (one line), never anything else.
 
-    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report] [--seed N]
+    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report|recipe] [--seed N]
 
 Each entry of TARGETS is one parser: a hypothesis strategy of file contents (or directories) and a check
 that parses one. tests/test_fuzz_engine_info.py and tests/test_fuzz_parsers.py run the same strategies
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import functools
 import io
 import json
 import os
@@ -639,6 +640,62 @@ def check_report(path: Path) -> None:
         assert all(x is None or isinstance(x, float) for x in (layer.cosine, layer.local_cosine))
 
 
+# ---------------------------------------------------------------- recipes (layerdiff.recipe.load_recipe)
+
+RECIPE_KEYS = ["schema", "model", "path", "sha256", "candidate", "spec", "precision", "calibration", "ranges",
+               "tensors", "tolerance", "metric", "threshold", "outputs", "pins", "node", "covers", "forced",
+               "achieved", "holdout", "finished"]
+
+
+@functools.lru_cache(maxsize=1)
+def real_recipes() -> tuple[str, ...]:
+    """Recipes of two bisect runs on the CNN fixture: FakeBackend errors and ort-int8 (with ranges)."""
+    from layerdiff.backends.fake import FakeBackend
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.recipe import recipe_dict
+    from layerdiff.target import Target as Tolerance
+
+    fixtures = ROOT / "fixtures"
+    session, held = prepare_split(fixtures / "cnn.onnx", inputs=fixtures / "cnn_inputs", reference_provider="cpu")
+    target = Tolerance.parse("cosine", 0.99999, [], session.model.outputs)
+    fake = bisect(session, "fake", target, backend=FakeBackend(session.model, {"conv2": 0.05}, 0.0), evidence=False)
+    int8 = bisect(session, "ort-int8", target, holdout=held, evidence=False)
+    return tuple(json.dumps(recipe_dict(r, session, str(fixtures / "cnn.onnx"))) for r in (fake, int8))
+
+
+@st.composite
+def damaged_recipes(draw) -> bytes:
+    doc = json.loads(draw(st.sampled_from(real_recipes())))
+    return draw(_json_text(_damaged(draw, doc, RECIPE_KEYS), indent=1))
+
+
+def recipe_inputs() -> st.SearchStrategy[bytes]:
+    return damaged_recipes() | st.binary(max_size=300) | json_values.flatmap(_json_text) | st.dictionaries(
+        st.sampled_from(RECIPE_KEYS), json_values, max_size=8).flatmap(
+        lambda d: _json_text({"schema": "layerdiff.recipe/1", **d}))
+
+
+def check_recipe(path: Path) -> None:
+    """load_recipe returns a Recipe or raises a one-line BadInput; the text exports of a recipe it
+    returns give text or a one-line BadInput."""
+    from layerdiff.errors import BadInput
+    from layerdiff.export import TEXT
+    from layerdiff.recipe import Recipe, load_recipe
+
+    try:
+        recipe = load_recipe(path)
+    except BadInput as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+        return
+    assert isinstance(recipe, Recipe)
+    assert recipe.plan.default == recipe.precision
+    for fmt, export in TEXT.items():
+        try:
+            assert isinstance(export(recipe), str)
+        except BadInput as err:
+            assert "\n" not in str(err), f"{fmt}: not a one-line message"
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -655,6 +712,7 @@ TARGETS: dict[str, Target] = {
     "engine-info": Target(engine_info_inputs, check_engine_info, ENGINE_INFO_DIR),
     "polygraphy-results": Target(results_inputs, check_polygraphy_results, POLYGRAPHY_DIR),
     "report": Target(report_inputs, check_report),
+    "recipe": Target(recipe_inputs, check_recipe),
 }
 
 

@@ -258,3 +258,13 @@ def test_a_missing_section_and_a_missing_field_are_named(tmp_path, report_json):
     (tmp_path / "r.json").write_text(json.dumps(doc))
     with pytest.raises(ReportError, match=r"\(layers\[1\]\.outputs\[0\] lacks tensor\); re-run layerdiff compare$"):
         load_report(tmp_path / "r.json")
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@FIXED
+@given(data=fuzz.recipe_inputs())
+def test_load_recipe_gives_a_recipe_or_one_line(data, fuzz_path):
+    fuzz_path.write_bytes(data)
+    fuzz.check_recipe(fuzz_path)
