@@ -30,6 +30,7 @@ from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, cpu_lacks_vnni, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
+from layerdiff.candidate_checks import candidate_warnings, exposed_vs_plain
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
     BackendError,
@@ -453,7 +454,7 @@ class Session:
         if evaluation is None:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
-        exposed = _exposed_vs_plain(result.kept, evaluation.values, held)
+        exposed = exposed_vs_plain(result.kept, evaluation.values, held)
         kernel_note = () if result.interrupted else self._kernel_check(candidate, evaluation, held, cancel)
         if progress:
             progress("final outputs", 1, 1)
@@ -466,7 +467,7 @@ class Session:
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
                                tolerance=tolerance,
-                               warnings=_candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
+                               warnings=candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
 
 
     def _sliced_tolerance(self, candidate: Candidate, min_cosine: float | None, outputs, cancel):
@@ -523,14 +524,6 @@ class Session:
                 "the Q/DQ arithmetic layer by layer",)
 
 
-# integer operators that replace a float node and its quantization (onnxruntime's QOperator format and
-# dynamic quantization): nothing in the model has their op type, so they cannot be paired
-_QOPERATOR = frozenset({"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
-                        "QLinearAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax",
-                        "QGemm", "QAttention", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
-                        "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
-
-
 class _Cached:
     """A reference source answering from values computed once."""
 
@@ -546,50 +539,3 @@ class _Cached:
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.values[id(feed)]
         return {n: values[n] for n in self.names}
-
-
-def _exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, np.ndarray], ...],
-                      outputs: dict[str, str]) -> float | None:
-    """Largest difference between the candidate's graph outputs read during the capture and the plain
-    run's: zero when reading tensors did not change what ran. None when there was nothing to compare."""
-    worst = None
-    for values, deployed in zip(kept, plain, strict=False):
-        for held in dict.fromkeys(outputs.values()):
-            if held in values and held in deployed and values[held].shape == deployed[held].shape and values[held].size:
-                diff = np.abs(values[held].astype(np.float64) - deployed[held].astype(np.float64))
-                diff = diff[np.isfinite(diff)]
-                worst = max(worst or 0.0, float(diff.max()) if diff.size else 0.0)
-    return worst
-
-
-def _candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows) -> tuple[str, ...]:
-    """For a candidate ONNX file: inputs it takes in another float type (the samples are cast to it), and
-    FP16 nodes that ONNX Runtime's CPU provider computes in FP32 (it has no FP16 kernel for them): the
-    report is true to what ran here, but not to an FP16 deployment."""
-    if candidate.kind != "onnx" or candidate.executed is None:
-        return ()
-    from onnx import TensorProto
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    from layerdiff.graph import proto_tensor_types
-
-    warnings = []
-    wants = {i.name: i.type.tensor_type.elem_type for i in candidate.executed.graph.input}
-    for spec in model.inputs:
-        want = wants.get(spec.name)
-        if want and want != spec.elem_type:
-            warnings.append(f"the candidate takes input '{spec.name}' as {tensor_dtype_to_np_dtype(want)}: the "
-                            f"samples ({spec.dtype}) are cast to it, and that rounding is in every row's error")
-    qop = sorted({n.op_type for n in candidate.executed.graph.node if n.op_type in _QOPERATOR})
-    if qop:
-        paired = sum(1 for lay in model.layers if lay.name in pairing.nodes)
-        warnings.append(f"the candidate computes with integer operators that replace the model's nodes "
-                        f"({', '.join(qop)}): {paired} of {len(model.layers)} layers could be paired; for a row per "
-                        "layer give a QDQ model (quant_format=QuantFormat.QDQ)")
-    types = proto_tensor_types(candidate.executed)
-    fp16 = {lay.name for row in rows if row.kind == "layer" and row.precision == "fp32" for lay in row.layers
-            if any(types.get(pairing.candidate(t) or "") == TensorProto.FLOAT16 for t in lay.outputs)}
-    if fp16:
-        warnings.append(f"{len(fp16)} FP16 layer(s) of this candidate ran in FP32 on ONNX Runtime's CPU provider (no "
-                        "FP16 kernel): their FP16 rounding is not in these numbers; --candidate ort-fp16 emulates it")
-    return tuple(warnings)
