@@ -67,7 +67,7 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
 @click.option("--max-pins", type=click.IntRange(min=0), help="fail (exit 1) when the answer needs more pins")
 @click.option("--max-evals", type=click.IntRange(min=2), help="most plans to evaluate (auto: 2*log2(N)+60)")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="evaluate independent plans "
-              "in this many threads")
+              "side by side, each on a share of the cores")
 @click.option("--resume", metavar="STATE.json", help="keep every evaluation in this file, and resume from it")
 @click.option("-o", "--output", metavar="RECIPE.json", help="write the recipe here (atomically)")
 @click.option("--ort-optimization", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",

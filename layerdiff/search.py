@@ -16,6 +16,7 @@ Strategies (all on one cache of outcomes, keyed by the set of pins, so no plan i
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -89,13 +90,15 @@ class Search:
         return outcome
 
     def test_many(self, sets: Sequence[Iterable[str]]) -> list[Outcome | None]:
-        """Outcomes of several independent plans (in `jobs` threads); None where the budget ran out."""
+        """Outcomes of several independent plans (in `jobs` threads, each in a copy of the caller's
+        context); None where the budget ran out."""
         sets = [frozenset(s) for s in sets]
         fresh = list(dict.fromkeys(s for s in sets if s not in self.cache))
         room = max(0, self.max_evals - len(self.cache))
         if self.jobs > 1 and len(fresh) > 1 and room:
             with ThreadPoolExecutor(self.jobs) as pool:
-                list(pool.map(self._try, fresh[:room]))
+                for future in [pool.submit(contextvars.copy_context().run, self._try, s) for s in fresh[:room]]:
+                    future.result()
         return [self._try(s) for s in sets]
 
     def _try(self, pins: frozenset[str]) -> Outcome | None:
@@ -152,7 +155,8 @@ class Search:
         """prefix and suffix; in two threads when jobs > 1 (they are independent)."""
         if self.jobs > 1:
             with ThreadPoolExecutor(2) as pool:
-                p, s = pool.submit(self.contiguous, False), pool.submit(self.contiguous, True)
+                p = pool.submit(contextvars.copy_context().run, self.contiguous, False)
+                s = pool.submit(contextvars.copy_context().run, self.contiguous, True)
                 return p.result(), s.result()
         return self.contiguous(False), self.contiguous(True)
 

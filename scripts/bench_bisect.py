@@ -57,6 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="cnn,transformer,ppocr_cls,ppocr_det")
     parser.add_argument("--strategies", default="auto,prefix,suffix,rank")
+    parser.add_argument("--jobs", default="1", help="comma-separated --jobs values to run each strategy with")
     args = parser.parse_args()
     rows = []
     for case in args.cases.split(","):
@@ -76,14 +77,15 @@ def main() -> int:
         plain = plain_run_seconds(session, base)
         n = len(session.quantizer.quantized)
         results = {}
-        for strategy in args.strategies.split(","):  # all on one prepared session: calibration once
+        # all on one prepared session: calibration once
+        for strategy, jobs in ((s, int(j)) for s in args.strategies.split(",") for j in args.jobs.split(",")):
             t = time.perf_counter()
-            r = bisect(session, "ort-int8", target, strategy=strategy, holdout=held, evidence=False)
+            r = bisect(session, "ort-int8", target, strategy=strategy, holdout=held, evidence=False, jobs=jobs)
             wall = time.perf_counter() - t
             results[strategy] = r
             holds = "-" if r.holdout is None else ("yes" if r.holdout.holds else "no")
             per_eval = wall / max(r.evaluations, 1)
-            rows.append(f"| {label} ({n}) | {baseline:.6f} | {threshold:.6f} | {strategy} | {len(r.pins)} | "
+            rows.append(f"| {label} ({n}) | {baseline:.6f} | {threshold:.6f} | {strategy} | {jobs} | {len(r.pins)} | "
                         f"{r.evaluations} / {eval_bound(strategy, n)} | {wall:.1f} | {per_eval:.3f} | "
                         f"{per_eval / plain:.2f} | {holds} | {r.status} |")
             print(rows[-1], file=sys.stderr, flush=True)
@@ -94,9 +96,9 @@ def main() -> int:
                   f"{'target met' if len(results['auto'].pins) <= max(1, best // 2) else 'not half'}"
                   f"{'' if ok else ' (MORE than contiguous)'}", file=sys.stderr)
     print()
-    print("| model (pinnable N) | baseline cosine | tolerance | strategy | pins | evaluations / bound | wall s | "
+    print("| model (pinnable N) | baseline cosine | tolerance | strategy | jobs | pins | evaluations / bound | wall s | "
           "s per evaluation | x plain ORT run | holds on held-out | status |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)
     return 0

@@ -63,6 +63,28 @@ def test_prefix_and_suffix_reproduce_a_contiguous_bisect(split):
     assert "conv2" in {p.node for p in suffix.pins} and len(suffix.pins) > 2
 
 
+def test_jobs_share_the_cores_and_give_the_same_answer(split, int8_recipe, monkeypatch):
+    import layerdiff.backends.ort as ort_backend
+
+    session, held = split
+    made = []
+    real = ort_backend.session_options
+
+    def spy(*args, **kwargs):
+        so = real(*args, **kwargs)
+        made.append(so.intra_op_num_threads)
+        return so
+
+    monkeypatch.setattr(ort_backend, "session_options", spy)
+    monkeypatch.setattr("layerdiff.bisect._cores", lambda: 4)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    two = bisect(session, "ort-int8", target, holdout=held, jobs=2, evidence=False)
+    assert {p.node for p in two.pins} == {p.node for p in int8_recipe[0].pins}
+    assert two.evaluations == int8_recipe[0].evaluations
+    assert made.count(2) >= two.evaluations  # every evaluated plan ran on 4 // 2 threads
+    assert made[-1] == 0  # the held-out check after the search: ONNX Runtime's default again
+
+
 @pytest.fixture(scope="module")
 def int8_recipe(split, tmp_path_factory):
     session, held = split

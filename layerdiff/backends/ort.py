@@ -2,10 +2,13 @@
 libraries cannot load, so a provider is tried and what really loaded is recorded.
 
 Nothing here changes process-wide state (ONNX Runtime's default logger, environment): every setting is
-a session option, so sessions can be made and run from several threads at once."""
+a session option, so sessions can be made and run from several threads at once. How many threads one
+session's operators use is a context variable (`INTRA_OP_THREADS`): a caller running several sessions
+at once gives each a share of the cores."""
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import tempfile
 import threading
@@ -30,6 +33,8 @@ LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# 0: ONNX Runtime's default (one thread per physical core); set by bisect --jobs to share the cores
+INTRA_OP_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("INTRA_OP_THREADS", default=0)
 _LOADS: dict[str, bool] = {}
 _LOADS_LOCK = threading.Lock()
 
@@ -167,6 +172,8 @@ def session_options(level: str = "all", low_memory: bool = False) -> ort.Session
     so = ort.SessionOptions()
     so.log_severity_level = 4  # errors come back as exceptions, said in one line
     so.graph_optimization_level = LEVELS[level]
+    if INTRA_OP_THREADS.get():
+        so.intra_op_num_threads = INTRA_OP_THREADS.get()
     if low_memory:
         # a session whose outputs are many tensors: no arena, so memory goes back as results are dropped
         so.enable_cpu_mem_arena = False
