@@ -176,12 +176,12 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"warning: {w}")
     if output:
         p(f"recipe written to {output}")
-        p("  layerdiff export RECIPE --format trtexec|polygraphy|modelopt|ort|onnx")
+        p("  export it: layerdiff export RECIPE --format FORMAT (layerdiff export --help)")
 
 
 @click.command()
 @click.argument("recipe")
-@click.option("--format", "fmt", type=click.Choice(["trtexec", "polygraphy", "modelopt", "ort", "onnx"]),
+@click.option("--format", "fmt", type=click.Choice(["trtexec", "polygraphy", "modelopt", "ort", "ort-overrides", "onnx"]),
               required=True, help="onnx: the model with the recipe in its graph (TensorRT 11 takes only this)")
 @click.option("--model", metavar="MODEL.onnx", help="--format onnx: the FP32 model (default: the recipe's)")
 @click.option("--calib", metavar="PATH", help="--format onnx, INT8: calibrate again on these samples (default: the "

@@ -7,6 +7,10 @@
   `--high_precision_dtype fp32` (without it ModelOpt casts the excluded nodes to FP16);
 - `ort`: JSON for onnxruntime.quantization (`nodes_to_exclude` and the extra options layerdiff used), or
   for an FP16 recipe, `node_block_list` of onnxruntime's float16 converter;
+- `ort-overrides`: the recipe's calibration as onnxruntime.quantization's `TensorQuantOverrides` (scale and
+  zero point of every calibrated activation, in the JSON file shape that onnxruntime's own
+  `static_quantize_runner --tensor_quant_overrides` reads): with it and `ort`'s `nodes_to_exclude`,
+  `quantize_static` rebuilds the searched candidate whatever data its calibration reader gives;
 - `onnx` (not here: `layerdiff.cli` builds it): the model with the recipe in the graph itself, Q/DQ or
   Casts in place, the only form TensorRT 11's strongly typed networks take.
 
@@ -17,13 +21,14 @@ take new names, which `--precisionConstraints=obey` still honours per original l
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 
 from layerdiff.errors import BadInput
 from layerdiff.recipe import Recipe
 
-FORMATS = ("trtexec", "polygraphy", "modelopt", "ort", "onnx")
+FORMATS = ("trtexec", "polygraphy", "modelopt", "ort", "ort-overrides", "onnx")
 _TRT_FLAG = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16"}
 _POLY_FLAG = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16"}
 
@@ -103,4 +108,32 @@ def ort_quantize_settings(op_types: set[str]) -> dict:
                               "OpTypesToExcludeOutputQuantization": sorted(op_types)}}
 
 
-TEXT = {"trtexec": trtexec, "polygraphy": polygraphy, "modelopt": modelopt, "ort": ort}
+def ort_overrides(recipe: Recipe) -> str:
+    """`TensorQuantOverrides` {tensor: [{"scale", "zero_point"}]}, scales computed by onnxruntime's own
+    `compute_scale_zp` from the recipe's ranges as layerdiff's quantizer computes them (symmetric INT8)."""
+    import numpy as np
+    from onnxruntime.quantization.quant_utils import (
+        TensorProto,
+        compute_scale_zp,
+        get_qmin_qmax_for_qType,
+    )
+
+    calibration = recipe.candidate.get("calibration") if recipe.precision == "int8" else None
+    ranges = calibration.get("ranges") if isinstance(calibration, dict) else None
+    tensors = ranges.get("tensors") if isinstance(ranges, dict) else None
+    if not isinstance(tensors, dict) or not tensors:
+        raise BadInput("--format ort-overrides: this recipe carries no INT8 calibration ranges (made with --candidate "
+                       "ort-int8 by this layerdiff?); use --format ort and calibrate, or --format onnx")
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, symmetric=True)
+    out = {}
+    for name, pair in tensors.items():
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in pair) and pair[0] <= pair[1]):
+            raise BadInput(f"--format ort-overrides: the recipe's range of '{name}' is not [lowest, highest]")
+        zero, scale = compute_scale_zp(np.float32(pair[0]), np.float32(pair[1]), qmin, qmax, symmetric=True)
+        out[name] = [{"scale": float(scale), "zero_point": int(zero)}]
+    return json.dumps(out, indent=1) + "\n"
+
+
+TEXT = {"trtexec": trtexec, "polygraphy": polygraphy, "modelopt": modelopt, "ort": ort,
+        "ort-overrides": ort_overrides}

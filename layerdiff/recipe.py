@@ -136,10 +136,10 @@ def load_recipe(path: str | Path, model_sha256: str | None = None) -> Recipe:
         if not isinstance(tol, dict):
             raise TypeError("tolerance is an object")
         for p in pins:
-            if not (isinstance(p, dict) and isinstance(p.get("node"), str) and p.get("precision") == "fp32"):
+            if not (isinstance(p, dict) and isinstance(p.get("node"), str) and p["node"] and p.get("precision") == "fp32"):
                 raise TypeError("each pin is {node, precision: fp32}")
         forced = tuple(data.get("forced", ()))
-        if not all(isinstance(n, str) for n in forced):
+        if not all(isinstance(n, str) and n for n in forced):
             raise TypeError("forced is a list of node names")
     except (KeyError, TypeError, AttributeError) as err:
         raise BadInput(f"{path} is a damaged layerdiff recipe ({type(err).__name__}: {err})") from None

@@ -150,6 +150,56 @@ def test_export_ort_feeds_onnxruntime_quantization(int8_recipe, cli, tmp_path):
         np.testing.assert_allclose(run_plain(theirs, s)["probs"], run_plain(ours, s)["probs"], atol=1e-6)
 
 
+def test_export_ort_overrides_rebuild_the_searched_scales_from_any_data(int8_recipe, cli, tmp_path):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.static_quantize_runner import (
+        get_tensor_quant_overrides,
+    )
+
+    result, path = int8_recipe
+    args = json.loads(cli("export", path, "--format", "ort")[1])
+    overrides = tmp_path / "overrides.json"
+    code, _, err = cli("export", path, "--format", "ort-overrides", "-o", overrides)
+    assert code == 0, err
+    extra = dict(args["extra_options"], TensorQuantOverrides=get_tensor_quant_overrides(str(overrides)))
+
+    class Reader(CalibrationDataReader):  # other data than bisect calibrated on: the overrides set the scales
+        def __init__(self):
+            self.it = iter([{k: v * 3 + 1 for k, v in s.items()} for s in samples_of()[3:]])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    theirs = tmp_path / "theirs.onnx"
+    quantize_static(str(CNN), str(theirs), Reader(), quant_format=getattr(QuantFormat, args["quant_format"]),
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=args["op_types_to_quantize"], nodes_to_exclude=args["nodes_to_exclude"],
+                    extra_options=extra)
+    ours = tmp_path / "ours.onnx"
+    assert cli("export", path, "--format", "onnx", "-o", ours)[0] == 0
+    for s in samples_of():
+        np.testing.assert_allclose(run_plain(theirs, s)["probs"], run_plain(ours, s)["probs"], atol=1e-6)
+
+
+def test_export_ort_overrides_refuses_recipes_without_usable_ranges(int8_recipe, cli, tmp_path):
+    doc = json.loads(int8_recipe[1].read_text())
+    tensor = next(iter(doc["candidate"]["calibration"]["ranges"]["tensors"]))
+    doc["candidate"]["calibration"]["ranges"]["tensors"][tensor] = [float("nan"), 1.0]
+    (tmp_path / "nan.json").write_text(json.dumps(doc))
+    del doc["candidate"]["calibration"]
+    (tmp_path / "none.json").write_text(json.dumps(doc))
+    for name, message in (("nan.json", f"range of '{tensor}' is not [lowest, highest]"),
+                          ("none.json", "carries no INT8 calibration ranges")):
+        code, out, err = cli("export", tmp_path / name, "--format", "ort-overrides", "-o", tmp_path / "o.json")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "o.json").exists()
+
+
 def test_export_polygraphy_parses_with_polygraphys_own_parser(int8_recipe, cli):
     from polygraphy.tools.args import util as args_util
     from polygraphy.tools.convert.convert import Convert
