@@ -4,7 +4,8 @@
   earlier: TensorRT 11 removed these flags and ILayer::setPrecision);
 - `polygraphy`: `polygraphy convert ... --layer-precisions NODE:float32 ... --precision-constraints obey`;
 - `modelopt`: ModelOpt's ONNX INT8 quantizer with `--nodes_to_exclude` (anchored, escaped patterns) and
-  `--high_precision_dtype fp32` (without it ModelOpt casts the excluded nodes to FP16);
+  `--high_precision_dtype fp32` (without it ModelOpt converts the whole model, excluded nodes too, to
+  FP16); ModelOpt places Q/DQ by its own rules, so its model is another candidate to compare;
 - `ort`: JSON for onnxruntime.quantization (`nodes_to_exclude` and the extra options layerdiff used), or
   for an FP16 recipe, `node_block_list` of onnxruntime's float16 converter;
 - `ort-overrides`: the recipe's calibration as onnxruntime.quantization's `TensorQuantOverrides` (scale and
@@ -73,11 +74,13 @@ def modelopt(recipe: Recipe) -> str:
                        "or trtexec")
     patterns = [f"^{re.escape(n)}$" for n in recipe.nodes]
     args = ["python", "-m", "modelopt.onnx.quantization", f"--onnx_path={recipe.model_path}", "--quantize_mode=int8",
-            "--calibration_data=CALIB.npz", "--high_precision_dtype", "fp32"]
+            "--calibration_data_path=CALIB.npz", "--high_precision_dtype", "fp32", "--output_path=model.quant.onnx"]
     if patterns:
         args += ["--nodes_to_exclude", *patterns]
     return ("# layerdiff recipe: ModelOpt's ONNX quantizer with the pinned nodes excluded (their names as anchored "
-            "patterns);\n# --high_precision_dtype fp32 keeps them in FP32 (ModelOpt's default casts them to FP16)\n"
+            "patterns);\n# --high_precision_dtype fp32 keeps the model in FP32 outside Q/DQ (ModelOpt's default "
+            "converts all of it,\n# the excluded nodes too, to FP16). ModelOpt places Q/DQ by its own rules, not the "
+            "searched\n# candidate's: check its output with layerdiff compare MODEL --candidate model.quant.onnx\n"
             + " ".join(shlex.quote(a) for a in args) + "\n")
 
 

@@ -5,7 +5,7 @@ the `rapidocr-onnxruntime` wheel on PyPI (downloaded with pip, never committed).
 scikit-image's `skimage.data`, preprocessed as PP-OCR does (scikit-image comes with the `models` extra).
 
     pip install -e '.[models]'              # scikit-image, once
-    python scripts/get_models.py            # -> models/<name>/model.onnx, inputs/*.npz, calib/*.npz
+    python scripts/get_models.py            # -> models/<name>/model.onnx, {inputs,calib,holdout}/*.npz
 """
 
 from __future__ import annotations
@@ -38,26 +38,34 @@ def _rgb(img: np.ndarray) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
 
 
-def det_samples(h: int = 480, w: int = 640) -> list[np.ndarray]:
+DET_PHOTOS = ("astronaut", "coffee", "rocket", "text", "page", "chelsea")  # inputs, then calib
+DET_HELD_OUT = ("camera", "coins", "logo", "hubble_deep_field", "immunohistochemistry", "moon")
+
+
+def det_samples(h: int = 480, w: int = 640, photos: tuple[str, ...] = DET_PHOTOS) -> list[np.ndarray]:
     """PP-OCR detection preprocessing: RGB, ImageNet mean/std, CHW."""
     import skimage.data as data
 
     mean = np.array([0.485, 0.456, 0.406], np.float32)
     std = np.array([0.229, 0.224, 0.225], np.float32)
     out = []
-    for name in ("astronaut", "coffee", "rocket", "text", "page", "chelsea"):
+    for name in photos:
         img = _resize(_rgb(getattr(data, name)()), h, w) / 255.0
         out.append((((img - mean) / std).transpose(2, 0, 1)[None]).astype(np.float32))
     return out
 
 
-def text_line_samples(h: int, w: int) -> list[np.ndarray]:
-    """PP-OCR classification/recognition preprocessing of text-line crops: (x/255 - 0.5) / 0.5."""
+def text_line_samples(h: int, w: int, held_out: bool = False) -> list[np.ndarray]:
+    """PP-OCR classification/recognition preprocessing of text-line crops: (x/255 - 0.5) / 0.5. Held out:
+    three of the crops turned upside down (what the direction classifier is for) and three lines cut
+    at other heights."""
     import skimage.data as data
 
     text, page = data.text(), data.page()
     crops = [text[20:70, 10:430], text[90:150, 20:440], page[10:45, 0:380], page[60:95, 0:380],
              page[110:145, 0:380], page[150:185, 0:380]]
+    if held_out:
+        crops = [c[::-1, ::-1] for c in crops[:3]] + [page[30:65, 0:380], page[85:120, 0:380], text[50:110, 10:430]]
     out = []
     for crop in crops:
         img = _resize(_rgb(crop), h, w) / 255.0
@@ -84,13 +92,16 @@ def main() -> int:
             (d / "model.onnx").write_bytes(wheel.read(member))
     samples = {"ppocr_det": det_samples(), "ppocr_cls": text_line_samples(48, 192),
                "ppocr_rec": text_line_samples(48, 320)}
+    held = {"ppocr_det": det_samples(photos=DET_HELD_OUT), "ppocr_cls": text_line_samples(48, 192, True),
+            "ppocr_rec": text_line_samples(48, 320, True)}
     for name, feeds in samples.items():
-        for split, part in (("inputs", feeds[:3]), ("calib", feeds[3:])):
+        for split, part in (("inputs", feeds[:3]), ("calib", feeds[3:]), ("holdout", held[name])):
             d = args.out / name / split
             d.mkdir(parents=True, exist_ok=True)
             for i, x in enumerate(part):
                 np.savez(d / f"{i}.npz", x=x)
-        print(f"{name}: {args.out / name / 'model.onnx'}, inputs {feeds[0].shape} x3, calib x{len(feeds) - 3}")
+        print(f"{name}: {args.out / name / 'model.onnx'}, inputs {feeds[0].shape} x3, calib x{len(feeds) - 3}, "
+              f"holdout x{len(held[name])}")
     return 0
 
 
