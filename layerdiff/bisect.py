@@ -92,7 +92,8 @@ class BisectResult:
 
     @property
     def plan(self) -> PrecisionPlan:
-        return PrecisionPlan.uniform(self.precision, [p.node for p in self.pins])
+        """The answer as a plan: the pins and the forced nodes in FP32."""
+        return PrecisionPlan.uniform(self.precision, [p.node for p in self.pins] + list(self.forced))
 
 
 def split_samples(samples: Samples) -> tuple[Samples, Samples | None]:

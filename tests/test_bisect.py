@@ -232,11 +232,30 @@ def test_export_trtexec_and_modelopt_strings(int8_recipe, cli):
     assert "--calibration_data_path=CALIB.npz" in flags  # ModelOpt 0.47's flag (run by hand, see README)
 
 
+def test_max_pins_gives_the_best_plan_within_it_and_fails(split, cli, tmp_path):
+    session, held = split
+    backend = FakeBackend(session.model, errors={"conv2": 0.05, "fc": 0.02}, default_error=0.0)
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    seen = []
+    result = bisect(session, "fake", target, backend=backend, max_pins=1, evidence=False,
+                    on_outcome=lambda o, n, bound, cached: seen.append(o))
+    assert result.status == "max-pins" and not result.outcome.passed and len(result.pins) == 1
+    within = [o for o in seen if len(o.pins) <= 1]
+    assert len(within) > 2 and all(not target.better(o.value, result.outcome.value) for o in within)
+    assert target.better(result.outcome.value, result.baseline.value)  # one pin helps, not enough
+    recipe = tmp_path / "r.json"
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "--min-cosine", "0.99999",
+                         "--max-pins", "0", "-o", recipe)
+    assert code == 1 and "max-pins" in out and "cosine" in out
+    data = json.loads(recipe.read_text())
+    assert data["status"] == "max-pins" and data["pins"] == [] and not data["achieved"]["passed"]
+
+
 def test_fp16_pins_nodes_beyond_fp16_range_first(tmp_path):
     session, held = prepare_split(FIXTURES / "fp16_overflow.onnx")
     target = Target.parse("cosine", 0.999, [], session.model.outputs)
     result = bisect(session, "ort-fp16", target, holdout=held)
-    assert "big_matmul" in result.forced
+    assert "big_matmul" in result.forced and result.plan.precision_of("big_matmul") == "fp32"
     assert result.outcome.passed
     assert any("no held-out samples" in w for w in result.warnings)  # one random sample
     write_recipe(recipe_dict(result, session, str(FIXTURES / "fp16_overflow.onnx")), tmp_path / "r.json")

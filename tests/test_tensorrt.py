@@ -41,3 +41,26 @@ def test_tensorrt_pins_are_obeyed_and_audited():
     audit = [a for a in report.to_dict()["precision_audit"] if a["requested"] == "fp32"]
     assert audit, "the pinned layer is in the audit"
     assert all(a["realised_as_requested"] is True for a in audit), audit  # TensorRT obeyed the pin
+
+
+@pytest.mark.parametrize("spec", ["trt-fp16", "trt-int8"])
+def test_tensorrt_bisect_pins_run_in_fp32(spec):
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.target import Target
+
+    session, held = prepare_split(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs")
+    probe = Target.parse("cosine", 0.0, [], session.model.outputs)
+    got = session.outputs_on(session.candidate(spec))
+    baseline = probe.worst([probe.score(r, g) for r, g in zip(session.outputs_on(None), got, strict=True)])
+    if baseline >= 1.0:
+        pytest.skip(f"{spec} matches FP32 exactly on the CNN: nothing to search")
+    target = Target.parse("cosine", (baseline + 1.0) / 2, [], session.model.outputs)
+    result = bisect(session, spec, target, holdout=held)
+    assert result.status in ("found", "budget") and result.outcome.passed, result.status
+    assert result.evaluations <= result.bound
+    for pin in result.pins:  # each pin's evidence comes from the engine inspector of the unpinned engine
+        assert pin.evidence is None or "realised_precision" in pin.evidence
+    # the answer rebuilt by its plan: TensorRT obeyed every pin (its engine says FP32)
+    report = session.compare(session.candidate(spec, result.plan))
+    audit = [a for a in report.to_dict()["precision_audit"] if a["requested"] == "fp32"]
+    assert all(a["realised_as_requested"] is True for a in audit), audit
