@@ -32,6 +32,20 @@ from layerdiff.rows import Row
 FUSED = "fused inside"  # every Deployment.missing begins so
 
 
+def _row_inputs(model: LoadedModel, row: Row) -> tuple[str, ...]:
+    """The tensors a row reads from outside itself, weights left out (a conversion row reads the tensor
+    it rounds)."""
+    if row.kind == "conversion":
+        return (row.converts,) if row.converts else ()
+    made = {t for lay in row.layers for t in lay.outputs}
+    seen: dict[str, None] = {}
+    for lay in row.layers:
+        for t in lay.inputs:
+            if t and t not in made and t not in model.initializers:
+                seen[t] = None
+    return tuple(seen)
+
+
 def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInfo, samples: Samples,
                     res: CaptureResult, outputs: tuple[OutputDiff, ...], *, divergence_cosine: float,
                     max_memory: int | None, mode: str, exposed_vs_plain: float | None,
@@ -59,7 +73,8 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                           diverges=diverges, local_unavailable=unavailable,
                           onnx_nodes=tuple(lay.name for lay in row.layers), engine_layers=row.engine_layers,
                           requested_precision=row.requested, kind=row.kind, kernels=row.kernels,
-                          dequantized_inputs=row.dequantized_inputs, converts=row.converts)
+                          dequantized_inputs=row.dequantized_inputs, converts=row.converts,
+                          inputs=_row_inputs(model, row))
         layers.append(layer)
         if diverges and first is None:
             first = _divergence(layer, divergence_cosine)

@@ -11,7 +11,7 @@ from typing import Any
 
 from layerdiff.errors import ReportError
 from layerdiff.jsonread import as_object, field_name, get_field, pick
-from layerdiff.metrics import METRICS, Aggregate, TensorMetrics
+from layerdiff.metrics import METRICS, STATS, Aggregate, TensorMetrics
 
 
 def _aggregate_to_json(agg: Aggregate) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def _aggregate_from_json(d: Mapping[str, Any], where: str = "") -> Aggregate:
 
 def _metrics_from_json(d: Mapping[str, Any], where: str) -> TensorMetrics:
     """TensorMetrics.from_json, once each field it reads is checked."""
-    for key in (*METRICS, "ref_absmax"):
+    for key in (*METRICS, *STATS, "ref_absmax"):
         get_field(d, key, "float | None", where, None)
     for key, spelled in (get_field(d, "nonfinite_values", "object | None", where, None) or {}).items():
         if spelled not in ("nan", "inf", "-inf"):
@@ -95,6 +95,7 @@ class LayerDiff:
     kernels: tuple[str, ...] = ()  # the kernels that computed it (QLinearConv, FusedConv, CaskConvolution...)
     dequantized_inputs: bool = False  # a float kernel reading INT8 values through DequantizeLinear
     converts: str = ""  # conversion rows: the tensor being rounded
+    inputs: tuple[str, ...] = ()  # the tensors it reads from other rows or the model's inputs (no weights)
 
     @property
     def local_rel_rms(self) -> float | None:
@@ -140,7 +141,8 @@ class LayerDiff:
             "index": self.index, "name": self.name, "kind": self.kind, "op": self.op, "precision": self.precision,
             "realised_precision": self.precision, "requested_precision": self.requested_precision,
             "onnx_nodes": list(self.onnx_nodes), "engine_layers": list(self.engine_layers),
-            "kernels": list(self.kernels), "outputs": [o.to_dict() for o in self.outputs], "diverges": self.diverges}
+            "kernels": list(self.kernels), "inputs": list(self.inputs), "outputs": [o.to_dict() for o in self.outputs],
+            "diverges": self.diverges}
         if self.precision_emulated:
             d["precision_emulated"] = True
         if self.dequantized_inputs:

@@ -36,6 +36,10 @@ class TensorMetrics:
     cand_nonfinite: int
     ref_absmax: float
     count: int
+    # the values themselves, side by side (over the finite pairs; largest |x| also over all finite values)
+    cand_absmax: float = math.nan
+    ref_rms: float = math.nan
+    cand_rms: float = math.nan
 
     @property
     def exceeds_fp16(self) -> bool:
@@ -61,7 +65,11 @@ class TensorMetrics:
         d["ref_absmax"] = finite_or_none(self.ref_absmax)
         d["exceeds_fp16"] = self.exceeds_fp16
         d["count"] = self.count
-        special = {k: _spell(getattr(self, k)) for k in (*METRICS, "ref_absmax") if not math.isfinite(getattr(self, k))}
+        for k in STATS:
+            d[k] = finite_or_none(getattr(self, k))
+        special = {k: _spell(getattr(self, k)) for k in (*METRICS, "ref_absmax")
+                   if not math.isfinite(getattr(self, k))}
+        special.update({k: "inf" if getattr(self, k) > 0 else "-inf" for k in STATS if math.isinf(getattr(self, k))})
         if special:
             d["nonfinite_values"] = special
         return d
@@ -77,10 +85,11 @@ class TensorMetrics:
         nonfinite = d.get("nonfinite") or {}
         return cls(num("cosine"), num("max_abs"), num("mean_abs"), num("rel_rms"), num("sqnr_db"),
                    int(nonfinite.get("reference", 0)), int(nonfinite.get("candidate", 0)), num("ref_absmax"),
-                   int(d.get("count", 0)))
+                   int(d.get("count", 0)), *(num(k) for k in STATS))
 
 
 METRICS = ("cosine", "max_abs", "mean_abs", "rel_rms", "sqnr_db")
+STATS = ("cand_absmax", "ref_rms", "cand_rms")  # written since layerdiff 0.x; null (NaN) in older reports
 
 
 def astuple_shallow(m: TensorMetrics) -> tuple:
@@ -116,7 +125,7 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
     if ref.shape != cand.shape:
         raise ValueError(f"shapes differ: {ref.shape} vs {cand.shape}")
     r_flat, c_flat = ref.reshape(-1), cand.reshape(-1)
-    acc = [0.0] * 7  # rr, cc, rc, dd, sum|d|, max|d|, max|r|
+    acc = [0.0] * 8  # rr, cc, rc, dd, sum|d|, max|d|, max|r|, max|c|
     n = ref_bad = cand_bad = 0
     for start in range(0, r_flat.size, _BLOCK):
         r = r_flat[start:start + _BLOCK].astype(np.float64)
@@ -129,6 +138,8 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
             cand_bad += int(c.size - c_ok.sum())
             if r_ok.any():
                 acc[6] = max(acc[6], float(np.abs(r[r_ok]).max()))
+            if c_ok.any():
+                acc[7] = max(acc[7], float(np.abs(c[c_ok]).max()))
             both = r_ok & c_ok
             r, c = r[both], c[both]
             if r.size == 0:
@@ -136,27 +147,29 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
             block = _block_sums(r, c)
         for i in range(5):
             acc[i] += block[i]
-        acc[5] = max(acc[5], block[5])
-        acc[6] = max(acc[6], block[6])
+        for i in (5, 6, 7):
+            acc[i] = max(acc[i], block[i])
         n += r.size
-    rr, cc, rc, dd, sad, mx, rmax = acc
+    rr, cc, rc, dd, sad, mx, rmax, cmax = acc
     if n == 0:
         nan = math.nan
-        return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, rmax if ref_bad < r_flat.size else nan, 0)
+        return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, rmax if ref_bad < r_flat.size else nan, 0,
+                             cmax if cand_bad < c_flat.size else nan)
     return TensorMetrics(
         cosine=cosine(rr, cc, rc), max_abs=mx, mean_abs=sad / n, rel_rms=rel_rms(rr, dd),
         sqnr_db=sqnr_db(rr, dd), ref_nonfinite=ref_bad, cand_nonfinite=cand_bad, ref_absmax=rmax, count=n,
+        cand_absmax=cmax, ref_rms=math.sqrt(rr / n), cand_rms=math.sqrt(cc / n),
     )
 
 
 def _block_sums(r: np.ndarray, c: np.ndarray) -> tuple[float, ...]:
     if r.size == 0:
-        return (0.0,) * 7
+        return (0.0,) * 8
     with np.errstate(invalid="ignore", over="ignore"):
         d = c - r
         ad = np.abs(d)
         return (_dot(r, r), _dot(c, c), _dot(r, c), _dot(d, d), float(ad.sum()), float(ad.max()),
-                float(np.abs(r).max()))
+                float(np.abs(r).max()), float(np.abs(c).max()))
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:

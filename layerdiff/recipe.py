@@ -107,6 +107,50 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
     }
 
 
+def pinned_recipe(report, rows, model_path: str | None = None) -> dict[str, Any]:
+    """A recipe of rows pinned by hand (the TUI's `e`): their ONNX nodes kept in FP32 in the report's
+    candidate. Nothing was measured with the pins in place (`achieved` is null; `layerdiff apply`
+    measures it). Rows with no ONNX node (conversions, constants) cannot be pinned: BadInput."""
+    from layerdiff._version import __version__
+    from layerdiff.specs import SPECS
+
+    cand = report.candidate
+    precision = SPECS[cand.spec].precision if cand.spec in SPECS else (cand.plan or {}).get("default")
+    if precision not in PRECISIONS or precision == "fp32" or cand.spec not in SPECS:
+        raise BadInput(f"the report's candidate '{cand.spec}' is not one layerdiff builds with pins "
+                       f"({', '.join(s for s in SPECS if SPECS[s].precision != 'fp32')}): a recipe cannot rebuild it")
+    bad = [row.name for row in rows if not row.onnx_nodes or row.kind != "layer"]
+    if bad:
+        raise BadInput(f"'{bad[0]}' is a {next(r.kind for r in rows if r.name == bad[0])} row with no ONNX node of "
+                       "its own: pin the layer that reads or writes it")
+    pins, seen = [], set()
+    for row in sorted(rows, key=lambda r: r.index):
+        for node in row.onnx_nodes:
+            if node in seen:
+                continue
+            seen.add(node)
+            pins.append({"node": node, "op": row.op, "precision": "fp32", "covers": [],
+                         "engine_layers": list(row.engine_layers),
+                         "evidence": {"realised_precision": row.precision, "local_cosine": _finite(row.local_cosine),
+                                      "local_rel_rms": _finite(row.local_rel_rms),
+                                      "accumulated_cosine": _finite(row.cosine)}})
+    calibration = cand.get("calibration")
+    tol = report.tolerance
+    return {
+        "schema": SCHEMA, "finished": True, "status": "pinned by hand",
+        "model": {"path": str(model_path or report.model.path), "sha256": report.model.sha256},
+        "candidate": {"spec": cand.spec, "precision": precision,
+                      **({"calibration": dict(calibration)} if isinstance(calibration, Mapping) else {}),
+                      **({"ort_optimization": cand.get("ort_optimization")} if cand.get("ort_optimization") else {})},
+        "tolerance": {"metric": "cosine", "threshold": tol.min_cosine, "outputs": list(tol.outputs),
+                      "direction": "min"} if tol is not None else {},
+        "achieved": None, "baseline": None, "holdout": None,
+        "pins": pins, "forced": [], "pinnable": None, "evaluations": 0, "strategy": "by hand",
+        "warnings": ["pinned by hand from a report: not measured with the pins in place; run layerdiff apply"],
+        "versions": {"layerdiff": __version__},
+    }
+
+
 def write_recipe(data: Mapping[str, Any], path: str | Path) -> None:
     write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
