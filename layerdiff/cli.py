@@ -75,11 +75,12 @@ def cli() -> None:
 @click.option("--ort-optimization", type=click.Choice(["all", "extended", "basic", "disabled"]), default="all",
               show_default=True, help="ONNX Runtime graph optimization level of the deployed candidate")
 @click.option("--cache-dir", metavar="DIR", help="keep calibration ranges here, to reuse them in later runs")
+@click.option("--tui", "open_ui", is_flag=True, help="then browse the report in the terminal UI")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
 def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, save_emulation,
             engine_info, save_engine_info, max_memory, min_cosine, outputs, divergence_cosine, reference_provider,
-            capture_mode, ort_optimization, cache_dir, quiet, debug) -> int:
+            capture_mode, ort_optimization, cache_dir, open_ui, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     from layerdiff.console import make_console, print_summary, progress_bar
     from layerdiff.files import check_writable, write_atomic
@@ -87,6 +88,9 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     from layerdiff.session import prepare
 
     budget = parse_size(max_memory) if max_memory else None
+    if open_ui and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise BadInput("--tui needs a terminal (stdin and stdout are not one); use -o REPORT.json and run layerdiff "
+                       "tui REPORT.json in a terminal")
     if outputs and min_cosine is None:
         raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
     imported = candidate[len(IMPORTED):] if candidate.startswith(IMPORTED) else candidate
@@ -128,7 +132,9 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
         print(f"layerdiff: interrupted after {report.capture.samples_done} of {report.inputs.samples} sample(s) "
               "in every chunk" + (f"; the partial report is in {output}" if output else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    if not quiet:
+    if open_ui:
+        open_tui(report, output, inputs)
+    elif not quiet:
         print_summary(report, out, top)
         if output:
             out.print(f"report written to {output}", markup=False, highlight=False)
@@ -183,8 +189,9 @@ def inspect(engine_info, model, as_json) -> int:
 
 
 from layerdiff.cli_bisect import apply, bisect, export  # noqa: E402  (the recipe commands)
+from layerdiff.cli_tui import open_tui, plot, tui  # noqa: E402  (the report viewers)
 
-for _command in (bisect, export, apply):
+for _command in (bisect, export, apply, tui, plot):
     cli.add_command(_command)
 
 

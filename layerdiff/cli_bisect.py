@@ -180,21 +180,27 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
 
 
 @click.command()
-@click.argument("recipe")
-@click.option("--format", "fmt", type=click.Choice(["trtexec", "polygraphy", "modelopt", "ort", "ort-overrides", "onnx"]),
+@click.argument("recipe", metavar="RECIPE|REPORT")
+@click.option("--format", "fmt", type=click.Choice(["trtexec", "polygraphy", "modelopt", "ort", "ort-overrides", "onnx",
+                                                    "model-explorer"]),
               required=True, help="onnx: the model with the recipe in its graph (TensorRT 11 takes only this)")
 @click.option("--model", metavar="MODEL.onnx", help="--format onnx: the FP32 model (default: the recipe's)")
 @click.option("--calib", metavar="PATH", help="--format onnx, INT8: calibrate again on these samples (default: the "
               "recipe's own ranges)")
 @click.option("-o", "--output", metavar="FILE", help="write here (atomically); text formats default to stdout")
+@click.option("--metric", type=click.Choice(["local", "accumulated"]), default="local", show_default=True,
+              help="--format model-explorer: the error each node is coloured by")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-def export(recipe, fmt, model, calib, output, debug) -> int:
-    """Write a recipe in the form a build tool takes."""
+def export(recipe, fmt, model, calib, output, metric, debug) -> int:
+    """Write a recipe in the form a build tool takes, or (--format model-explorer) a report's error per
+    node as Model Explorer node data."""
     from layerdiff.export import TEXT
     from layerdiff.files import check_writable, write_atomic
     from layerdiff.graph import serialize
     from layerdiff.recipe import load_recipe
 
+    if fmt == "model-explorer":
+        return _export_node_data(recipe, model, output, metric)
     r = load_recipe(recipe)
     if output:
         check_writable(output, protect=(recipe, model or r.model_path, calib))
@@ -209,6 +215,30 @@ def export(recipe, fmt, model, calib, output, debug) -> int:
         raise BadInput("--format onnx writes a model: give -o FILE.onnx")
     cand, _ = _realise_recipe(r, recipe, model, calib, None, None)
     write_atomic(output, serialize(cand.model))
+    return 0
+
+
+def _export_node_data(report_path, model, output, metric) -> int:
+    import onnx
+
+    from layerdiff.files import check_writable, write_atomic
+    from layerdiff.graph import _sha256 as file_sha256
+    from layerdiff.nodedata import node_data_json
+    from layerdiff.report import load_report
+
+    if not output:
+        raise BadInput("--format model-explorer writes node data: give -o NODEDATA.json")
+    report = load_report(report_path)
+    model = model or report.model.path
+    check_writable(output, protect=(report_path, model))
+    if not Path(model).is_file():
+        raise BadInput(f"the report's model {model} is not here: give its path with --model")
+    if file_sha256(Path(model)) != report.model.sha256:
+        raise BadInput(f"{model} is not the model the report was made on (sha256 differs): give that model with "
+                       "--model")
+    proto = onnx.load(str(model), load_external_data=False)
+    write_atomic(output, node_data_json(report, proto, metric).encode())
+    print(f"node data written to {output}: open {model} in Model Explorer (with model-explorer-onnx) and load it")
     return 0
 
 

@@ -1,0 +1,469 @@
+"""`layerdiff tui REPORT.json`: the Textual application. It renders what layerdiff.tui.state computes
+(rows, sorting, filters, pins, graph moves) and runs blocking work (bisect) in a worker thread; the
+report itself is an immutable value read once."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, Label, Static
+from textual_plotext import PlotextPlot
+
+from layerdiff.errors import LayerdiffError
+from layerdiff.report import Report
+from layerdiff.tui.detail import cos_text, num, render_detail
+from layerdiff.tui.state import (
+    COLUMNS,
+    SORTABLE,
+    Filter,
+    Graph,
+    RowView,
+    ViewState,
+    first_divergent,
+    follow,
+    row_view,
+    visible,
+    worst_row,
+)
+from layerdiff.tui.table import LayerTable
+
+WIDE = 150  # columns from which the detail and the chart show side by side
+
+KEYS = (
+    ("arrows, PgUp/PgDn", "move through the layers"),
+    ("s / r", "sort by the next column / reverse (or click a header)"),
+    ("/", "filter: op:Conv,Gemm prec:int8 and parts of names; Enter keeps it"),
+    ("Esc", "clear the filter"),
+    ("c", "show or hide Constant rows"),
+    ("w", "jump to the worst layer (most local error)"),
+    ("d", "jump to the first divergent layer"),
+    ("[ / ]", "go to the producer / consumer with the worst error"),
+    ("g", "show the error chart (1 - cosine along the network)"),
+    ("p or space", "pin the layer's ONNX nodes to FP32, or unpin"),
+    ("e", "export the pinned layers as a recipe (layerdiff.recipe/1)"),
+    ("b", "bisect: search the fewest pins for a cosine (runs the models)"),
+    ("x", "cancel a running bisect"),
+    ("?", "this help"),
+    ("q", "quit"),
+)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("layerdiff tui\n\n", style="bold")
+        for key, what in KEYS:
+            text.append(f"{key:>18}  ", style="bold")
+            text.append(what + "\n")
+        text.append("\nflags: N new NaN/Inf, R beyond FP16's range, D diverges; prec a>b: asked a, ran b\n",
+                    style="dim")
+        text.append("any of Esc, q, ? closes", style="dim")
+        with Vertical(id="dialog"):
+            yield Static(text)
+
+    def on_key(self, event) -> None:
+        if event.key not in ("escape", "q", "question_mark"):
+            self.dismiss(None)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class AskScreen(ModalScreen[str | None]):
+    """One question, one answer line (Enter answers, Esc cancels)."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, question: str, value: str, note: str = "") -> None:
+        super().__init__()
+        self.question, self.value, self.note = question, value, note
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question)
+            yield Input(self.value, id="answer")
+            yield Label(Text(self.note + ("\n" if self.note else "") + "Enter: yes   Esc: cancel", style="dim"))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(AskScreen):
+    pass
+
+
+def _cells(row: RowView, pinned: bool) -> tuple:
+    prec = Text(row.precision_text, style="bold yellow" if ">" in row.precision_text else "")
+    return (
+        Text("●" if pinned else " ", style="bold magenta"),
+        str(row.index),
+        row.key,
+        prec,
+        cos_text(row.local_cosine),
+        cos_text(row.cosine),
+        Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
+        row.op,
+        num(row.max_abs, ".3g"),
+        num(row.sqnr, ".1f"),
+    )
+
+
+# table columns in display order: (key, header, width)
+TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
+         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3), ("op", "op", 14),
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7))
+assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
+
+
+class LayerdiffApp(App[None]):
+    """Browse a report. `report_path` (where it was read from) is only shown and protected from being
+    overwritten by an export."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "layerdiff"
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "help"),
+        Binding("slash", "filter", "filter"),
+        Binding("s", "sort_next", "sort"),
+        Binding("w", "worst", "worst"),
+        Binding("d", "divergent", "diverges"),
+        Binding("p,space", "pin", "pin"),
+        Binding("e", "export", "export"),
+        Binding("g", "chart", "chart"),
+        Binding("r", "reverse", "reverse", show=False),
+        Binding("c", "constants", "constants", show=False),
+        Binding("left_square_bracket", "producer", "producer", show=False),
+        Binding("right_square_bracket", "consumer", "consumer", show=False),
+        Binding("b", "bisect", "bisect", show=False),
+        Binding("x", "cancel_bisect", "cancel", show=False),
+        Binding("escape", "clear_filter", "clear filter", show=False),
+    ]
+    view: reactive[ViewState] = reactive(ViewState, always_update=False, init=False)
+
+    def __init__(self, report: Report, report_path: str | Path | None = None, *, bisect_inputs: str | None = None):
+        super().__init__()
+        self.report = report
+        self.report_path = str(report_path) if report_path else None
+        self.rows = [row_view(lay) for lay in report.layers]
+        self.by_key = {r.key: r for r in self.rows}
+        self.layers = {lay.name: lay for lay in report.layers}
+        self.graph = Graph.of(report.layers)
+        self.shown: list[RowView] = []
+        self.selected: str | None = None
+        self.bisect_inputs = bisect_inputs
+        self._cancel = threading.Event()
+        self._bisecting = False
+
+    # -- layout ------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(self._summary(), id="summary")
+        yield Input(placeholder="op:Conv,Gemm prec:int8 name-part   (Enter keeps, Esc clears)", id="filter")
+        yield LayerTable(TABLE, _cells, id="layers")
+        with Horizontal(id="lower"):
+            with VerticalScroll(id="detail"):
+                yield Static(id="detail-body")
+            yield PlotextPlot(id="chart")
+        yield Static("", id="status")
+        yield Footer()
+
+    def _summary(self) -> str:
+        r = self.report
+        worst = [o.accumulated.worst.cosine for o in r.outputs if o.accumulated is not None]
+        out = f"output cos {min(worst):.6f}" if worst and not any(math.isnan(w) for w in worst) else "output -"
+        return (f"{Path(r.model.path).name} · {r.candidate.spec} · {len(r.layers)} rows · {out} · "
+                f"{r.inputs.samples} sample(s){' (random)' if r.inputs.random else ''}")
+
+    def on_mount(self) -> None:
+        self._fill()
+        self.query_one(LayerTable).focus()
+        self._set_wide(self.size.width)
+
+    def on_resize(self, event) -> None:
+        self._set_wide(event.size.width)
+
+    def _set_wide(self, width: int) -> None:
+        self.set_class(width >= WIDE, "wide")
+
+    # -- the table ---------------------------------------------------------------------------------
+
+    def _fill(self, keep: str | None = None) -> None:
+        """Show the rows the view keeps, in its order (the cursor stays on `keep` where shown)."""
+        table = self.query_one(LayerTable)
+        self.shown = visible(self.rows, self.view)
+        table.set_rows(self.shown, self.view.pins, keep)
+        self.query_one("#status", Static).update(self._status_line())
+
+    def _status_line(self, extra: str = "") -> str:
+        v = self.view
+        parts = [f"{len(self.shown)} of {len(self.rows)} rows", f"sorted by {v.sort}{' (reversed)' if v.reverse else ''}"]
+        if v.filter_text:
+            parts.append(f"filter: {v.filter_text}")
+        if not v.show_constants and any(r.kind == "constant" for r in self.rows):
+            parts.append("constants hidden (c)")
+        if v.pins:
+            parts.append(f"{len(v.pins)} pinned (e exports)")
+        return " · ".join(parts + ([extra] if extra else []))
+
+    def watch_view(self, old: ViewState, new: ViewState) -> None:
+        table = self.query_one(LayerTable)
+        if (old.filter_text, old.show_constants, old.sort, old.reverse) != \
+                (new.filter_text, new.show_constants, new.sort, new.reverse) or \
+                (new.sort == "pin" and old.pins != new.pins):
+            self._fill(self.selected)
+        elif old.pins != new.pins:
+            table.set_pins(new.pins)
+            self.query_one("#status", Static).update(self._status_line())
+
+    def _select(self, key: str) -> None:
+        self.query_one(LayerTable).move_to(key)
+
+    def on_layer_table_highlighted(self, event: LayerTable.Highlighted) -> None:
+        self._show(event.key)
+
+    def on_layer_table_header_clicked(self, event: LayerTable.HeaderClicked) -> None:
+        self.view = self.view.sorted_by(event.column)
+
+    def _show(self, key: str) -> None:
+        if key == self.selected:
+            return
+        self.selected = key
+        self.query_one("#detail-body", Static).update(render_detail(self.layers[key], self.graph))
+        if self.has_class("chart") or self.has_class("wide"):
+            self._draw_chart()
+
+    # -- the chart ---------------------------------------------------------------------------------
+
+    def _draw_chart(self) -> None:
+        plot = self.query_one(PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        rows = [r for r in self.rows if r.kind != "constant"]
+        at = {r.key: i for i, r in enumerate(rows)}  # conversion rows share their producer's index
+        floor = 1e-9
+
+        def gap(c: float | None) -> float | None:
+            return None if c is None else max(1.0 - c, floor)
+
+        for label, attr, color in (("accumulated", "cosine", "blue"), ("local", "local_cosine", "red")):
+            pts = [(at[r.key], g) for r in rows if (g := gap(getattr(r, attr))) is not None]
+            if pts:
+                plt.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color, marker="braille")
+        plt.yscale("log")
+        lows = [g for r in rows for c in (r.cosine, r.local_cosine) if (g := gap(c)) is not None]
+        if lows:
+            lo, hi = math.floor(math.log10(min(lows))), math.ceil(math.log10(max(lows)))
+            step = max(1, (hi - lo) // 4)
+            ticks = [10.0 ** k for k in range(lo, hi + 1, step)]
+            plt.yticks(ticks, [f"1e{round(math.log10(t))}" for t in ticks])
+        plt.title("1 - cosine along the network")
+        plt.xlabel("row")
+        if self.selected in at:
+            plt.vline(at[self.selected], "magenta")
+        plot.refresh()
+
+    def action_chart(self) -> None:
+        self.toggle_class("chart")
+        if self.has_class("chart"):
+            self._draw_chart()
+
+    # -- moving ------------------------------------------------------------------------------------
+
+    def _jump(self, key: str | None, what: str) -> None:
+        if key is None:
+            self._say(f"no {what} in this report")
+            return
+        if key not in {r.key for r in self.shown}:
+            self.view = ViewState(sort=self.view.sort, reverse=self.view.reverse, show_constants=True,
+                                  pins=self.view.pins)
+        self._select(key)
+
+    def action_worst(self) -> None:
+        self._jump(worst_row(self.report), "layer with a local error")
+
+    def action_divergent(self) -> None:
+        self._jump(first_divergent(self.report), "divergent layer")
+
+    def action_producer(self) -> None:
+        if self.selected:
+            self._jump(follow(self.graph, self.by_key, self.selected, upstream=True), "producer")
+
+    def action_consumer(self) -> None:
+        if self.selected:
+            self._jump(follow(self.graph, self.by_key, self.selected, upstream=False), "consumer")
+
+    def action_sort_next(self) -> None:
+        order = [k for k, _, _ in TABLE if k in SORTABLE]
+        nxt = order[(order.index(self.view.sort) + 1) % len(order)]
+        self.view = self.view.sorted_by(nxt)
+
+    def action_reverse(self) -> None:
+        self.view = self.view.sorted_by(self.view.sort)
+
+    def action_constants(self) -> None:
+        self.view = replace(self.view, show_constants=not self.view.show_constants)
+
+    # -- filtering ---------------------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        self.add_class("filtering")
+        box = self.query_one("#filter", Input)
+        box.value = self.view.filter_text
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.view = replace(self.view, filter_text=event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            problems = Filter.parse(event.value).problems
+            self.remove_class("filtering")
+            self.query_one(LayerTable).focus()
+            if problems:
+                self._say("; ".join(problems))
+
+    def action_clear_filter(self) -> None:
+        self.remove_class("filtering")
+        self.query_one(LayerTable).focus()
+        if self.view.filter_text:
+            self.view = replace(self.view, filter_text="")
+
+    # -- pins, export, bisect ----------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        self.query_one("#status", Static).update(Text(message, style="bold"))
+
+    def action_pin(self) -> None:
+        if not self.selected:
+            return
+        row = self.by_key[self.selected]
+        if not row.pinnable:
+            self._say(f"{row.name} is a {row.kind} row with no ONNX node of its own: pin the layer that writes or "
+                      "reads it")
+            return
+        self.view = self.view.toggled_pin(row.key)
+
+    def default_recipe_path(self) -> str:
+        base = Path(self.report_path).with_suffix("") if self.report_path else Path("layerdiff")
+        return str(base) + ".recipe.json"
+
+    def action_export(self) -> None:
+        if not self.view.pins:
+            self._say("nothing pinned: p pins the selected layer")
+            return
+        path = self.default_recipe_path()
+        n = len(self.view.pins)
+        note = f"{path} exists: it will be replaced" if Path(path).exists() else ""
+        self.push_screen(ConfirmScreen(f"Write a recipe of {n} pinned row(s) to this file?", path, note),
+                         self._export_to)
+
+    def _export_to(self, path: str | None) -> None:
+        if not path:
+            self._say("export cancelled")
+            return
+        from layerdiff.files import check_writable
+        from layerdiff.recipe import pinned_recipe, write_recipe
+
+        try:
+            check_writable(path, protect=tuple(p for p in (self.report_path, self.report.model.path) if p))
+            rows = [self.layers[k] for k in self.view.pins]
+            write_recipe(pinned_recipe(self.report, rows), path)
+        except (LayerdiffError, OSError) as err:
+            self._say(f"not written: {err}")
+            return
+        self._say(f"recipe written to {path} ({len(self.view.pins)} row(s)); layerdiff apply {path} MODEL checks it")
+
+    def action_bisect(self) -> None:
+        if self._bisecting:
+            self._say("a bisect is running (x cancels it)")
+            return
+        model = Path(self.report.model.path)
+        if not model.is_file():
+            self._say(f"bisect runs the model, and {model} is not here (run the TUI where the report was made)")
+            return
+        tol = self.report.tolerance
+        worst = [o.accumulated.worst.cosine for o in self.report.outputs if o.accumulated is not None]
+        suggest = tol.min_cosine if tol else ((min(worst) + 1.0) / 2 if worst else 0.999)
+        self.push_screen(AskScreen("Bisect: the lowest cosine of the final outputs to accept (worst sample)",
+                                   f"{suggest:.6g}", "runs the FP32 model and the candidate many times; x cancels"),
+                         self._bisect_with)
+
+    def _bisect_with(self, answer: str | None) -> None:
+        if answer is None:
+            return
+        try:
+            threshold = float(answer)
+        except ValueError:
+            self._say(f"'{answer}' is not a number: bisect not started")
+            return
+        if not -1.0 <= threshold <= 1.0:
+            self._say(f"a cosine is between -1 and 1, not {answer}: bisect not started")
+            return
+        self._cancel.clear()
+        self._bisecting = True
+        self.run_bisect(threshold)
+
+    @work(thread=True, exclusive=True, group="bisect")
+    def run_bisect(self, threshold: float) -> None:
+        from layerdiff.bisect import bisect, prepare_split
+        from layerdiff.target import Target
+
+        r = self.report
+        try:
+            inputs = self.bisect_inputs or (None if r.inputs.random else r.inputs.source)
+            self.call_from_thread(self._say, "bisect: preparing (reference run, calibration)...")
+            session, held = prepare_split(r.model.path, inputs=inputs)
+            outputs = r.tolerance.outputs if r.tolerance else ()
+            target = Target.parse("cosine", threshold, outputs, session.model.outputs)
+
+            def each(outcome, n, bound, cached):
+                verdict = "pass" if outcome.passed else "fail"
+                self.call_from_thread(self._say, f"bisect {n}/{bound}: {len(outcome.pins)} pins, cosine "
+                                                 f"{outcome.value:.6f} {verdict}   (x cancels)")
+
+            result = bisect(session, r.candidate.spec, target, holdout=held, on_outcome=each, cancel=self._cancel,
+                            evidence=False)
+        except (LayerdiffError, OSError) as err:
+            self.call_from_thread(self._bisect_failed, str(err))
+            return
+        self.call_from_thread(self._bisect_done, result)
+
+    def _bisect_failed(self, message: str) -> None:
+        self._bisecting = False
+        self._say(f"bisect stopped: {message}")
+
+    def _bisect_done(self, result) -> None:
+        self._bisecting = False
+        nodes = {p.node for p in result.pins}
+        pins = frozenset(lay.name for lay in self.report.layers if lay.kind == "layer" and nodes & set(lay.onnx_nodes))
+        self.view = replace(self.view, pins=pins)
+        held = "" if result.holdout is None else f"; held-out {'holds' if result.holdout.holds else 'FAILS'}"
+        self._say(f"bisect {result.status}: {len(result.pins)} pin(s), cosine {result.outcome.value:.6f} "
+                  f"({result.evaluations} evaluations{held}); e exports them")
+
+    def action_cancel_bisect(self) -> None:
+        if self._bisecting:
+            self._cancel.set()
+            self._say("cancelling bisect (the best plan so far is kept)")
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+

@@ -1,0 +1,290 @@
+"""The TUI (layerdiff.tui): its view state on its own, the app driven with Textual's Pilot, the report
+viewers' command lines, the Model Explorer export and the plot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from layerdiff.recipe import load_recipe
+from layerdiff.report import load_report, rank_layers
+from layerdiff.tui.state import Filter, Graph, ViewState, follow, row_view, visible
+from tests.conftest import FIXTURES, load_script
+
+bench = load_script("bench_tui")
+
+
+@pytest.fixture(scope="module")
+def cnn_report(tmp_path_factory):
+    from layerdiff.cli import main
+
+    path = tmp_path_factory.mktemp("tui") / "cnn.json"
+    assert main(["compare", str(FIXTURES / "cnn.onnx"), "--candidate", "ort-int8", "--inputs",
+                 str(FIXTURES / "cnn_inputs"), "-o", str(path), "-q"]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def diverging_report(tmp_path_factory):
+    """A report with a first divergence: FakeBackend errors on conv2."""
+    import layerdiff
+    from layerdiff.backends.fake import FakeBackend
+    from layerdiff.plan import PrecisionPlan
+    from layerdiff.report import write_report
+
+    session = layerdiff.prepare(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs")
+    cand = session.realise(PrecisionPlan.uniform("int8"), FakeBackend(session.model, {"conv2": 0.3}, 0.0))
+    report = session.compare(cand)
+    assert report.first_divergence is not None
+    path = tmp_path_factory.mktemp("tui") / "div.json"
+    write_report(report, path)
+    return path
+
+
+def run(app, *keys, size=(100, 30), check=None):
+    """Drive `app` headless: press `keys` (a callable among them is called with the app), return what
+    `check(app)` returns at the end."""
+
+    async def go():
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            for key in keys:
+                if callable(key):
+                    key(app)
+                else:
+                    await pilot.press(key)
+                await pilot.pause()
+            return check(app) if check else None
+
+    return asyncio.run(go())
+
+
+def table_keys(app) -> list[str]:
+    from layerdiff.tui.table import LayerTable
+
+    return app.query_one(LayerTable).keys
+
+
+# -- the view state, without Textual ------------------------------------------------------------------
+
+
+def test_sorting_filtering_and_constants_on_a_synthetic_report():
+    report = bench.synthetic_report(500)
+    rows = [row_view(lay) for lay in report.layers]
+    shown = visible(rows, ViewState())
+    assert all(r.kind != "constant" for r in shown) and len(shown) == 490  # every 50th row is a Constant
+    assert len(visible(rows, ViewState(show_constants=True))) == 500
+    by_local = visible(rows, ViewState(sort="local_cosine"))
+    values = [r.local_cosine for r in by_local]
+    assert values == sorted(values)  # the worst (lowest cosine) first
+    assert visible(rows, ViewState(sort="local_cosine", reverse=True))[0].local_cosine == max(values)
+    convs = visible(rows, ViewState(filter_text="op:Relu prec:int8 layer_001"))
+    assert convs == [r for r in rows if r.kind != "constant" and r.op == "Relu" and r.precision == "int8"
+                     and "layer_001" in r.name] and len(convs) > 10
+    assert Filter.parse("op:").problems  # names nothing
+
+
+def test_graph_moves_follow_the_worst_error(cnn_report):
+    report = load_report(cnn_report)
+    graph = Graph.of(report.layers)
+    add = report.layer("residual_add")
+    assert add is not None and len(add.inputs) == 2
+    producers = graph.producers["residual_add"]
+    assert len(producers) >= 2  # both branches (each through its own rounding row)
+    assert "residual_add" in {c for p in producers for c in graph.consumers[p]}
+    rows = {lay.name: row_view(lay) for lay in report.layers}
+    up = follow(graph, rows, "residual_add", upstream=True)
+    assert up == min(producers, key=lambda k: rows[k].cosine)
+
+
+# -- the app, driven by Pilot -------------------------------------------------------------------------
+
+
+def test_keys_sort_filter_and_jump(cnn_report, diverging_report):
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    app = LayerdiffApp(report, cnn_report)
+    start = run(app, check=table_keys)
+    assert start == [lay.name for lay in report.layers if lay.kind != "constant"]
+
+    def by_local(app):
+        app.view = app.view.sorted_by("local_cosine")
+
+    app = LayerdiffApp(report, cnn_report)
+    order = run(app, by_local, check=table_keys)
+    cos = [app.by_key[k].local_cosine for k in order if app.by_key[k].local_cosine is not None]
+    assert cos == sorted(cos) and order != start
+    app = LayerdiffApp(report, cnn_report)
+    assert run(app, "slash", *"op:Conv", "enter", check=table_keys) == [
+        lay.name for lay in report.layers if lay.op == "Conv"]
+    app = LayerdiffApp(report, cnn_report)
+    assert run(app, "w", check=lambda a: a.selected) == rank_layers(report)[0].name
+    div = load_report(diverging_report)
+    app = LayerdiffApp(div, diverging_report)
+    assert run(app, "d", check=lambda a: a.selected) == div.first_divergence.layer
+
+
+def test_pins_export_a_recipe_of_exactly_those_layers(cnn_report, tmp_path):
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    copy = tmp_path / "report.json"
+    copy.write_text(cnn_report.read_text())
+    app = LayerdiffApp(report, copy)
+
+    def select(name):
+        return lambda a: a._select(name)
+
+    run(app, select("conv2"), "p", select("fc"), "p", select("conv4"), "p", "p", "e", "enter")
+    recipe = load_recipe(tmp_path / "report.recipe.json", report.model.sha256)
+    assert set(recipe.nodes) == {"conv2", "fc"}  # conv4 pinned and unpinned
+    assert recipe.precision == "int8" and recipe.candidate["spec"] == "ort-int8"
+
+
+def test_a_conversion_row_cannot_be_pinned(cnn_report):
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    conversion = next(lay.name for lay in report.layers if lay.kind == "conversion")
+    app = LayerdiffApp(report, cnn_report)
+    pins = run(app, lambda a: a._select(conversion), "p", check=lambda a: a.view.pins)
+    assert pins == frozenset()
+
+
+def test_ten_thousand_layers_load_and_sort():
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = bench.synthetic_report(10_000)
+    app = LayerdiffApp(report)
+
+    def by_cos(app):
+        app.view = app.view.sorted_by("cosine")
+
+    order = run(app, by_cos, check=table_keys)
+    assert len(order) == 9_800
+    cos = [app.by_key[k].cosine for k in order]
+    assert cos == sorted(cos)
+
+
+def test_a_report_without_optional_fields_opens(cnn_report, tmp_path):
+    from layerdiff.tui.app import LayerdiffApp
+
+    data = json.loads(cnn_report.read_text())
+    for lay in data["layers"]:
+        for key in ("inputs", "kernels", "engine_layers", "requested_precision", "kind", "onnx_nodes"):
+            lay.pop(key, None)
+        for out in lay["outputs"]:
+            out["local"] = None
+            for key in ("cand_absmax", "ref_rms", "cand_rms"):
+                out.pop(key, None)
+    data["tolerance"] = None
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    report = load_report(path)
+    app = LayerdiffApp(report, path)
+    selected = run(app, "w", "d", "bracketleft", "bracketright", "g", "question_mark", "escape", "s", "p",
+                   check=lambda a: a.selected)
+    assert selected is not None
+
+
+# -- the command lines ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "report not found"),
+    ("{not json", "is not a layerdiff report"),
+    ('{"schema": "layerdiff.report/9"}', "has schema 'layerdiff.report/9'"),
+])
+def test_tui_refuses_broken_reports_in_one_line(cli, tmp_path, content, message):
+    path = tmp_path / "r.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = cli("tui", path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tui_needs_a_terminal(cli, cnn_report):
+    code, _, err = cli("tui", cnn_report)  # the test runner's stdin is no terminal
+    assert code == 2 and "needs a terminal" in err
+
+
+def test_plot_writes_a_picture_with_the_worst_and_the_first_divergent(cli, diverging_report, tmp_path):
+    pytest.importorskip("matplotlib")
+    report = load_report(diverging_report)
+    svg = tmp_path / "error.svg"
+    code, out, err = cli("plot", diverging_report, "-o", svg)
+    assert code == 0, err
+    text = svg.read_text()
+    assert f"first divergent: {report.first_divergence.layer}" in text
+    assert rank_layers(report)[0].name in text
+    code, _, err = cli("plot", diverging_report, "-o", tmp_path / "error.gif")
+    assert code == 2 and "by the suffix of -o" in err and not (tmp_path / "error.gif").exists()
+
+
+# -- Model Explorer ------------------------------------------------------------------------------------
+
+
+def _unnamed_model(path):
+    """x -> Relu (unnamed) -> Mul 'dup' -> Add 'dup' -> Relu 'node' -> y: the adapter renames these."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.5, -1.0, 2.0, 0.25])
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["a", "w"], ["b"], name="dup"),
+             helper.make_node("Add", ["b", "w"], ["c"], name="dup"), helper.make_node("Sigmoid", ["c"], ["d"]),
+             helper.make_node("Relu", ["d"], ["y"], name="node")]
+    graph = helper.make_graph(nodes, "odd_names", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("which", ["cnn", "odd"])
+def test_model_explorer_node_data_is_keyed_by_the_adapters_ids(cli, tmp_path, which):
+    model = FIXTURES / "cnn.onnx"
+    if which == "odd":
+        model = tmp_path / "odd.onnx"
+        _unnamed_model(model)
+    report = tmp_path / "r.json"
+    assert cli("compare", model, "--candidate", "fake", "-o", report, "-q")[0] == 0
+    out = tmp_path / "nodedata.json"
+    code, text, err = cli("export", report, "--format", "model-explorer", "-o", out)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    (graph_id, graph), = data.items()
+    proto = onnx.load(model)
+    assert graph_id == proto.graph.name and graph["results"]
+    assert all(0.0 <= r["value"] <= 2.0 for r in graph["results"].values())
+    adapter = pytest.importorskip("model_explorer_onnx.main")
+    converted = adapter.ONNXAdapter().convert(str(model), {})["graphs"]
+    ids = {n.id for g in converted for n in g.nodes if g.id == graph_id}
+    assert set(graph["results"]) <= ids and ids  # every key names one of the adapter's nodes
+    if which == "odd":
+        assert {"node", "dup", "dup_1", "node_1", "node_2"} <= ids
+
+
+def test_model_explorer_node_data_is_what_the_builder_writes(cli, diverging_report, tmp_path):
+    ndb = pytest.importorskip("model_explorer.node_data_builder")
+    out = tmp_path / "nd.json"
+    code, _, err = cli("export", diverging_report, "--format", "model-explorer", "--metric", "accumulated", "-o", out)
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    (gid, g), = data.items()
+    built = ndb.ModelNodeData(graphsData={gid: ndb.GraphNodeData(
+        results={k: ndb.NodeDataResult(value=v["value"]) for k, v in g["results"].items()}, name=g["name"],
+        thresholds=[ndb.ThresholdItem(value=t["value"], bgColor=t["bgColor"]) for t in g["thresholds"]])})
+    assert json.loads(built.to_json_string()) == data
+    report = load_report(diverging_report)
+    fc = report.layer("fc")
+    assert math.isclose(g["results"]["fc"]["value"], 1 - fc.cosine, abs_tol=1e-12)
+
+
+def test_model_explorer_export_refuses_another_model(cli, cnn_report, tmp_path):
+    other = tmp_path / "odd.onnx"
+    _unnamed_model(other)
+    code, _, err = cli("export", cnn_report, "--format", "model-explorer", "--model", other, "-o", tmp_path / "n.json")
+    assert code == 2 and "not the model the report was made on" in err
+    assert not (tmp_path / "n.json").exists()
