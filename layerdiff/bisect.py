@@ -368,10 +368,17 @@ def _pin_infos(session: Session, base: Candidate, make, pins: frozenset[str], or
             for node in group:
                 engine[node] = engine.get(node, ()) + (layer[0],)
     before = _conversions(base)
+    adjacent = None
+    if base.kind != "ort-int8" and len(pins) > 1:
+        # one candidate with every pin, each changed conversion given to the pins it touches: building one
+        # FP16 candidate per pin took minutes on a recogniser with 400 pins
+        adjacent = _adjacent_conversions(base, make(pins), pins)
     infos = []
     for node in ordered:
-        alone = _conversions(make(frozenset({node})))
-        covers = tuple(sorted(before ^ alone))
+        if adjacent is not None:
+            covers = tuple(sorted(adjacent.get(node, ())))
+        else:
+            covers = tuple(sorted(before ^ _conversions(make(frozenset({node})))))
         row = rows.get(node)
         facts: dict[str, Any] = {}
         if row is not None:
@@ -379,6 +386,38 @@ def _pin_infos(session: Session, base: Candidate, make, pins: frozenset[str], or
                      "local_rel_rms": row.local_rel_rms, "accumulated_cosine": row.cosine}
         infos.append(PinInfo(node, session.model.nodes[node].op_type, covers, engine.get(node, ()), facts))
     return tuple(infos)
+
+
+def _adjacent_conversions(base: Candidate, full: Candidate, pins: frozenset[str]) -> dict[str, set[str]]:
+    """The conversions (Q/DQ, Cast) that differ between `base` and `full`, each given to the pinned
+    nodes that read from it or write into it (through chains of conversions)."""
+    out: dict[str, set[str]] = {}
+    changed = _conversions(base) ^ _conversions(full)
+    for cand in (base, full):
+        graph = cand.model.graph if cand.model is not None else None
+        if graph is None:
+            continue
+        nodes = {n.name: n for n in graph.node}
+        producer = {o: n for n in graph.node for o in n.output}
+        readers: dict[str, list] = {}
+        for n in graph.node:
+            for t in n.input:
+                readers.setdefault(t, []).append(n)
+        for name in changed & set(nodes):
+            seen, todo = set(), [nodes[name]]
+            while todo:  # walk through conversions to the nodes on both sides
+                n = todo.pop()
+                if n.name in seen:
+                    continue
+                seen.add(n.name)
+                if n.name in pins:
+                    out.setdefault(n.name, set()).add(name)
+                    continue
+                if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast") and n.name != name:
+                    continue
+                todo += [producer[t] for t in n.input if t in producer]
+                todo += [r for t in n.output for r in readers.get(t, ())]
+    return out
 
 
 def _conversions(candidate: Candidate) -> set[str]:

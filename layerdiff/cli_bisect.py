@@ -312,6 +312,12 @@ def apply(recipe, model, inputs, calib, shapes, output, quiet, debug) -> int:
         print(f"measured: cosine {value:.7g} (worst of {len(per)} sample(s)); the recipe names no tolerance "
               "(pinned by hand)")
         return 0
+    achieved = r.data.get("achieved") if isinstance(r.data.get("achieved"), dict) else {}
+    held = r.data.get("holdout") if isinstance(r.data.get("holdout"), dict) else None
+    claim = (f"{claimed:.7g} on its {achieved.get('samples', '?')} search sample(s)" if isinstance(claimed, float)
+             else "nothing")
+    if held and isinstance(held.get("achieved"), float):
+        claim += f", {held['achieved']:.7g} on {held.get('samples', '?')} held out ({'held' if held.get('holds') else 'FAILED'})"
     print(f"{'holds' if passed else 'FAILS'}: {target.describe()}: {value:.7g} (worst of {len(per)} sample(s)); "
-          f"the recipe claimed {claimed}")
+          f"the recipe claimed {claim}")
     return 0 if passed else EXIT_TOLERANCE

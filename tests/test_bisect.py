@@ -401,6 +401,36 @@ def test_fp16_nodes_pinned_side_by_side_exchange_fp32_values():
     assert big.input[0] == "x"  # the graph input, not a round trip through FP16
 
 
+def test_fp16_pinned_layers_read_their_constant_weights_unrounded(tmp_path):
+    # weights as Constant nodes (PaddlePaddle's exports): a pinned layer must not read them rounded to
+    # FP16 and cast back up; with every compute node pinned the candidate is the FP32 model bit for bit
+    import layerdiff
+    from layerdiff.plan import PrecisionPlan
+
+    w = onnx.numpy_helper.from_array(np.full((4, 4), 0.1, np.float32) + np.eye(4, dtype=np.float32) / 3, "w")
+    nodes = [onnx.helper.make_node("Constant", [], ["W"], name="weights", value=w),
+             onnx.helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             onnx.helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             onnx.helper.make_node("MatMul", ["r", "W"], ["y"], name="mm2")]
+    graph = onnx.helper.make_graph(nodes, "const_weights",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])])
+    path = tmp_path / "const.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=9), path)
+    session = layerdiff.prepare(path)
+    feed = session.samples.feeds[0]
+    every = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", ["mm", "relu", "mm2"]))
+    assert not [n for n in every.model.graph.node if n.op_type == "Cast"]
+    np.testing.assert_array_equal(run_plain(every.model.SerializeToString(), feed)["y"], run_plain(str(path), feed)["y"])
+    one = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", ["mm"]))  # W shared with an FP16 reader
+    mm = next(n for n in one.model.graph.node if n.name == "mm")
+    producer = {o: n for n in one.model.graph.node for o in n.output}[mm.input[1]]
+    assert producer.op_type == "Constant" and producer.attribute[0].t.data_type == onnx.TensorProto.FLOAT
+    none = session.candidate("ort-fp16")  # nothing pinned: the weights are FP16 as before
+    const = next(n for n in none.model.graph.node if n.op_type == "Constant")
+    assert const.attribute[0].t.data_type == onnx.TensorProto.FLOAT16
+
+
 def test_compare_checks_min_cosine_on_a_slice(cli, tmp_path):
     saved, report = tmp_path / "cand.onnx", tmp_path / "r.json"
     base = ["compare", CNN, "--candidate", "ort-int8", "--inputs", INPUTS, "-q"]

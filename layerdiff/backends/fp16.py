@@ -42,7 +42,7 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
 
     source = onnx.ModelProto()
     source.CopyFrom(model.proto)
-    keep_fp32 = [layer.name for layer in model.layers if plan.precision_of(layer.name) != "fp16"]
+    keep_fp32 = _keep_fp32(model, plan)
     # a graph input that is also a graph output: the converter would cast it twice under one name, so it
     # is taken out of the outputs while converting and put back where it was (it stays the FP32 input)
     outputs = list(source.graph.output)
@@ -58,6 +58,27 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
     _drop_round_trips(candidate)
     return candidate
+
+
+def _keep_fp32(model: LoadedModel, plan: PrecisionPlan) -> list[str]:
+    """The nodes the converter leaves in FP32: those not planned FP16, and the weight nodes (Constant,
+    and nodes computing from weights alone) that any of them reads, so that a pinned layer reads its
+    weights unrounded, as a TensorRT layer kept in FP32 does (models exported with their weights as
+    Constant nodes, such as PaddlePaddle's, would otherwise feed pinned layers FP16-rounded weights
+    through a Cast back up)."""
+    keep = {layer.name for layer in model.layers if plan.precision_of(layer.name) != "fp16"}
+    if not keep:
+        return []
+    weights = model.weight_layers
+    readers: dict[str, list[str]] = {}
+    for layer in model.layers:
+        for t in layer.inputs:
+            readers.setdefault(t, []).append(layer.name)
+    for layer in reversed(model.layers):  # readers come later in topological order
+        if layer.name in weights and layer.name not in keep and any(
+                r in keep for t in layer.outputs for r in readers.get(t, ())):
+            keep.add(layer.name)
+    return [layer.name for layer in model.layers if layer.name in keep]
 
 
 def _drop_round_trips(model: onnx.ModelProto) -> None:
