@@ -317,7 +317,8 @@ def apply(recipe, model, inputs, calib, shapes, output, quiet, debug) -> int:
     claim = (f"{claimed:.7g} on its {achieved.get('samples', '?')} search sample(s)" if isinstance(claimed, float)
              else "nothing")
     if held and isinstance(held.get("achieved"), float):
-        claim += f", {held['achieved']:.7g} on {held.get('samples', '?')} held out ({'held' if held.get('holds') else 'FAILED'})"
+        verdict = "held" if held.get("holds") else "FAILED"
+        claim += f", {held['achieved']:.7g} on {held.get('samples', '?')} held out ({verdict})"
     print(f"{'holds' if passed else 'FAILS'}: {target.describe()}: {value:.7g} (worst of {len(per)} sample(s)); "
           f"the recipe claimed {claim}")
     return 0 if passed else EXIT_TOLERANCE
