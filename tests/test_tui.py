@@ -288,3 +288,18 @@ def test_model_explorer_export_refuses_another_model(cli, cnn_report, tmp_path):
     code, _, err = cli("export", cnn_report, "--format", "model-explorer", "--model", other, "-o", tmp_path / "n.json")
     assert code == 2 and "not the model the report was made on" in err
     assert not (tmp_path / "n.json").exists()
+
+
+# -- the look (pytest-textual-snapshot; a synthetic report, so the numbers are the same on every machine) --
+
+
+def test_snapshot_main_screen(snap_compare):
+    from layerdiff.tui.app import LayerdiffApp
+
+    assert snap_compare(LayerdiffApp(bench.synthetic_report(60)), terminal_size=(80, 24))
+
+
+def test_snapshot_detail_of_the_worst_layer_wide(snap_compare):
+    from layerdiff.tui.app import LayerdiffApp
+
+    assert snap_compare(LayerdiffApp(bench.synthetic_report(60)), press=["w"], terminal_size=(160, 40))
