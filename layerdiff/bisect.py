@@ -14,8 +14,6 @@ The search itself is layerdiff.search.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import threading
@@ -25,21 +23,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from layerdiff.backends.base import Candidate
 from layerdiff.backends.ort import INTRA_OP_THREADS
+from layerdiff.bisect_state import SearchState
 from layerdiff.errors import BadInput, Cancelled
-from layerdiff.files import write_atomic
 from layerdiff.inputs import Samples
-from layerdiff.metrics import FP16_MAX
+from layerdiff.pins import PinInfo, beyond_fp16, pin_infos, pinnable_nodes
 from layerdiff.plan import PrecisionPlan
 from layerdiff.search import STRATEGIES, Outcome, Search, eval_bound
 from layerdiff.session import Session, prepare
 from layerdiff.specs import IMPORTED, SPECS
 from layerdiff.target import Target
-
-STATE_SCHEMA = "layerdiff.bisect-state/1"
 
 
 @dataclass(frozen=True)
@@ -49,17 +43,6 @@ class Holdout:
     value: float
     per_sample: tuple[float, ...]
     holds: bool
-
-
-@dataclass(frozen=True)
-class PinInfo:
-    """One pinned node: what the pin changes in the candidate and the evidence for it."""
-
-    node: str
-    op: str
-    covers: tuple[str, ...] = ()  # the conversions (Q/DQ, Casts) the pin removes or adds
-    engine_layers: tuple[str, ...] = ()
-    evidence: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,66 +108,6 @@ def prepare_split(model, *, inputs=None, calib=None, holdout=None, **kwargs) -> 
     return session.with_samples(search, None if calib is not None else search), held
 
 
-def _digest(samples: Samples) -> str:
-    h = hashlib.sha256()
-    for feed in samples.feeds:
-        for name in sorted(feed):
-            h.update(name.encode())
-            h.update(str(feed[name].shape).encode())
-            h.update(np.ascontiguousarray(feed[name]).tobytes())
-    return h.hexdigest()[:16]
-
-
-class _State:
-    """The outcomes of one search, kept in a JSON file (written atomically after each evaluation)."""
-
-    def __init__(self, path: Path | None, identity: dict[str, Any]):
-        self.path, self.identity = path, identity
-        self.rows: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def load(self, target: Target) -> list[Outcome]:
-        if self.path is None or not self.path.exists():
-            return []
-        try:
-            data = json.loads(self.path.read_text())
-            if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
-                raise BadInput(f"--resume {self.path} is not a layerdiff bisect state file (schema "
-                               f"{data.get('schema') if isinstance(data, dict) else None!r}); give another path")
-            for key, want in self.identity.items():
-                if data.get(key) != want:
-                    raise BadInput(f"--resume {self.path} was written by another search ({key} differs: "
-                                   f"{data.get(key)!r}, this run {want!r}); give another path or delete it")
-            outcomes = []
-            for row in data["evaluations"]:
-                pins = frozenset(row["pins"])
-                if not all(isinstance(p, str) for p in pins):
-                    raise ValueError("pins are node names")
-                per = tuple(float(v) for v in row["per_sample"])
-                value = target.worst(per)
-                outcomes.append(Outcome(pins, value, per, target.passes(value), float(row.get("seconds", 0))))
-                self.rows.append(row)
-            return outcomes
-        except BadInput:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise BadInput(f"--resume {self.path} is damaged ({type(err).__name__}: {err}); delete it or give "
-                           "another path") from None
-
-    def add(self, outcome: Outcome) -> None:
-        if self.path is None:
-            return
-        with self._lock:
-            self.rows.append({"pins": sorted(outcome.pins), "per_sample": [_num(v) for v in outcome.per_sample],
-                              "seconds": round(outcome.seconds, 4)})
-            write_atomic(self.path, json.dumps({"schema": STATE_SCHEMA, **self.identity,
-                                                "evaluations": self.rows}).encode())
-
-
-def _num(v: float) -> float | str:
-    return v if math.isfinite(v) else str(v)  # json: "inf", "-inf", "nan" (float() reads them back)
-
-
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -224,10 +147,10 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         return session.candidate(candidate, plan, progress=progress, cancel=cancel)
 
     base_candidate = make(frozenset())  # calibrates once (INT8)
-    pinnable = _pinnable(session, base_candidate, candidate if backend is None else "fake")
+    pinnable = pinnable_nodes(session, base_candidate, candidate if backend is None else "fake")
     forced: tuple[str, ...] = ()
     if precision in ("fp16", "bf16") and precision == "fp16":
-        forced = _beyond_fp16(session, pinnable, cancel)
+        forced = beyond_fp16(session, pinnable, cancel)
         pinnable = [n for n in pinnable if n not in forced]
     if not pinnable:
         raise BadInput(f"the model has no node that {candidate} computes in {precision}: nothing to pin")
@@ -246,10 +169,10 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
 
     identity = {"model": session.model.sha256, "candidate": candidate, "precision": precision,
                 "calibration": session.calibration if precision == "int8" else None,
-                "samples": _digest(session.samples), "calib": _digest(session.calib) if precision == "int8" else None,
+                "samples": session.samples.digest(), "calib": session.calib.digest() if precision == "int8" else None,
                 "target": {k: v for k, v in target.to_dict().items() if k != "threshold"},
                 "forced": list(forced)}
-    store = _State(Path(state) if state else None, identity)
+    store = SearchState(Path(state) if state else None, identity)
     known = store.load(target)
     if on_start:
         on_start(len(pinnable), len(forced), bound)
@@ -305,7 +228,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     elif holdout is None and status in ("met", "found", "budget"):
         warnings.append("no held-out samples (one sample given): the answer was not checked on inputs it was not "
                         "found on; give --inputs with several samples or --holdout DIR")
-    pins = _pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins),
+    pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins),
                       evidence and status not in ("interrupted",), progress, cancel)
     calibration = {}
     if precision == "int8" and backend is None and candidate.startswith("ort"):
@@ -318,27 +241,6 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
                         calibration)
 
 
-def _pinnable(session: Session, base: Candidate, candidate: str) -> list[str]:
-    """The nodes whose pin changes the candidate, in topological order: for ort-int8 the nodes that
-    read through Q/DQ; otherwise every node that computes a float value."""
-    model = session.model
-    if candidate in ("ort-int8",):
-        quantized = session.quantizer.quantized
-        return [lay.name for lay in model.layers if lay.name in quantized]
-    return [lay.name for lay in model.layers if lay.name not in model.weight_layers
-            and any(model.is_float(t) for t in lay.outputs)]
-
-
-def _beyond_fp16(session: Session, pinnable: list[str], cancel) -> tuple[str, ...]:
-    """Nodes whose FP32 reference values leave FP16's range (they are pinned in every FP16 plan)."""
-    model = session.model
-    outputs = {t: lay.name for lay in model.layers if lay.name in set(pinnable) for t in lay.outputs
-               if model.is_float(t)}
-    absmax = session.reference_absmax(sorted(outputs), cancel)
-    beyond = {outputs[t] for t, v in absmax.items() if v > FP16_MAX}
-    return tuple(n for n in pinnable if n in beyond)
-
-
 def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]:
     """Too few inputs to tell: the metric moves more between samples than the gap being closed."""
     per = [v for v in baseline.per_sample if math.isfinite(v)]
@@ -349,79 +251,3 @@ def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]
         return (f"the metric varies more between samples ({spread:.3g}) than the gap being closed ({gap:.3g}): "
                 "too few inputs to tell which pins matter; give more samples",)
     return ()
-
-
-def _pin_infos(session: Session, base: Candidate, make, pins: frozenset[str], ordered: list[str], evidence: bool,
-               progress, cancel) -> tuple[PinInfo, ...]:
-    if not pins:
-        return ()
-    rows: dict[str, Any] = {}
-    if evidence:
-        report = session.compare(base, progress=progress, cancel=cancel)
-        for row in report.layers:
-            for node in row.onnx_nodes or (row.name,):
-                if node in pins and row.kind == "layer":
-                    rows[node] = row
-    engine: dict[str, tuple[str, ...]] = {}
-    for group, layer in base.deployment().groups():
-        if layer:
-            for node in group:
-                engine[node] = engine.get(node, ()) + (layer[0],)
-    before = _conversions(base)
-    adjacent = None
-    if base.kind != "ort-int8" and len(pins) > 1:
-        # one candidate with every pin, each changed conversion given to the pins it touches: building one
-        # FP16 candidate per pin took minutes on a recogniser with 400 pins
-        adjacent = _adjacent_conversions(base, make(pins), pins)
-    infos = []
-    for node in ordered:
-        if adjacent is not None:
-            covers = tuple(sorted(adjacent.get(node, ())))
-        else:
-            covers = tuple(sorted(before ^ _conversions(make(frozenset({node})))))
-        row = rows.get(node)
-        facts: dict[str, Any] = {}
-        if row is not None:
-            facts = {"realised_precision": row.precision, "local_cosine": row.local_cosine,
-                     "local_rel_rms": row.local_rel_rms, "accumulated_cosine": row.cosine}
-        infos.append(PinInfo(node, session.model.nodes[node].op_type, covers, engine.get(node, ()), facts))
-    return tuple(infos)
-
-
-def _adjacent_conversions(base: Candidate, full: Candidate, pins: frozenset[str]) -> dict[str, set[str]]:
-    """The conversions (Q/DQ, Cast) that differ between `base` and `full`, each given to the pinned
-    nodes that read from it or write into it (through chains of conversions)."""
-    out: dict[str, set[str]] = {}
-    changed = _conversions(base) ^ _conversions(full)
-    for cand in (base, full):
-        graph = cand.model.graph if cand.model is not None else None
-        if graph is None:
-            continue
-        nodes = {n.name: n for n in graph.node}
-        producer = {o: n for n in graph.node for o in n.output}
-        readers: dict[str, list] = {}
-        for n in graph.node:
-            for t in n.input:
-                readers.setdefault(t, []).append(n)
-        for name in changed & set(nodes):
-            seen, todo = set(), [nodes[name]]
-            while todo:  # walk through conversions to the nodes on both sides
-                n = todo.pop()
-                if n.name in seen:
-                    continue
-                seen.add(n.name)
-                if n.name in pins:
-                    out.setdefault(n.name, set()).add(name)
-                    continue
-                if n.op_type not in ("QuantizeLinear", "DequantizeLinear", "Cast") and n.name != name:
-                    continue
-                todo += [producer[t] for t in n.input if t in producer]
-                todo += [r for t in n.output for r in readers.get(t, ())]
-    return out
-
-
-def _conversions(candidate: Candidate) -> set[str]:
-    graph = candidate.model.graph if candidate.model is not None else None
-    if graph is None:
-        return set()
-    return {n.name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast")}

@@ -8,7 +8,7 @@ tensors their bodies read from the outer scope count as inputs of that layer.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,26 +19,13 @@ from onnx import TensorProto, helper
 
 from layerdiff.errors import ModelError
 from layerdiff.lazy import once
+from layerdiff.topology import Layer, Unit, name_nodes, topological_layers  # noqa: F401  (Layer, Unit: re-exported)
 
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
 LOCAL_SUFFIX = "::local"
 # candidate metadata: {node: {its raw output: the tensor holding it after the rounding that follows it}}
 FINAL_KEY = "layerdiff.final_outputs"
 _PROTO_LIMIT = 1_900_000_000  # protobuf cannot serialise 2 GiB; above this, models go through files
-
-
-@dataclass(frozen=True)
-class Layer:
-    index: int
-    name: str
-    op: str
-    inputs: tuple[str, ...]  # data inputs, initializers and (for subgraph nodes) outer-scope reads; '' dropped
-    outputs: tuple[str, ...]
-    has_subgraph: bool
-    named: bool = True  # the name is the model's own (False: generated, as the node had none or a duplicate)
-
-
-Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
 
 
 @dataclass(frozen=True)
@@ -233,8 +220,8 @@ def from_proto(proto: onnx.ModelProto, path: Path | str = "<memory>", sha256: st
         for vi in graph.input
         if vi.name not in initializers
     )
-    layers = tuple(_layers(graph, initializers))
-    _name_nodes(graph, layers)
+    layers = tuple(topological_layers(graph, initializers))
+    name_nodes(graph, layers)
     return LoadedModel(
         path=Path(path), sha256=sha256, proto=proto, layers=layers, tensor_types=types,
         initializers=initializers, inputs=inputs, outputs=tuple(o.name for o in graph.output),
@@ -311,87 +298,6 @@ def shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraph bodies read from the enclosing scope."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in graphs:
-            defined = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for inner in g.node:
-                defined.update(inner.output)
-            for inner in g.node:
-                reads.update(n for n in inner.input if n and n not in defined)
-                reads.update(r for r in subgraph_reads(inner) if r not in defined)
-    return reads
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-
-
-def _layers(graph: onnx.GraphProto, initializers: frozenset[str]) -> list[Layer]:
-    nodes = list(graph.node)
-    node_inputs = []
-    for node in nodes:
-        names = [n for n in node.input if n]
-        if _has_subgraph(node):
-            names += sorted(r for r in subgraph_reads(node) if r not in names)
-        node_inputs.append(tuple(names))
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    # Kahn's algorithm, keeping file order among ready nodes
-    indegree = [0] * len(nodes)
-    consumers: dict[int, list[int]] = defaultdict(list)
-    for i, names in enumerate(node_inputs):
-        deps = {producer[n] for n in names if n in producer and producer[n] != i}
-        indegree[i] = len(deps)
-        for d in deps:
-            consumers[d].append(i)
-    ready = deque(i for i in range(len(nodes)) if indegree[i] == 0)
-    order: list[int] = []
-    while ready:
-        i = ready.popleft()
-        order.append(i)
-        for c in sorted(consumers[i]):
-            indegree[c] -= 1
-            if indegree[c] == 0:
-                ready.append(c)
-    if len(order) != len(nodes):
-        raise ModelError("the model's graph has a cycle; it is not a valid ONNX model")
-    used = {n.name for n in nodes if n.name}
-    seen: set[str] = set()
-    layers = []
-    for index, i in enumerate(order):
-        node = nodes[i]
-        named = bool(node.name) and node.name not in seen
-        name = node.name if named else _fresh_name(f"{node.op_type}_{index}", used)
-        seen.add(name)
-        used.add(name)
-        layers.append(Layer(index, name, node.op_type, node_inputs[i], tuple(o for o in node.output if o),
-                            _has_subgraph(node), named))
-    return layers
-
-
-def _fresh_name(base: str, used: set[str]) -> str:
-    """`base`, or `base_1`, `base_2`, ... : the first that no node of the model already uses."""
-    if base not in used:
-        return base
-    k = 1
-    while f"{base}_{k}" in used:
-        k += 1
-    return f"{base}_{k}"
-
-
-def _name_nodes(graph: onnx.GraphProto, layers: tuple[Layer, ...]) -> None:
-    """Give every node its layer name (unnamed or duplicate names get `<Op>_<index>`), so that tools
-    that rewrite the model (quantizers, FP16 converters) carry the names into the candidate."""
-    by_output = {layer.outputs[0]: layer.name for layer in layers if layer.outputs}
-    for node in graph.node:
-        outs = [o for o in node.output if o]
-        if outs and by_output.get(outs[0], node.name) != node.name:
-            node.name = by_output[outs[0]]
 
 
 def value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:

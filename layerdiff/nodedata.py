@@ -47,12 +47,14 @@ def adapter_node_ids(graph: onnx.GraphProto) -> list[str]:
 def node_data(report: Report, model: onnx.ModelProto, metric: str = "local") -> dict[str, Any]:
     """The node data object of `report` for `model` (the report's FP32 model: its layer names are the
     report's, so unnamed nodes are found by their first output)."""
-    from layerdiff.graph import _layers  # the names compare gave the model's nodes
+    from layerdiff.topology import (
+        topological_layers,  # the names compare gave the model's nodes
+    )
 
     if metric not in ("local", "accumulated"):
         raise BadInput(f"--metric is local or accumulated, not {metric}")
     graph = model.graph
-    layers = _layers(graph, frozenset(i.name for i in graph.initializer))
+    layers = topological_layers(graph, frozenset(i.name for i in graph.initializer))
     layer_of_output = {lay.outputs[0]: lay.name for lay in layers if lay.outputs}
     ids = adapter_node_ids(graph)
     node_id = {}

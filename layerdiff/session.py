@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +24,9 @@ import onnx
 
 from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
-from layerdiff.backends.calibrate import ranges_from_json, ranges_to_json
+from layerdiff.backends.calibrate import RangesCache
 from layerdiff.backends.int8 import Int8Quantizer
-from layerdiff.backends.ort import OrtSource, cpu_lacks_vnni, providers_for
+from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
 from layerdiff.candidate_checks import candidate_warnings, exposed_vs_plain
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
@@ -36,21 +34,24 @@ from layerdiff.errors import (
     BackendError,
     BadInput,
     Cancelled,
-    InputDataError,
     ModelError,
     OutputPathError,
+)
+from layerdiff.evaluation import (
+    CachedSource,
+    Evaluation,
+    diff_final_outputs,
+    kernel_check,
 )
 from layerdiff.graph import (
     LoadedModel,
     check_ir_version,
     from_proto,
     load_model,
-    serialize,
 )
 from layerdiff.inputs import Samples, load_samples, parse_shapes
 from layerdiff.lazy import once
 from layerdiff.match import identity_pairing, match_tensors
-from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
 from layerdiff.plan import PrecisionPlan
 from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
@@ -59,27 +60,6 @@ from layerdiff.rows import plan_rows
 from layerdiff.specs import IMPORTED, SPECS
 
 DEFAULT_REFERENCE_CACHE = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Final outputs of a candidate against the FP32 model, from plain runs of both (worst sample and
-    mean per output), and each sample's metrics."""
-
-    outputs: tuple[OutputDiff, ...]
-    per_sample: tuple[dict[str, TensorMetrics], ...]
-    provider: str
-    # the candidate's outputs per sample, when asked to keep them (not part of equality: arrays)
-    values: tuple[dict[str, np.ndarray], ...] = field(default=(), compare=False, repr=False)
-
-    def output(self, name: str) -> OutputDiff | None:
-        return next((o for o in self.outputs if o.tensor == name), None)
-
-    @property
-    def cosine(self) -> float:
-        """The worst cosine of any float output over all samples (nan if none is compared)."""
-        vals = [o.accumulated.worst.cosine for o in self.outputs if o.accumulated is not None]
-        return min(vals) if vals else float("nan")
 
 
 def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = None, calib: str | Path | None = None,
@@ -161,10 +141,14 @@ class Session:
             return self._backends[name]
 
     @once
+    def _ranges_cache(self) -> RangesCache:
+        return RangesCache(self.cache_dir, self.model.sha256, self.calibration, self.calib)
+
+    @once
     def quantizer(self) -> Int8Quantizer:
         """Calibration ranges and the all-INT8 QDQ model, made once and shared by every backend (the
         ranges read from --cache-dir when it holds them)."""
-        return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory, self._cached_ranges())
+        return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory, self._ranges_cache.load())
 
     def use_ranges(self, ranges) -> None:
         """Quantize with these calibration ranges (a recipe's) instead of calibrating; before any INT8
@@ -201,7 +185,7 @@ class Session:
         plan = plan if plan is not None else PrecisionPlan.uniform("int8")
         if "int8" in plan.precisions and backend in ("ort", "ort-trt-int8") and not self.quantizer.calibrated:
             self.quantizer.calibrate(progress, cancel)
-            self._save_ranges()
+            self._ranges_cache.save(self.quantizer.ranges)
         return (self.backend(backend) if isinstance(backend, str) else backend).realise(plan)
 
     def candidate(self, spec: str, plan: PrecisionPlan | None = None, *, engine_info: str | Path | None = None,
@@ -239,36 +223,6 @@ class Session:
                              f"from the FP32 model (its inputs are: {[c.name for c in cand.inputs]})")
         return OnnxFileBackend(self.model, cand, self.optimization, self.capture_mode).realise(plan)
 
-    # -- ranges kept on disk between runs (--cache-dir) ------------------------------------------------
-
-    @once
-    def _ranges_file(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        h = hashlib.sha256(self.model.sha256.encode() + self.calibration.encode())
-        for feed in self.calib.feeds:
-            for name in sorted(feed):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(feed[name]).tobytes())
-        return self.cache_dir / f"calibration-{h.hexdigest()[:16]}.json"
-
-    def _cached_ranges(self):
-        path = self._ranges_file
-        if path is None or not path.is_file():
-            return None
-        try:
-            return ranges_from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputDataError(f"calibration cache {path} is damaged ({err}); delete it") from err
-
-    def _save_ranges(self) -> None:
-        path = self._ranges_file
-        if path is not None and not path.exists():
-            from layerdiff.files import write_atomic
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(ranges_to_json(self.quantizer.ranges)).encode())
-
     # -- the reference ---------------------------------------------------------------------------------
 
     @_explained
@@ -293,7 +247,7 @@ class Session:
                     values = {id(feed): source.infer(feed) for feed in self.samples.feeds}
                     self._exposed, self._exposed_provider = values, source.provider
             if self._exposed is not None:
-                return _Cached(self._exposed, names, self._exposed_provider)
+                return CachedSource(self._exposed, names, self._exposed_provider)
         return OrtSource(expose_tensors(self.model, names), {n: n for n in names}, self.reference_providers,
                          REFERENCE_LEVEL, "reference", cancel=cancel, low_memory=True, derived_from=self.model.blob)
 
@@ -369,40 +323,9 @@ class Session:
         self._check(candidate)
         reference = self.reference_outputs(cancel)
         names = self._output_names(candidate)
-        per_sample: list[dict[str, TensorMetrics]] = []
-        rates: dict[str, list[float]] = {}
-        reasons: dict[str, str] = {}
-        kept: list[dict[str, np.ndarray]] = []
         with candidate.open(cancel) as source:
-            for feed, ref in zip(self.samples.feeds, reference, strict=True):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled("evaluation cancelled")
-                out = source.infer(feed)
-                if keep_values:
-                    kept.append(out)
-                metrics = {}
-                for name in self.model.outputs:
-                    got = out.get(names.get(name, ""))
-                    if got is None:
-                        reasons[name] = "the candidate has no graph output holding it"
-                    elif ref[name].shape != got.shape:
-                        reasons[name] = f"shapes differ: reference {ref[name].shape}, candidate {got.shape}"
-                    elif ref[name].dtype.kind == "f" and got.dtype.kind == "f":
-                        metrics[name] = diff_metrics(ref[name], got)
-                    else:
-                        rates.setdefault(name, []).append(match_rate(ref[name], got))
-                per_sample.append(metrics)
-            provider = source.provider
-        outputs = []
-        for name in self.model.outputs:
-            series = [m[name] for m in per_sample if name in m]
-            if name in reasons:
-                outputs.append(OutputDiff(name, reason=reasons[name]))
-            elif series:
-                outputs.append(OutputDiff(name, aggregate(series)))
-            else:
-                outputs.append(OutputDiff(name, match_rate=min(rates[name])))
-        return Evaluation(tuple(outputs), tuple(per_sample), provider, tuple(kept))
+            return diff_final_outputs(self.model.outputs, names, self.samples.feeds, reference, source, keep_values,
+                                      cancel)
 
     def _check(self, candidate: Candidate) -> None:
         if not isinstance(candidate, Candidate):
@@ -455,7 +378,8 @@ class Session:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
         exposed = exposed_vs_plain(result.kept, evaluation.values, held)
-        kernel_note = () if result.interrupted else self._kernel_check(candidate, evaluation, held, cancel)
+        kernel_note = () if result.interrupted else kernel_check(candidate, evaluation, held, self.samples.feeds,
+                                                                 self.reference_outputs(), self.optimization, cancel)
         if progress:
             progress("final outputs", 1, 1)
         info = CandidateInfo(candidate.spec, candidate.kind, candidate.runtime,
@@ -487,55 +411,3 @@ class Session:
                        if not target.passes(target.worst([Target(target.metric, min_cosine, (spec,)).score(r, g)
                                                           for r, g in zip(reference, got, strict=True)])))
         return Tolerance(min_cosine, not failed, failed, tuple(s.text for s in target.outputs))
-
-    def _kernel_check(self, candidate: Candidate, evaluation: Evaluation, held: dict[str, str],
-                      cancel: threading.Event | None) -> tuple[str, ...]:
-        """For an ONNX Runtime candidate holding Q/DQ pairs, run at a level that fuses them into integer
-        kernels: its outputs from plain runs of its Q/DQ arithmetic (graph optimizations 'basic', which
-        fuse no Q/DQ), against the deployed kernels'. Integer kernels are meant to compute that
-        arithmetic; where they do not (ONNX Runtime's u8s8 kernels saturate on x86 CPUs without VNNI),
-        the rows of those kernels carry an error the Q/DQ model itself (and TensorRT) would not have."""
-        executed = candidate.executed
-        if (candidate.runtime.find("(CPU") < 0 or executed is None or self.optimization in ("disabled", "basic")
-                or not any(n.op_type == "QuantizeLinear" for n in executed.graph.node) or not evaluation.values):
-            return ()
-        worst: tuple[float, float, str] | None = None  # (arithmetic cosine, deployed cosine, output)
-        with OrtSource(serialize(executed), None, None, "basic", "candidate (Q/DQ arithmetic)",
-                       cancel=cancel) as source:
-            per_output: dict[str, list[tuple[float, float]]] = {}
-            for feed, ref, deployed in zip(self.samples.feeds, self.reference_outputs(), evaluation.values,
-                                           strict=True):
-                arith = source.infer(feed)
-                for name, h in held.items():
-                    if h in arith and h in deployed and ref[name].dtype.kind == "f" and arith[h].shape == ref[name].shape:
-                        per_output.setdefault(name, []).append((diff_metrics(ref[name], arith[h]).cosine,
-                                                                diff_metrics(ref[name], deployed[h]).cosine))
-        for name, pairs in per_output.items():
-            a, d = min(p[0] for p in pairs), min(p[1] for p in pairs)
-            if 1 - d > max(2 * (1 - a), 1e-4) and (worst is None or d - a < worst[1] - worst[0]):
-                worst = (a, d, name)
-        if worst is None:
-            return ()
-        a, d, name = worst
-        why = "; this CPU has no VNNI, where ONNX Runtime's u8s8 kernels can saturate" if cpu_lacks_vnni() else ""
-        return (f"ONNX Runtime's fused INT8 kernels compute output '{name}' worse than the candidate's Q/DQ "
-                f"arithmetic (worst cosine {d:.6f} as deployed, {a:.6f} with Q/DQ unfused){why}: rows of QLinear* "
-                "kernels carry that kernel error, which TensorRT would not have; --ort-optimization basic shows "
-                "the Q/DQ arithmetic layer by layer",)
-
-
-class _Cached:
-    """A reference source answering from values computed once."""
-
-    def __init__(self, values: dict[int, dict[str, np.ndarray]], names: list[str], provider: str):
-        self.values, self.names, self.provider = values, names, provider
-
-    def __enter__(self) -> _Cached:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.values[id(feed)]
-        return {n: values[n] for n in self.names}

@@ -17,13 +17,17 @@ Nothing is printed and no file is written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from layerdiff.backends.ort import make_session
 from layerdiff.errors import Cancelled, InputDataError
+from layerdiff.files import write_atomic
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
 from layerdiff.progress import Progress
@@ -186,3 +190,27 @@ def ranges_from_json(obj: dict):
     return TensorsData(method, {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                                 for t, (lo, hi) in obj["tensors"].items()})
 
+
+class RangesCache:
+    """Calibration ranges kept on disk between runs (`--cache-dir`), one file per model, method and
+    calibration sample set."""
+
+    def __init__(self, cache_dir: Path | None, model_sha256: str, method: str, calib: Samples):
+        self.path = None
+        if cache_dir is not None:
+            key = hashlib.sha256(f"{model_sha256}{method}{calib.digest()}".encode()).hexdigest()[:16]
+            self.path = cache_dir / f"calibration-{key}.json"
+
+    def load(self):
+        """The cached ranges, or None."""
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            return ranges_from_json(json.loads(self.path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise InputDataError(f"calibration cache {self.path} is damaged ({err}); delete it") from err
+
+    def save(self, ranges) -> None:
+        if self.path is not None and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(ranges_to_json(ranges)).encode())

@@ -13,17 +13,16 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
-from textual.screen import ModalScreen
-from textual.widgets import Footer, Input, Label, Static
+from textual.widgets import Footer, Input, Static
 from textual_plotext import PlotextPlot
 
 from layerdiff.errors import LayerdiffError
 from layerdiff.report import Report
-from layerdiff.tui.detail import cos_text, num, render_detail
+from layerdiff.tui.detail import render_detail
+from layerdiff.tui.screens import AskScreen, ConfirmScreen, HelpScreen
 from layerdiff.tui.state import (
-    COLUMNS,
     SORTABLE,
     Filter,
     Graph,
@@ -35,100 +34,9 @@ from layerdiff.tui.state import (
     visible,
     worst_row,
 )
-from layerdiff.tui.table import LayerTable
+from layerdiff.tui.table import TABLE, LayerTable, row_cells
 
 WIDE = 150  # columns from which the detail and the chart show side by side
-
-KEYS = (
-    ("arrows, PgUp/PgDn", "move through the layers"),
-    ("s / r", "sort by the next column / reverse (or click a header)"),
-    ("/", "filter: op:Conv,Gemm prec:int8 and parts of names; Enter keeps it"),
-    ("Esc", "clear the filter"),
-    ("c", "show or hide Constant rows"),
-    ("w", "jump to the worst layer (most local error)"),
-    ("d", "jump to the first divergent layer"),
-    ("[ / ]", "go to the producer / consumer with the worst error"),
-    ("g", "show the error chart (1 - cosine along the network)"),
-    ("p or space", "pin the layer's ONNX nodes to FP32, or unpin"),
-    ("e", "export the pinned layers as a recipe (layerdiff.recipe/1)"),
-    ("b", "bisect: search the fewest pins for a cosine (runs the models)"),
-    ("x", "cancel a running bisect"),
-    ("?", "this help"),
-    ("q", "quit"),
-)
-
-
-class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
-
-    def compose(self) -> ComposeResult:
-        text = Text()
-        text.append("layerdiff tui\n\n", style="bold")
-        for key, what in KEYS:
-            text.append(f"{key:>18}  ", style="bold")
-            text.append(what + "\n")
-        text.append("\nflags: N new NaN/Inf, R beyond FP16's range, D diverges; prec a>b: asked a, ran b\n",
-                    style="dim")
-        text.append("any of Esc, q, ? closes", style="dim")
-        with Vertical(id="dialog"):
-            yield Static(text)
-
-    def on_key(self, event) -> None:
-        if event.key not in ("escape", "q", "question_mark"):
-            self.dismiss(None)
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-
-class AskScreen(ModalScreen[str | None]):
-    """One question, one answer line (Enter answers, Esc cancels)."""
-
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
-
-    def __init__(self, question: str, value: str, note: str = "") -> None:
-        super().__init__()
-        self.question, self.value, self.note = question, value, note
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(self.question)
-            yield Input(self.value, id="answer")
-            yield Label(Text(self.note + ("\n" if self.note else "") + "Enter: yes   Esc: cancel", style="dim"))
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-
-class ConfirmScreen(AskScreen):
-    pass
-
-
-def _cells(row: RowView, pinned: bool) -> tuple:
-    prec = Text(row.precision_text, style="bold yellow" if ">" in row.precision_text else "")
-    return (
-        Text("●" if pinned else " ", style="bold magenta"),
-        str(row.index),
-        row.key,
-        prec,
-        cos_text(row.local_cosine),
-        cos_text(row.cosine),
-        Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
-        row.op,
-        num(row.max_abs, ".3g"),
-        num(row.sqnr, ".1f"),
-    )
-
-
-# table columns in display order: (key, header, width)
-TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
-         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3), ("op", "op", 14),
-         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7))
-assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
-
 
 class LayerdiffApp(App[None]):
     """Browse a report. `report_path` (where it was read from) is only shown and protected from being
@@ -175,7 +83,7 @@ class LayerdiffApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Static(self._summary(), id="summary")
         yield Input(placeholder="op:Conv,Gemm prec:int8 name-part   (Enter keeps, Esc clears)", id="filter")
-        yield LayerTable(TABLE, _cells, id="layers")
+        yield LayerTable(TABLE, row_cells, id="layers")
         with Horizontal(id="lower"):
             with VerticalScroll(id="detail"):
                 yield Static(id="detail-body")

@@ -11,18 +11,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from layerdiff.console import fmt
 from layerdiff.diffs import LayerDiff, TensorDiff
 from layerdiff.tui.state import Graph, severity
 
 STYLE = {"ok": "green", "warn": "yellow", "bad": "bold red", "unknown": "dim"}
 
 
-def num(v: float | None, fmt: str = ".4g") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return format(v, fmt)
+def num(v: float | None, spec: str = ".4g") -> str:
+    return fmt(v, spec)
 
 
 def cos_text(v: float | None) -> Text:

@@ -19,9 +19,33 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from layerdiff.tui.state import RowView
+from layerdiff.tui.detail import cos_text, num
+from layerdiff.tui.state import COLUMNS, RowView
 
 GAP = 1  # spaces between columns
+
+
+def row_cells(row: RowView, pinned: bool) -> tuple:
+    prec = Text(row.precision_text, style="bold yellow" if ">" in row.precision_text else "")
+    return (
+        Text("●" if pinned else " ", style="bold magenta"),
+        str(row.index),
+        row.key,
+        prec,
+        cos_text(row.local_cosine),
+        cos_text(row.cosine),
+        Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
+        row.op,
+        num(row.max_abs, ".3g"),
+        num(row.sqnr, ".1f"),
+    )
+
+
+# table columns in display order: (key, header, width)
+TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
+         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3), ("op", "op", 14),
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7))
+assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
 
 
 class LayerTable(ScrollView, can_focus=True):
