@@ -10,10 +10,11 @@ import numpy as np
 
 from layerdiff.backends.base import Candidate, CandidateSource
 from layerdiff.backends.ort import OrtSource, cpu_lacks_vnni
-from layerdiff.errors import Cancelled
-from layerdiff.graph import serialize
+from layerdiff.errors import BadInput, Cancelled
+from layerdiff.graph import LoadedModel, serialize
+from layerdiff.match import match_tensors
 from layerdiff.metrics import TensorMetrics, aggregate, diff_metrics, match_rate
-from layerdiff.report import OutputDiff
+from layerdiff.report import OutputDiff, Tolerance
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,32 @@ class CachedSource:
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.values[id(feed)]
         return {n: values[n] for n in self.names}
+
+
+def output_names(model: LoadedModel, candidate: Candidate) -> dict[str, str]:
+    """{model output: the candidate's graph output holding it}: the same name, or, where a rewrite
+    renamed it, the candidate's output paired with it by structure."""
+    outputs = [o.name for o in candidate.executed.graph.output] if candidate.executed is not None else None
+    if outputs is None or all(o in outputs for o in model.outputs):
+        return {o: o for o in model.outputs}
+    pairing = match_tensors(model, candidate.executed)
+    renamed = {o: pairing.candidate(o) for o in model.outputs if o not in outputs}
+    return {o: o if o in outputs else renamed[o] or "" for o in model.outputs}
+
+
+def sliced_tolerance(min_cosine: float | None, outputs, model_outputs, reference, candidate_outputs) -> Tolerance:
+    """--min-cosine on output specs (slices allowed, layerdiff.target), from plain runs: `reference`
+    outputs per sample, and `candidate_outputs()` giving the candidate's (run once the specs are checked)."""
+    from layerdiff.target import Target
+
+    if isinstance(outputs, str):
+        outputs = (outputs,)
+    if min_cosine is None:
+        raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
+    target = Target.parse("cosine", min_cosine, outputs, model_outputs)
+    target.check(reference[0])
+    got = candidate_outputs()
+    failed = tuple(spec.text for spec in target.outputs
+                   if not target.passes(target.worst([Target(target.metric, min_cosine, (spec,)).score(r, g)
+                                                      for r, g in zip(reference, got, strict=True)])))
+    return Tolerance(min_cosine, not failed, failed, tuple(s.text for s in target.outputs))

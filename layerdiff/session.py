@@ -42,6 +42,8 @@ from layerdiff.evaluation import (
     Evaluation,
     diff_final_outputs,
     kernel_check,
+    output_names,
+    sliced_tolerance,
 )
 from layerdiff.graph import (
     LoadedModel,
@@ -303,7 +305,7 @@ class Session:
                            cancel=cancel) as source:
                 return [source.infer(feed) for feed in samples.feeds]
         self._check(candidate)
-        names = self._output_names(candidate)
+        names = output_names(self.model, candidate)
         out = []
         with candidate.open(cancel) as source:
             for feed in samples.feeds:
@@ -322,7 +324,7 @@ class Session:
         `keep_values` keeps the candidate's outputs of every sample in the result."""
         self._check(candidate)
         reference = self.reference_outputs(cancel)
-        names = self._output_names(candidate)
+        names = output_names(self.model, candidate)
         with candidate.open(cancel) as source:
             return diff_final_outputs(self.model.outputs, names, self.samples.feeds, reference, source, keep_values,
                                       cancel)
@@ -335,16 +337,6 @@ class Session:
             raise BadInput("this candidate was made from another model (another session's): realise it in this "
                            "session")
 
-    def _output_names(self, candidate: Candidate) -> dict[str, str]:
-        """{model output: the candidate's graph output holding it}: the same name, or, where a rewrite
-        renamed it, the candidate's output paired with it by structure."""
-        outputs = [o.name for o in candidate.executed.graph.output] if candidate.executed is not None else None
-        if outputs is None or all(o in outputs for o in self.model.outputs):
-            return {o: o for o in self.model.outputs}
-        pairing = match_tensors(self.model, candidate.executed)
-        renamed = {o: pairing.candidate(o) for o in self.model.outputs if o not in outputs}
-        return {o: o if o in outputs else renamed[o] or "" for o in self.model.outputs}
-
     @_explained
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
                 outputs: tuple[str, ...] | list[str] = (),
@@ -354,7 +346,10 @@ class Session:
         for what, value in (("divergence_cosine", divergence_cosine), ("min_cosine", min_cosine)):
             if value is not None and not (isinstance(value, (int, float)) and -1.0 <= value <= 1.0):
                 raise BadInput(f"{what} is a cosine, between -1 and 1; got {value!r}")
-        tolerance = self._sliced_tolerance(candidate, min_cosine, outputs, cancel) if outputs else None
+        tolerance = None
+        if outputs:
+            tolerance = sliced_tolerance(min_cosine, outputs, self.model.outputs, self.reference_outputs(cancel),
+                                         lambda: self.outputs_on(candidate, cancel=cancel))
         deployment = candidate.deployment()
         if candidate.executed is not None:
             pairing = match_tensors(self.model, candidate.executed)
@@ -364,7 +359,7 @@ class Session:
         rows = plan_rows(self.model, pairing, deployment, executed=candidate.executed,
                          groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
                          emulated=candidate.emulated, requested=dict(candidate.requested))
-        held = self._output_names(candidate)  # the candidate's graph outputs: compared with its plain run
+        held = output_names(self.model, candidate)  # the candidate's graph outputs: compared with its plain run
         graph_outputs = [o for o in dict.fromkeys(held.values()) if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,
                          progress=progress, cancel=cancel, keep=graph_outputs)
@@ -392,22 +387,3 @@ class Session:
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
                                tolerance=tolerance,
                                warnings=candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
-
-
-    def _sliced_tolerance(self, candidate: Candidate, min_cosine: float | None, outputs, cancel):
-        """--min-cosine on output specs (slices allowed, layerdiff.target), from plain runs."""
-        from layerdiff.report import Tolerance
-        from layerdiff.target import Target
-
-        if isinstance(outputs, str):
-            outputs = (outputs,)
-        if min_cosine is None:
-            raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
-        target = Target.parse("cosine", min_cosine, outputs, self.model.outputs)
-        reference = self.reference_outputs(cancel)
-        target.check(reference[0])
-        got = self.outputs_on(candidate, cancel=cancel)
-        failed = tuple(spec.text for spec in target.outputs
-                       if not target.passes(target.worst([Target(target.metric, min_cosine, (spec,)).score(r, g)
-                                                          for r, g in zip(reference, got, strict=True)])))
-        return Tolerance(min_cosine, not failed, failed, tuple(s.text for s in target.outputs))
