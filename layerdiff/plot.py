@@ -18,6 +18,16 @@ def _gap(cos: float | None) -> float | None:
     return None if cos is None else max(1.0 - cos, FLOOR)
 
 
+def error_series(rows) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
+    """The points of both pictures (this one and the TUI's chart), from report rows or the TUI's row
+    views: x, each row's position among the non-Constant rows (a conversion row shares its producer's
+    layer index), by name; and per metric ("cosine", "local_cosine") the (x, 1 - cosine) points."""
+    rows = [r for r in rows if r.kind != "constant"]
+    at = {r.name: i for i, r in enumerate(rows)}
+    return at, {attr: [(at[r.name], g) for r in rows if (g := _gap(getattr(r, attr))) is not None]
+                for attr in ("cosine", "local_cosine")}
+
+
 def plot_report(report: Report, path: str | Path, *, title: str | None = None):
     """Draw the figure and save it to `path` (its suffix picks the format). Returns the figure."""
     path = Path(path)
@@ -30,15 +40,13 @@ def plot_report(report: Report, path: str | Path, *, title: str | None = None):
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.layers if r.kind != "constant"]
-    at = {r.name: i for i, r in enumerate(rows)}  # the x axis: rows in topological order (a conversion row
-    # shares its producer's layer index)
-    if not rows:
+    at, series = error_series(report.layers)
+    if not at:
         raise BadInput("the report has no layer rows to plot")
     fig, ax = plt.subplots(figsize=(11, 4.5), layout="constrained")
     for label, attr, color in (("accumulated (vs FP32 model)", "cosine", "#1f77b4"),
                                ("local (this layer alone)", "local_cosine", "#d62728")):
-        pts = [(at[r.name], g) for r in rows if (g := _gap(getattr(r, attr))) is not None]
+        pts = series[attr]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color,
                     lw=1.2 if attr == "cosine" else 0.9, marker="." if len(pts) < 200 else None, ms=3)

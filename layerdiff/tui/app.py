@@ -19,6 +19,7 @@ from textual.widgets import Footer, Input, Static
 from textual_plotext import PlotextPlot
 
 from layerdiff.errors import LayerdiffError
+from layerdiff.plot import error_series
 from layerdiff.report import Report
 from layerdiff.tui.detail import render_detail
 from layerdiff.tui.screens import AskScreen, ConfirmScreen, HelpScreen
@@ -163,19 +164,13 @@ class LayerdiffApp(App[None]):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        rows = [r for r in self.rows if r.kind != "constant"]
-        at = {r.key: i for i, r in enumerate(rows)}  # conversion rows share their producer's index
-        floor = 1e-9
-
-        def gap(c: float | None) -> float | None:
-            return None if c is None else max(1.0 - c, floor)
-
+        at, series = error_series(self.rows)
         for label, attr, color in (("accumulated", "cosine", "blue"), ("local", "local_cosine", "red")):
-            pts = [(at[r.key], g) for r in rows if (g := gap(getattr(r, attr))) is not None]
+            pts = series[attr]
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color, marker="braille")
         plt.yscale("log")
-        lows = [g for r in rows for c in (r.cosine, r.local_cosine) if (g := gap(c)) is not None]
+        lows = [g for pts in series.values() for _, g in pts]
         if lows:
             lo, hi = math.floor(math.log10(min(lows))), math.ceil(math.log10(max(lows)))
             step = max(1, (hi - lo) // 4)
