@@ -1,6 +1,6 @@
 """`layerdiff plot REPORT.json -o error.png|svg|pdf`: the error along the network for bug reports and
 notebooks (matplotlib, the optional `plot` extra). Local and accumulated error (1 - cosine, worst
-sample, log scale) against the row index, the first divergent row and the five worst rows (most
+sample, log scale) along the network in topological order, the first divergent row and the five worst rows (most
 local error) annotated."""
 
 from __future__ import annotations
@@ -20,12 +20,28 @@ def _gap(cos: float | None) -> float | None:
 
 def error_series(rows) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
     """The points of both pictures (this one and the TUI's chart), from report rows or the TUI's row
-    views: x, each row's position among the non-Constant rows (a conversion row shares its producer's
-    layer index), by name; and per metric ("cosine", "local_cosine") the (x, 1 - cosine) points."""
+    views: x, each row's place in topological order among the layers that are not Constants (the
+    table's # counts the Constants too, which a model holding its weights as Constant nodes puts first;
+    a conversion row shares its producer's place), by name; and per metric ("cosine", "local_cosine")
+    the (x, 1 - cosine) points."""
     rows = [r for r in rows if r.kind != "constant"]
-    at = {r.name: i for i, r in enumerate(rows)}
+    place = {index: i for i, index in enumerate(sorted({r.index for r in rows}))}
+    at = {r.name: place[r.index] for r in rows}
     return at, {attr: [(at[r.name], g) for r in rows if (g := _gap(getattr(r, attr))) is not None]
                 for attr in ("cosine", "local_cosine")}
+
+
+def envelope(points: list[tuple[int, float]], lo: int, hi: int, bins: int) -> list[tuple[float, float]]:
+    """The worst (largest) value in each of `bins` equal spans of x in [lo, hi], at the span's middle:
+    what a chart narrower than the network can honestly show (a spike is never averaged away)."""
+    if not points:
+        return []
+    width = max(hi - lo + 1, 1) / bins
+    worst: dict[int, float] = {}
+    for x, y in points:
+        b = min(int((x - lo) / width), bins - 1)
+        worst[b] = max(worst.get(b, 0.0), y)
+    return [(lo + (b + 0.5) * width, worst[b]) for b in sorted(worst)]
 
 
 def plot_report(report: Report, path: str | Path, *, title: str | None = None):
@@ -43,30 +59,43 @@ def plot_report(report: Report, path: str | Path, *, title: str | None = None):
     at, series = error_series(report.layers)
     if not at:
         raise BadInput("the report has no layer rows to plot")
-    fig, ax = plt.subplots(figsize=(11, 4.5), layout="constrained")
-    for label, attr, color in (("accumulated (vs FP32 model)", "cosine", "#1f77b4"),
-                               ("local (this layer alone)", "local_cosine", "#d62728")):
-        pts = series[attr]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color,
-                    lw=1.2 if attr == "cosine" else 0.9, marker="." if len(pts) < 200 else None, ms=3)
+    fig, ax = plt.subplots(figsize=(11, 4.8), layout="constrained")
+    acc, local = series["cosine"], series["local_cosine"]
+    if acc:  # the error each tensor carries: a path through the network, drawn as a line
+        ax.plot([p[0] for p in acc], [p[1] for p in acc], label="accumulated (vs FP32 model)", color="#1f77b4",
+                lw=1.1, marker="." if len(acc) < 200 else None, ms=3)
+    if local:  # each layer's own error: one dot per row, not a path; exact rows (FP32 layers) faint
+        exact = [p for p in local if p[1] <= FLOOR]
+        off = [p for p in local if p[1] > FLOOR]
+        size = 9 if len(local) < 200 else 4
+        ax.scatter([p[0] for p in off], [p[1] for p in off], label="local (this layer alone)", color="#d62728",
+                   s=size, zorder=3)
+        if exact:
+            ax.scatter([p[0] for p in exact], [p[1] for p in exact], color="#d62728", alpha=0.25, s=size,
+                       label="local, exact")
     ax.set_yscale("log")
-    ax.set_xlabel("row (topological order)")
+    ax.set_xlabel("layer (topological order, Constants left out)")
     ax.set_ylabel(f"1 - cosine (worst sample; exact: {FLOOR:g})")
     ax.grid(True, which="major", alpha=0.3)
     worst = [r for r in rank_layers(report) if r.local_cosine is not None][:5]
-    for r in worst:
-        ax.annotate(r.name, (at[r.name], _gap(r.local_cosine)), textcoords="offset points", xytext=(4, 6),
-                    fontsize=7, color="#d62728", rotation=20)
+    lines = []
+    for k, r in enumerate(worst, 1):  # numbered on the chart, named in the caption: names never overlap
+        x, y = at[r.name], _gap(r.local_cosine)
+        ax.scatter([x], [y], s=70, facecolors="none", edgecolors="black", lw=0.8, zorder=4)
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, weight="bold")
+        lines.append(f"{k} {r.name} (#{r.index}, local cos {r.local_cosine:.6g})")
+    if lines:
+        fig.text(0.01, 0.005, "most local error: " + "   ".join(lines), fontsize=7, va="bottom", wrap=True)
+        fig.get_layout_engine().set(h_pad=0.25)
     fd = report.first_divergence
     if fd is not None and fd.layer in at:
         ax.axvline(at[fd.layer], color="#9467bd", ls="--", lw=1)
         ax.annotate(f"first divergent: {fd.layer}", (at[fd.layer], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(4, -12), textcoords="offset points", fontsize=8, color="#9467bd")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False)
     ax.set_title(title or f"{Path(report.model.path).name}: {report.candidate.spec} against FP32 "
                           f"({report.inputs.samples} sample(s){', random' if report.inputs.random else ''})",
-                 fontsize=10)
+                 fontsize=10, loc="left")
     import io
 
     from layerdiff.files import write_atomic

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 
 import onnx
 import pytest
@@ -157,6 +158,74 @@ def test_a_conversion_row_cannot_be_pinned(cnn_report):
     assert pins == frozenset()
 
 
+def _bisect_in_app(app, threshold, *, cancel_after=None):
+    """Press b and answer `threshold`; return the status lines the app showed. With
+    `cancel_after`, press x once the status line shows that many evaluations."""
+    said: list[str] = []
+
+    async def go():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause()
+            original = app._say
+
+            def say(message):
+                said.append(message)
+                original(message)
+                if cancel_after and message.startswith(f"bisect {cancel_after}/"):
+                    app.action_cancel_bisect()
+
+            app._say = say
+            await pilot.press("b")
+            await pilot.pause()
+            from textual.widgets import Input
+
+            app.screen.query_one(Input).value = str(threshold)
+            await pilot.press("enter")
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert not app._bisecting
+            return said
+
+    return asyncio.run(go())
+
+
+def test_bisect_runs_in_a_worker_and_pins_what_bisect_finds(cnn_report):
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.target import Target
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    app = LayerdiffApp(report, cnn_report)
+    worst = min(o.accumulated.worst.cosine for o in report.outputs)
+    threshold = 1 - (1 - worst) / 10  # tighter than the INT8 model on every sample: pins are needed
+    said = _bisect_in_app(app, threshold)
+    assert said[0].startswith("bisect: preparing")
+    progress = [m for m in said if re.match(r"bisect \d+/\d+: ", m)]
+    assert len(progress) >= 2  # one line per evaluation
+    final = said[-1]
+    # the oracle: the library's bisect, called directly at the same threshold on the same samples
+    session, held = prepare_split(report.model.path, inputs=str(FIXTURES / "cnn_inputs"))
+    target = Target.parse("cosine", threshold, (), session.model.outputs)
+    expected = bisect(session, "ort-int8", target, holdout=held, evidence=False)
+    assert final.startswith(f"bisect {expected.status}: {len(expected.pins)} pin(s)")
+    nodes = {p.node for p in expected.pins}
+    assert app.view.pins == {lay.name for lay in report.layers if lay.kind == "layer" and nodes & set(lay.onnx_nodes)}
+    assert app.view.pins and expected.status in ("met", "found")
+
+
+def test_bisect_in_the_tui_can_be_cancelled(cnn_report):
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    app = LayerdiffApp(report, cnn_report)
+    worst = min(o.accumulated.worst.cosine for o in report.outputs)
+    said = _bisect_in_app(app, 1 - (1 - worst) / 10, cancel_after=2)
+    assert "cancelling bisect (the best plan so far is kept)" in said
+    assert said[-1].startswith("bisect interrupted: ")
+    assert "(2 evaluations" in said[-1] or "(3 evaluations" in said[-1]  # one may be under way when x lands
+
+
 def test_ten_thousand_layers_load_and_sort():
     from layerdiff.tui.app import LayerdiffApp
 
@@ -225,6 +294,24 @@ def test_plot_writes_a_picture_with_the_worst_and_the_first_divergent(cli, diver
     assert rank_layers(report)[0].name in text
     code, _, err = cli("plot", diverging_report, "-o", tmp_path / "error.gif")
     assert code == 2 and "by the suffix of -o" in err and not (tmp_path / "error.gif").exists()
+
+
+def test_the_charts_points_skip_constants_and_keep_every_spike():
+    from layerdiff.plot import envelope, error_series
+
+    report = bench.synthetic_report(500)
+    at, series = error_series(report.layers)
+    shown = [lay for lay in report.layers if lay.kind != "constant"]
+    assert sorted(at.values()) == list(range(len(shown)))  # Constants leave no gaps
+    assert [at[lay.name] for lay in shown] == sorted(at[lay.name] for lay in shown)  # topological order
+    points = series["local_cosine"]
+    spike = max(points, key=lambda p: p[1])
+    binned = envelope(points, 0, len(shown) - 1, 37)
+    assert len(binned) <= 37 and max(y for _, y in binned) == spike[1]
+    width = len(shown) / 37
+    for x, y in binned:  # each bin shows the worst of the points that fall in it
+        inside = [q for p, q in points if min(int(p / width), 36) == int(x / width)]
+        assert y == max(inside)
 
 
 # -- Model Explorer ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from textual.widgets import Footer, Input, Static
 from textual_plotext import PlotextPlot
 
 from layerdiff.errors import LayerdiffError
-from layerdiff.plot import error_series
+from layerdiff.plot import envelope, error_series
 from layerdiff.report import Report
 from layerdiff.tui.detail import render_detail
 from layerdiff.tui.screens import AskScreen, ConfirmScreen, HelpScreen
@@ -165,19 +165,27 @@ class LayerdiffApp(App[None]):
         plt.clear_data()
         plt.clear_figure()
         at, series = error_series(self.rows)
-        for label, attr, color in (("accumulated", "cosine", "blue"), ("local", "local_cosine", "red")):
-            pts = series[attr]
-            if pts:
-                plt.plot([p[0] for p in pts], [p[1] for p in pts], label=label, color=color, marker="braille")
+        hi = max(at.values(), default=0)
+        bins = max(8, 2 * (plot.size.width - 12))  # braille: two points per cell, less the y axis
+        for label, attr, color in (("accumulated", "cosine", "blue"), ("local (worst)", "local_cosine", "red")):
+            pts = envelope(series[attr], 0, hi, bins) if len(series[attr]) > bins else series[attr]
+            if not pts:
+                continue
+            draw = plt.plot if attr == "cosine" else plt.scatter  # a path; one dot per layer
+            draw([p[0] for p in pts], [p[1] for p in pts], label=label, color=color, marker="braille")
         plt.yscale("log")
+        if hi:
+            plt.xticks(sorted({round(hi * k / 4) for k in range(5)}))
         lows = [g for pts in series.values() for _, g in pts]
         if lows:
-            lo, hi = math.floor(math.log10(min(lows))), math.ceil(math.log10(max(lows)))
-            step = max(1, (hi - lo) // 4)
-            ticks = [10.0 ** k for k in range(lo, hi + 1, step)]
+            low, high = math.floor(math.log10(min(lows))), math.ceil(math.log10(max(lows)))
+            room = max(1, min(4, (plot.size.height - 6) // 2))  # labels a row or more apart
+            step = max(1, -(-(high - low) // room))
+            ticks = [10.0 ** k for k in range(low, high + 1, step)]
             plt.yticks(ticks, [f"1e{round(math.log10(t))}" for t in ticks])
-        plt.title("1 - cosine along the network")
-        plt.xlabel("row")
+        where = f", selected #{self.by_key[self.selected].index}" if self.selected in at else ""
+        plt.title(f"1 - cosine along the network{where}")
+        plt.xlabel("layer (topological order, Constants left out)")
         if self.selected in at:
             plt.vline(at[self.selected], "magenta")
         plot.refresh()
@@ -185,7 +193,7 @@ class LayerdiffApp(App[None]):
     def action_chart(self) -> None:
         self.toggle_class("chart")
         if self.has_class("chart"):
-            self._draw_chart()
+            self.call_after_refresh(self._draw_chart)  # once laid out: the chart fits its size
 
     # -- moving ------------------------------------------------------------------------------------
 
@@ -346,6 +354,9 @@ class LayerdiffApp(App[None]):
                             evidence=False)
         except (LayerdiffError, OSError) as err:
             self.call_from_thread(self._bisect_failed, str(err))
+            return
+        except Exception as err:  # a bug must not take the user's session (and pins) down with it
+            self.call_from_thread(self._bisect_failed, f"internal error, please report it: {type(err).__name__}: {err}")
             return
         self.call_from_thread(self._bisect_done, result)
 

@@ -35,17 +35,19 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
         cos_text(row.local_cosine),
         cos_text(row.cosine),
         Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
-        row.op,
         num(row.max_abs, ".3g"),
         num(row.sqnr, ".1f"),
+        row.op,
     )
 
 
-# table columns in display order: (key, header, width)
+# table columns in display order: (key, header, width); the numbers first and the op last, so that an
+# 80-column terminal shows every metric without scrolling sideways
 TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
-         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3), ("op", "op", 14),
-         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7))
+         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3),
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7), ("op", "op", 16))
 assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
+NAME_WIDTH = (16, 48)  # the layer column takes the room left over, within these bounds
 
 
 class LayerTable(ScrollView, can_focus=True):
@@ -78,6 +80,16 @@ class LayerTable(ScrollView, can_focus=True):
         self.position: dict[str, int] = {}
         self.pins: frozenset[str] = frozenset()
         self.width_total = sum(w for _, _, w in self.columns) + GAP * (len(self.columns) + 1)
+
+    def on_resize(self, event) -> None:
+        """The layer (name) column takes the width the others leave, within NAME_WIDTH."""
+        others = sum(w for key, _, w in self.columns if key != "name") + GAP * (len(self.columns) + 1)
+        room = self.size.width - 2 - others  # less the vertical scrollbar
+        name = max(NAME_WIDTH[0], min(NAME_WIDTH[1], room))
+        self.columns = tuple((k, h, name if k == "name" else w) for k, h, w in self.columns)
+        self.width_total = others + name
+        self.virtual_size = Size(self.width_total, len(self.rows) + 1)
+        self.refresh()
 
     # -- content -------------------------------------------------------------------------------------
 
