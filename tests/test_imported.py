@@ -226,3 +226,36 @@ def test_results_answer_only_for_their_own_inputs(saved_run):
         assert set(out) == {"probs"}
         with pytest.raises(layerdiff.BadInput, match="not computed on this input"):
             source.infer({"input": feeds[0]["input"] + 1})
+
+
+def test_the_tui_shows_the_engine_layers_of_a_fused_row(saved_run, engine_run, tmp_path):
+    """A report with TensorRT fields (engine layers, fused groups) opens in the TUI; the detail pane of a
+    fused row names its engine layer and ONNX nodes, and why its inner tensors are not compared."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+    from textual.widgets import Static
+
+    from layerdiff.report import load_report, write_report
+    from layerdiff.tui.app import LayerdiffApp
+
+    tmp, _, _ = saved_run
+    results, layers = engine_run
+    path = tmp_path / "engine.json"
+    write_report(compare(CNN, f"polygraphy:{results}", inputs=tmp / "inputs.json", engine_info=layers), path)
+    report = load_report(path)
+    app = LayerdiffApp(report, path)
+
+    async def go():
+        async with app.run_test(size=(160, 50)) as pilot:
+            app._select("conv3")
+            await pilot.pause()
+            console = Console(width=160, record=True, file=io.StringIO())
+            console.print(app.query_one("#detail-body", Static).content)
+            return console.export_text()
+
+    text = asyncio.run(go())
+    assert "engine layers" in text and "conv3 + conv3_bn + residual_add + relu3" in text
+    assert "conv3, conv3_bn, residual_add, relu3" in text  # the ONNX nodes line
+    assert "fused inside" in text

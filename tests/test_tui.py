@@ -283,6 +283,28 @@ def test_tui_needs_a_terminal(cli, cnn_report):
     assert code == 2 and "needs a terminal" in err
 
 
+def test_compare_tui_refuses_without_a_terminal_before_running(cli, tmp_path):
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-int8", "--inputs",
+                       FIXTURES / "cnn_inputs", "-o", out, "--tui")
+    assert code == 2 and "--tui needs a terminal" in err and not out.exists()
+
+
+def test_compare_tui_opens_the_report_it_wrote(cli, tmp_path, monkeypatch):
+    import layerdiff.cli as cli_module
+
+    opened = []
+    monkeypatch.setattr(cli_module.sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(cli_module.sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(cli_module, "open_tui", lambda report, path, inputs: opened.append((report, path)))
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-int8", "--inputs",
+                       FIXTURES / "cnn_inputs", "-o", out, "--tui")
+    assert code == 0, err
+    (report, path), = opened
+    assert str(path) == str(out) and report.to_dict() == load_report(out).to_dict()
+
+
 def test_plot_writes_a_picture_with_the_worst_and_the_first_divergent(cli, diverging_report, tmp_path):
     pytest.importorskip("matplotlib")
     report = load_report(diverging_report)
