@@ -23,6 +23,7 @@ from layerdiff.clitypes import (  # noqa: F401  (parse_size and the codes are pa
     EXIT_INTERRUPTED,
     EXIT_TOLERANCE,
     MIN_BUDGET,
+    Bound,
     Cosine,
     parse_size,
 )
@@ -63,6 +64,18 @@ def cli() -> None:
               "(e.g. 2GiB); ONNX Runtime's own working memory and the weights come on top")
 @click.option("--min-cosine", type=Cosine(), help="exit 1 when a float final output's cosine (worst sample) is "
               "below this (a one-element output: when its relative error exceeds sqrt(2(1-COSINE)))")
+@click.option("--max-abs", type=Bound(0.0, "0.05"), help="exit 1 when a final output's max abs error (worst sample) "
+              "exceeds this")
+@click.option("--min-speedup", type=Bound(0.0, "1.2"), help="exit 1 when the candidate's median latency is not this "
+              "many times faster than the FP32 model's (needs --bench)")
+@click.option("--max-size-ratio", type=Bound(0.0, "0.5"), help="exit 1 when the candidate's size on disk is more "
+              "than this fraction of the FP32 model's")
+@click.option("--bench", type=int, is_flag=False, flag_value=50, default=None, metavar="[N]",
+              help="time the FP32 model and the candidate, each in its own plain session and process: N runs "
+              "(default 50) after --warmup; the report gains the cost and per-row kernel times")
+@click.option("--warmup", type=int, default=10, show_default=True, help="untimed runs before --bench's")
+@click.option("--trt-profile", metavar="PROFILE.json", help="per-layer times of the engine (trtexec "
+              "--exportProfile), with --engine-info of the same engine: each row gains its time")
 @click.option("--outputs", multiple=True, metavar="SPEC", help="the outputs --min-cosine checks, comma-separated, "
               "each optionally sliced: 'output0[:, 4:]' (numpy basic indexing); default every float output")
 @click.option("--divergence-cosine", type=Cosine(), default=0.99, show_default=True,
@@ -79,8 +92,9 @@ def cli() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
 def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, save_emulation,
-            engine_info, save_engine_info, max_memory, min_cosine, outputs, divergence_cosine, reference_provider,
-            capture_mode, ort_optimization, cache_dir, open_ui, quiet, debug) -> int:
+            engine_info, save_engine_info, max_memory, min_cosine, max_abs, min_speedup, max_size_ratio, bench, warmup,
+            trt_profile, outputs, divergence_cosine, reference_provider, capture_mode, ort_optimization, cache_dir,
+            open_ui, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
     from layerdiff.console import make_console, print_summary, progress_bar
     from layerdiff.files import check_writable, write_atomic
@@ -91,10 +105,24 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     if open_ui and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInput("--tui needs a terminal (stdin and stdout are not one); use -o REPORT.json and run layerdiff "
                        "tui REPORT.json in a terminal")
-    if outputs and min_cosine is None:
-        raise BadInput("--outputs names the outputs --min-cosine checks: give --min-cosine too")
+    if outputs and min_cosine is None and max_abs is None:
+        raise BadInput("--outputs names the outputs --min-cosine and --max-abs check: give one of them too")
+    if bench is not None and bench < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
+    if warmup < 0:
+        raise BadInput(f"--warmup is 0 or more (not {warmup})")
+    if min_speedup is not None and bench is None:
+        raise BadInput("--min-speedup compares measured latencies: add --bench (e.g. --bench 50)")
+    if max_size_ratio is not None and candidate.startswith(IMPORTED):
+        raise BadInput("--max-size-ratio: imported results have no candidate model whose size could be measured")
+    if trt_profile:
+        if not Path(trt_profile).is_file():
+            raise BadInput(f"TensorRT profile not found: {trt_profile} (write one with trtexec --exportProfile=FILE)")
+        if not (engine_info or candidate.startswith("trt-")):
+            raise BadInput("--trt-profile names engine layers: give the same engine's --engine-info (or a trt-* "
+                           "candidate, whose layer information layerdiff reads itself)")
     imported = candidate[len(IMPORTED):] if candidate.startswith(IMPORTED) else candidate
-    inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported) if p)
+    inputs_of_run = tuple(p for p in (model, inputs, calib, engine_info, imported, trt_profile) if p)
     # options that cannot apply to this candidate: said before any work is done
     if save_emulation and candidate != "ort-fp16":
         raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
@@ -124,10 +152,16 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             progress("building the candidate", 0, 1)
         cand = session.candidate(candidate, engine_info=engine_info, progress=progress)
         _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic)
-        report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine, outputs=outputs,
-                                 progress=progress)
+        report = session.compare(cand, divergence_cosine=divergence_cosine, min_cosine=min_cosine,
+                                 outputs=outputs if min_cosine is not None else (), progress=progress)
+        report, interrupted = _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_info,
+                                             max_abs, min_speedup, max_size_ratio, outputs, progress)
     if output:
         write_report(report, output)
+    if interrupted:
+        print("layerdiff: interrupted while timing: the report has no cost" +
+              (f"; it is in {output}" if output else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
     if report.capture.interrupted:
         print(f"layerdiff: interrupted after {report.capture.samples_done} of {report.inputs.samples} sample(s) "
               "in every chunk" + (f"; the partial report is in {output}" if output else ""), file=sys.stderr)
@@ -141,12 +175,37 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     else:
         for w in report.warnings:
             err.print(f"warning: {w}", markup=False, highlight=False)
-    if report.tolerance is not None and not report.tolerance.passed:
+    failed = report.tolerance is not None and not report.tolerance.passed
+    if failed and quiet:
+        err.print(f"tolerance failed: final output outside cosine {report.tolerance.min_cosine} for "
+                  f"{', '.join(report.tolerance.failed)}", markup=False, highlight=False)
+    if not report.gate_passed:
         if quiet:
-            err.print(f"tolerance failed: final output outside cosine {report.tolerance.min_cosine} for "
-                      f"{', '.join(report.tolerance.failed)}", markup=False, highlight=False)
-        return EXIT_TOLERANCE
-    return 0
+            for g in report.gate:
+                if not g.passed:
+                    err.print(f"gate failed: {g.line()}", markup=False, highlight=False)
+        failed = True
+    return EXIT_TOLERANCE if failed else 0
+
+
+def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_info, max_abs, min_speedup,
+                   max_size_ratio, outputs, progress):
+    """The report with its cost (--bench, --trt-profile) and its deployment gate; (report, whether
+    timing was interrupted: then the report is returned as it was, without cost)."""
+    from dataclasses import replace
+
+    from layerdiff.bench import gate_checks, measure, profile_times
+
+    try:
+        if bench is not None:
+            report = measure(session, cand, report, runs=bench, warmup=warmup, progress=progress)
+        if trt_profile:
+            report = profile_times(report, trt_profile, engine_info or cand.artifacts.get("engine_info.json"))
+    except KeyboardInterrupt:
+        return report, True
+    checks = gate_checks(session, cand, report, max_abs=max_abs, min_speedup=min_speedup,
+                         max_size_ratio=max_size_ratio, outputs=outputs)
+    return replace(report, gate=checks), False
 
 
 def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) -> None:

@@ -40,3 +40,22 @@ class Cosine(click.ParamType):
         if not math.isfinite(x) or not -1.0 <= x <= 1.0:
             self.fail(f"{value} is not a cosine: give a number between -1 and 1, e.g. 0.999", param, ctx)
         return x
+
+
+class Bound(click.ParamType):
+    """A deployment bound: a finite number, at least `low` (e.g. --min-speedup 1.2)."""
+
+    name = "NUMBER"
+
+    def __init__(self, low: float = 0.0, example: str = "1.2"):
+        self.low, self.example = low, example
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not a number; give one like {self.example}", param, ctx)
+        if not math.isfinite(x) or x < self.low:
+            self.fail(f"{value} is not a finite number of at least {self.low:g}; give one like {self.example}",
+                      param, ctx)
+        return x

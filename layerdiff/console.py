@@ -183,6 +183,68 @@ def print_summary(report: Report, console: Console, top: int) -> None:
             legend.append("unknown: no kernel computed it at run time (folded into a constant by the runtime)")
         for note in legend:
             console.print(Text(note, style="dim"))
+    print_cost(report, console)
+
+
+def _worst_output(report: Report):
+    worst = [o.accumulated.worst for o in report.outputs if o.accumulated is not None]
+    return min(worst, key=lambda w: w.cosine) if worst else None
+
+
+def cost_table(report: Report) -> Table | None:
+    """The table deployment write-ups end in: accuracy, latency, speed-up, size, memory per plan."""
+    cost = report.cost
+    if cost is None or (cost.reference is None and cost.candidate is None):
+        return None
+    ref = cost.reference
+    timed = ref if ref is not None and not ref.unavailable else cost.candidate
+    title, caption = "cost", None
+    if timed is not None and not timed.unavailable:
+        title = f"cost (median of {timed.runs} runs after {timed.warmup} warm-up, batch {timed.batch})"
+        caption = f"measured with {timed.provider.replace('ExecutionProvider', '')} on {timed.machine}"
+    table = Table(title=title, caption=caption, box=_ASCII_HEAD, pad_edge=False, collapse_padding=True,
+                  title_justify="left", caption_justify="left")
+    for col in ("plan", "cosine", "ms median", "ms p90", "speed-up", "size MB", "peak MB"):
+        table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=True)
+    w = _worst_output(report)
+    for label, pc, cos in (("FP32 model", ref, None), (shorten(report.candidate.spec, 18), cost.candidate,
+                                                        w.cosine if w is not None else None)):
+        if pc is None:
+            continue
+        if pc.unavailable:
+            table.add_row(label, fmt(cos) if cos is not None else "ref", "-", "-", "-", "-", "-")
+            continue
+        speed = (ref.latency_ms_median / pc.latency_ms_median if ref is not None and ref.latency_ms_median
+                 and pc.latency_ms_median else None)
+        table.add_row(label, fmt(cos) if cos is not None else "ref", fmt(pc.latency_ms_median, ".4g"), fmt(pc.latency_ms_p90, ".4g"),
+                      f"{speed:.2f}x" if speed is not None else "-",
+                      fmt(pc.size_bytes / 2**20, ".3g") if pc.size_bytes is not None else "-",
+                      fmt(pc.peak_rss_mb, ".4g") if pc.peak_rss_mb is not None else "-")
+    return table
+
+
+def print_cost(report: Report, console: Console) -> None:
+    table = cost_table(report)
+    if table is None:
+        return
+    console.print(table)
+    cand = report.cost.candidate
+    if cand is not None and cand.unavailable:
+        _line(console, "candidate not timed: ", cand.unavailable)
+    lt = report.cost.layer_times
+    timed = sorted((lay for lay in report.layers if lay.time_ms is not None), key=lambda lay: -lay.time_ms)
+    if lt is not None and timed:
+        note = f"median of {lt.runs} runs" if lt.runs else lt.statistic
+        src = "ORT profiler" if lt.source == "onnxruntime profiler" else "TensorRT profile"
+        _line(console, f"slowest rows (candidate kernel time; {src}, {note}):")
+        for lay in timed[:5]:
+            ref = f"  FP32 {lay.ref_time_ms:.3g} ms" if lay.ref_time_ms is not None else ""
+            share = f" {lay.time_share:.0%}" if lay.time_share is not None else ""
+            _line(console, f"  #{lay.index} ", (shorten(lay.name, 32), "bold"), f" {lay.time_ms:.3g} ms{share}{ref}")
+        if lt.unattributed_ms:
+            _line(console, f"  {lt.unattributed_ms:.3g} ms of kernels could not be named for a row")
+    for g in report.gate:
+        _line(console, ("gate: " if g.passed else "gate failed: ", "" if g.passed else "bold red"), g.line())
 
 
 def worst_table(ranked: list[LayerDiff], width: int) -> Table:

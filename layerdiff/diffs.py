@@ -96,6 +96,9 @@ class LayerDiff:
     dequantized_inputs: bool = False  # a float kernel reading INT8 values through DequantizeLinear
     converts: str = ""  # conversion rows: the tensor being rounded
     inputs: tuple[str, ...] = ()  # the tensors it reads from other rows or the model's inputs (no weights)
+    time_ms: float | None = None  # the candidate's kernel time for this row per run (profiled; --bench)
+    time_share: float | None = None  # its share of the candidate's per-layer total
+    ref_time_ms: float | None = None  # the FP32 model's kernel time for the same row
 
     @property
     def local_rel_rms(self) -> float | None:
@@ -153,6 +156,9 @@ class LayerDiff:
             d["request_realised"] = self.request_realised
         if self.local_unavailable:
             d["local_unavailable"] = self.local_unavailable
+        for key in ("time_ms", "time_share", "ref_time_ms"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         return d
 
     @classmethod

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from layerdiff.cost import Cost, GateCheck
 from layerdiff.diffs import LayerDiff, OutputDiff, TensorDiff, precision_audit  # noqa: F401  (the report's rows)
 from layerdiff.errors import ReportError
 from layerdiff.files import write_atomic
@@ -176,6 +177,12 @@ class Report:
     warnings: tuple[str, ...] = ()
     divergence_note: str = ""  # why no first divergence could be looked for (no local error computed)
     tolerance: Tolerance | None = None
+    cost: Cost | None = None  # --bench, --trt-profile
+    gate: tuple[GateCheck, ...] = ()  # --max-abs, --min-speedup, --max-size-ratio
+
+    @property
+    def gate_passed(self) -> bool:
+        return all(g.passed for g in self.gate)
 
     def output(self, name: str) -> OutputDiff | None:
         return next((o for o in self.outputs if o.tensor == name), None)
@@ -199,6 +206,8 @@ class Report:
             "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
             "divergence_note": self.divergence_note,
             "tolerance": dict(_public(self.tolerance)) if self.tolerance else None,
+            "cost": self.cost.to_dict() if self.cost else None,
+            "gate": [g.to_dict() for g in self.gate],
             "precision_audit": precision_audit(self.layers),
             "warnings": list(self.warnings),
         }
@@ -228,6 +237,9 @@ class Report:
             warnings=get_field(d, "warnings", "tuple[str, ...]", "", ()),
             divergence_note=get_field(d, "divergence_note", "str", "", ""),
             tolerance=Tolerance(**pick(Tolerance, tol, "tolerance")) if tol is not None else None,
+            cost=Cost.from_dict(as_object(cost, "cost")) if (cost := d.get("cost")) is not None else None,
+            gate=tuple(GateCheck.from_dict(g, f"gate[{i}]")
+                       for i, g in enumerate(get_field(d, "gate", "list", "", []))),
         )
 
 

@@ -1,0 +1,112 @@
+"""The process that times one model: `python -m layerdiff._benchworker JOBDIR`. It runs alone so that
+its peak memory is the memory of that one model's session (plus Python and ONNX Runtime themselves,
+measured before the model loads and reported beside it), and imports only numpy and ONNX Runtime.
+
+JOBDIR holds job.json ({"model": path, "providers": [...], "level": "all", "warmup": W, "runs": N,
+"profile_runs": P}) and feeds.npz (sample k's input NAME stored as "k/NAME"). The worker writes
+result.json: the latencies of N plain runs after W warm-up runs (the samples in turn), its peak RSS
+after them, then (P > 0) the per-node kernel times of P more runs of a second, profiled session (ONNX
+Runtime's own profiler), and the graph ONNX Runtime ran (optimized.onnx) to attribute them."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return _rss_mb()
+
+
+def _feeds(path: Path, sess, np) -> list[dict]:
+    cast = {i.name: _NUMPY[i.type] for i in sess.get_inputs() if i.type in _NUMPY}
+    samples: dict[int, dict] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            k, name = key.split("/", 1)
+            value = data[key]
+            if name in cast and value.dtype.kind == "f" and value.dtype != cast[name]:
+                value = value.astype(cast[name])  # an FP16 model is fed FP16, as a user would
+            samples.setdefault(int(k), {})[name] = value
+    return [samples[k] for k in sorted(samples)]
+
+
+def _options(ort, level: str):
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[level]
+    return so
+
+
+def _node_times(trace: list[dict]) -> dict[str, list[float]]:
+    """{node name: its kernel time in ms in each run}, from ONNX Runtime's trace (a node run several
+    times in one run, inside a Loop or If, counts once per run with its times added)."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    per: dict[str, list[float]] = {}
+    for e in trace:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        node = e["name"][: -len("_kernel_time")]
+        at = next((i for i, (a, b) in enumerate(runs) if a <= e["ts"] <= b), None)
+        if at is None:
+            continue
+        times = per.setdefault(node, [0.0] * len(runs))
+        times[at] += e["dur"] / 1000.0  # microseconds
+    return per
+
+
+def main(job_dir: str) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    job_path = Path(job_dir)
+    job = json.loads((job_path / "job.json").read_text())
+    base = _current_rss_mb()
+    sess = ort.InferenceSession(job["model"], _options(ort, job["level"]), providers=job["providers"])
+    feeds = _feeds(job_path / "feeds.npz", sess, np)
+    for i in range(job["warmup"]):
+        sess.run(None, feeds[i % len(feeds)])
+    latencies = []
+    for i in range(job["runs"]):
+        feed = feeds[i % len(feeds)]
+        start = time.perf_counter_ns()
+        sess.run(None, feed)
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+    result = {"latencies_ms": latencies, "peak_rss_mb": _rss_mb(), "base_rss_mb": base,
+              "provider": sess.get_providers()[0]}
+    del sess
+    if job["profile_runs"]:
+        so = _options(ort, job["level"])
+        so.enable_profiling = True
+        so.profile_file_prefix = str(job_path / "profile")
+        so.optimized_model_filepath = str(job_path / "optimized.onnx")
+        sess = ort.InferenceSession(job["model"], so, providers=job["providers"])
+        sess.run(None, feeds[0])  # a warm-up run (it allocates): the trace's first model_run, dropped below
+        for i in range(job["profile_runs"]):
+            sess.run(None, feeds[i % len(feeds)])
+        trace = json.loads(Path(sess.end_profiling()).read_text())
+        result["node_ms"] = {name: t[1:] for name, t in _node_times(trace).items()}
+        result["profile_runs"] = job["profile_runs"]
+    (job_path / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

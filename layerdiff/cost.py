@@ -1,0 +1,114 @@
+"""What a plan costs, as the report holds it: latency, throughput, size and memory of the FP32 model and
+the candidate, each timed in its own plain session and process (`layerdiff compare --bench N`), and
+where per-layer times come from. Data only; measuring is in bench.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from layerdiff.jsonread import pick
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """One model timed: `runs` plain runs after `warmup` (the samples in turn), nothing exposed."""
+
+    latency_ms_median: float | None
+    latency_ms_p90: float | None
+    runs: int
+    warmup: int
+    throughput: float | None  # samples per second at `batch`
+    batch: int
+    size_bytes: int | None  # the model on disk as deployed (external data included; an engine's bytes)
+    peak_rss_mb: float | None  # peak resident memory of the process that ran only this model
+    base_rss_mb: float | None  # that process before loading the model (Python and the runtime themselves)
+    provider: str
+    machine: str
+    unavailable: str = ""  # why it was not timed (imported results have nothing to run)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> PlanCost:
+        return cls(**pick(cls, d, where))
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """Where the rows' `time_ms` came from."""
+
+    source: str  # "onnxruntime profiler" | "trtexec profile <path>"
+    runs: int | None  # runs the per-layer times are the median of (None: as the file gives them)
+    statistic: str  # median | average | total/count
+    total_ms: float  # the candidate's per-layer times added up
+    unattributed_ms: float = 0.0  # time of kernels no row could be named for (runtime-inserted copies)
+    reference_total_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> LayerTimes:
+        return cls(**pick(cls, d, where))
+
+
+@dataclass(frozen=True)
+class Cost:
+    reference: PlanCost | None = None
+    candidate: PlanCost | None = None
+    layer_times: LayerTimes | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        r, c = self.reference, self.candidate
+        if r is None or c is None or not r.latency_ms_median or not c.latency_ms_median:
+            return None
+        return r.latency_ms_median / c.latency_ms_median
+
+    @property
+    def size_ratio(self) -> float | None:
+        r, c = self.reference, self.candidate
+        if r is None or c is None or not r.size_bytes or c.size_bytes is None:
+            return None
+        return c.size_bytes / r.size_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference.to_dict() if self.reference else None,
+                "candidate": self.candidate.to_dict() if self.candidate else None,
+                "speedup": self.speedup, "size_ratio": self.size_ratio,
+                "layer_times": self.layer_times.to_dict() if self.layer_times else None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "cost") -> Cost:
+        def part(key, kind):
+            v = d.get(key)
+            return kind.from_dict(v, f"{where}.{key}") if v is not None else None
+
+        return cls(part("reference", PlanCost), part("candidate", PlanCost), part("layer_times", LayerTimes))
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One deployment bound of compare (--max-abs, --min-speedup, --max-size-ratio): the value measured
+    and whether it holds."""
+
+    bound: str  # the flag, e.g. "--min-speedup"
+    limit: float
+    value: float | None
+    passed: bool
+    what: str  # what was measured, e.g. "speed-up (FP32 median / candidate median)"
+
+    def line(self) -> str:
+        shown = "not measured" if self.value is None else f"{self.value:.6g}"
+        verdict = "holds" if self.passed else "FAILS"
+        return f"{self.bound} {self.limit:g}: {self.what} {shown}, {verdict}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> GateCheck:
+        return cls(**pick(cls, d, where))
