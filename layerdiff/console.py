@@ -177,7 +177,7 @@ def print_summary(report: Report, console: Console, top: int) -> None:
         if any(precision_label(lay) == "fp32q" for lay in ranked):
             legend.append("fp32q: a float kernel on INT8 values read through DequantizeLinear")
         if any(lay.kind == "conversion" for lay in ranked):
-            legend.append("Q/DQ and Cast rows: the rounding of the named tensor before its readers (# of its "
+            legend.append("Q/DQ, Cast rows: the named tensor's rounding for its readers (# of its "
                           "producer)")
         if any(lay.precision == "unknown" for lay in ranked):
             legend.append("unknown: no kernel computed it at run time (folded into a constant by the runtime)")
@@ -224,14 +224,15 @@ def cost_table(report: Report) -> Table | None:
 
 
 def print_cost(report: Report, console: Console) -> None:
-    table = cost_table(report)
-    if table is None:
+    if report.cost is None and not report.gate:
         return
-    console.print(table)
-    cand = report.cost.candidate
+    table = cost_table(report)
+    if table is not None:
+        console.print(table)
+    cand = report.cost.candidate if report.cost is not None else None
     if cand is not None and cand.unavailable:
         _line(console, "candidate not timed: ", cand.unavailable)
-    lt = report.cost.layer_times
+    lt = report.cost.layer_times if report.cost is not None else None
     timed = sorted((lay for lay in report.layers if lay.time_ms is not None), key=lambda lay: -lay.time_ms)
     if lt is not None and timed:
         note = f"median of {lt.runs} runs" if lt.runs else lt.statistic

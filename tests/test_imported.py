@@ -259,3 +259,50 @@ def test_the_tui_shows_the_engine_layers_of_a_fused_row(saved_run, engine_run, t
     assert "engine layers" in text and "conv3 + conv3_bn + residual_add + relu3" in text
     assert "conv3, conv3_bn, residual_add, relu3" in text  # the ONNX nodes line
     assert "fused inside" in text
+
+
+def test_a_trt_profile_gives_each_fused_row_its_engine_layers_time(saved_run, engine_run, tmp_path, cli):
+    """trtexec --exportProfile's shape, for the hand-made engine of _engine_info (its layer names, times
+    chosen here): each row's time_ms is its engine layer's medianMs, shares add up to 1."""
+    tmp, _, _ = saved_run
+    results, layers = engine_run
+    names = [lay["Name"] for lay in json.loads(layers.read_text())["Layers"]]
+    medians = {name: 0.1 * (i + 1) for i, name in enumerate(names)}
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps([{"count": 100}] + [
+        {"name": n, "timeMs": 100 * m, "averageMs": m * 1.1, "medianMs": m, "percentage": 1.0}
+        for n, m in medians.items()]))
+    out = tmp_path / "r.json"
+    code, stdout, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                            "--engine-info", layers, "--trt-profile", profile, "-o", out)
+    assert code == 0, err
+    report = layerdiff.load_report(out)
+    timed = {lay.engine_layers[0]: lay.time_ms for lay in report.layers if lay.time_ms is not None}
+    assert timed == pytest.approx(medians)
+    assert sum(lay.time_share for lay in report.layers if lay.time_share is not None) == pytest.approx(1.0)
+    lt = report.cost.layer_times
+    assert (lt.runs, lt.statistic, lt.unattributed_ms) == (100, "median", pytest.approx(0.0))
+    assert "slowest rows (candidate kernel time; TensorRT profile, median of 100 runs)" in stdout
+    # TensorRT 7's layout (no medianMs): the averages, said so
+    profile.write_text(json.dumps([{"count": 100}] + [
+        {"name": n, "timeMs": 100 * m, "averageMs": m * 1.1, "percentage": 1.0} for n, m in medians.items()]))
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                       "--engine-info", layers, "--trt-profile", profile, "-o", out)
+    report = layerdiff.load_report(out)
+    assert code == 0 and report.cost.layer_times.statistic == "average"
+    assert {lay.engine_layers[0]: lay.time_ms for lay in report.layers if lay.time_ms} == pytest.approx(
+        {n: m * 1.1 for n, m in medians.items()})
+
+
+def test_a_profile_of_another_engine_is_refused(saved_run, engine_run, tmp_path, cli, shared_dir):
+    tmp, _, _ = saved_run
+    results, layers = engine_run
+    other = shared_dir / "fixtures" / "trt_engine_info" / "trex_mobilenet_qat_int8_trt84.profile.json"
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                       "--engine-info", layers, "--trt-profile", other, "-o", out)
+    assert code == 2 and "none of its 73 layer names" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                       "--trt-profile", other)
+    assert code == 2 and "--engine-info" in err

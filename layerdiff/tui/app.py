@@ -35,7 +35,7 @@ from layerdiff.tui.state import (
     visible,
     worst_row,
 )
-from layerdiff.tui.table import TABLE, LayerTable, row_cells
+from layerdiff.tui.table import LayerTable, table_for
 
 WIDE = 150  # columns from which the detail and the chart show side by side
 
@@ -84,7 +84,7 @@ class LayerdiffApp(App[None]):
     def compose(self) -> ComposeResult:
         yield Static(self._summary(), id="summary")
         yield Input(placeholder="op:Conv,Gemm prec:int8 name-part   (Enter keeps, Esc clears)", id="filter")
-        yield LayerTable(TABLE, row_cells, id="layers")
+        yield LayerTable(*table_for(any(r.time_ms is not None for r in self.rows)), id="layers")
         with Horizontal(id="lower"):
             with VerticalScroll(id="detail"):
                 yield Static(id="detail-body")
@@ -221,7 +221,7 @@ class LayerdiffApp(App[None]):
             self._jump(follow(self.graph, self.by_key, self.selected, upstream=False), "consumer")
 
     def action_sort_next(self) -> None:
-        order = [k for k, _, _ in TABLE if k in SORTABLE]
+        order = [k for k, _, _ in self.query_one(LayerTable).columns if k in SORTABLE]
         nxt = order[(order.index(self.view.sort) + 1) % len(order)]
         self.view = self.view.sorted_by(nxt)
 

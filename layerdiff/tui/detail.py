@@ -86,6 +86,10 @@ def render_detail(layer: LayerDiff, graph: Graph) -> Group:
     facts.add_row("reads", _names(layer.inputs))
     facts.add_row("from", _names(graph.producers.get(layer.name, ())) + "   ([ goes up the worst)")
     facts.add_row("to", _names(graph.consumers.get(layer.name, ())) + "   (] goes down the worst)")
+    if layer.time_ms is not None:
+        share = f" ({layer.time_share:.0%} of the candidate's kernel time)" if layer.time_share is not None else ""
+        ref = f"; FP32 {layer.ref_time_ms:.3g} ms" if layer.ref_time_ms is not None else ""
+        facts.add_row("time", f"{layer.time_ms:.3g} ms{share}{ref}")
     if layer.local_unavailable:
         facts.add_row("local error", Text(f"unavailable: {layer.local_unavailable}", style="yellow"))
     if layer.diverges:

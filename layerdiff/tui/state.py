@@ -19,7 +19,7 @@ from layerdiff.report import Report, rank_layers
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("index", "#", 5), ("name", "layer", 24), ("op", "op", 14), ("precision", "prec", 10),
     ("local_cosine", "local cos", 10), ("cosine", "acc cos", 10), ("max_abs", "max abs", 9),
-    ("sqnr", "SQNR dB", 8), ("flags", "flags", 6), ("pin", "pin", 3),
+    ("sqnr", "SQNR dB", 8), ("time_ms", "ms", 7), ("flags", "flags", 6), ("pin", "pin", 3),
 )
 SORTABLE = tuple(key for key, _, _ in COLUMNS)
 
@@ -44,6 +44,9 @@ class RowView:
     diverges: bool
     local_rel_rms: float | None
     pinnable: tuple[str, ...]  # the ONNX nodes a pin keeps in FP32 (none for conversions and constants)
+    time_ms: float | None = None  # the candidate's kernel time (compare --bench, --trt-profile)
+    time_share: float | None = None
+    ref_time_ms: float | None = None
 
     @property
     def precision_text(self) -> str:
@@ -76,7 +79,9 @@ def row_view(layer: LayerDiff) -> RowView:
         nonfinite=any(m.cand_nonfinite > m.ref_nonfinite for m in acc) or layer.local_nonfinite,
         beyond_fp16=any(m.exceeds_fp16 for m in acc), diverges=layer.diverges,
         local_rel_rms=_finite(layer.local_rel_rms),
-        pinnable=layer.onnx_nodes if layer.kind == "layer" else ())
+        pinnable=layer.onnx_nodes if layer.kind == "layer" else (),
+        time_ms=getattr(layer, "time_ms", None), time_share=getattr(layer, "time_share", None),
+        ref_time_ms=getattr(layer, "ref_time_ms", None))
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,8 @@ def _sort_value(row: RowView, column: str, pins: frozenset[str]):
         return (row.nonfinite, row.beyond_fp16, row.diverges)
     if column == "precision":
         return row.precision_text
+    if column == "time_ms":  # the slowest first, as the worst error comes first
+        return -row.time_ms if row.time_ms is not None else None
     return getattr(row, column)
 
 

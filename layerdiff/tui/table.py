@@ -37,6 +37,7 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
         Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
         num(row.max_abs, ".3g"),
         num(row.sqnr, ".1f"),
+        num(row.time_ms, ".3g"),
         row.op,
     )
 
@@ -45,8 +46,17 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
 # 80-column terminal shows every metric without scrolling sideways
 TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
          ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3),
-         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7), ("op", "op", 16))
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7), ("time_ms", "ms", 7), ("op", "op", 16))
 assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
+def table_for(timed: bool):
+    """(columns, cells) of the table: the time column only where the report has per-row times."""
+    if timed:
+        return TABLE, row_cells
+    at = [k for k, _, _ in TABLE].index("time_ms")
+    return tuple(c for c in TABLE if c[0] != "time_ms"), lambda row, pinned: tuple(
+        c for i, c in enumerate(row_cells(row, pinned)) if i != at)
+
+
 NAME_WIDTH = (16, 48)  # the layer column takes the room left over, within these bounds
 
 
