@@ -21,7 +21,16 @@ _NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(doub
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """Peak RSS of this process's own memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    across fork and exec, so it would hold the parent's size (the layerdiff process that started us)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux; bytes on macOS
 
 
 def _current_rss_mb() -> float:

@@ -46,6 +46,15 @@ def test_a_timed_model_reports_what_it_ran(int8):
     assert ref.cost.size_bytes == CNN.stat().st_size and not ref.node_ms  # no profile asked for
 
 
+def test_the_peak_memory_is_the_timing_process_own(int8):
+    """Linux carries getrusage's ru_maxrss across fork and exec: a worker reading it would report the
+    size of the process that started it. Here that process holds 400 MB more than the model needs."""
+    session, _, _ = int8
+    ballast = np.ones(50_000_000)  # 400 MB, touched
+    t = time_model(CNN, session.samples, providers=["CPUExecutionProvider"], runs=2, warmup=0)
+    assert ballast[-1] == 1.0 and t.cost.peak_rss_mb < 300
+
+
 def test_bench_zero_runs_is_refused(int8):
     session, _, _ = int8
     with pytest.raises(layerdiff.BadInput, match="at least 1"):

@@ -1,0 +1,93 @@
+"""What each precision plan costs beside what it loses: FP32, INT8, FP16 and the bisect recipe of the
+same model, each with its accuracy (worst-sample cosine of the final outputs against FP32), latency
+(median and p90 of --runs after --warmup, in a plain session in a process of its own, exactly as
+`layerdiff compare --bench` times), size on disk and peak memory. Prints a Markdown table.
+
+    python scripts/get_models.py && python scripts/bench_cost.py
+    python scripts/bench_cost.py --cases cnn --runs 20
+
+The bisect recipe is `bisect`'s auto answer for ort-int8 at the tolerance halfway between the all-INT8
+cosine and 1 (as scripts/bench_bisect.py), realised and timed like the others. FP16 on a CPU runs
+ONNX Runtime's FP16 model, which inserts casts where the CPU provider has no FP16 kernel: its latency
+is the CPU's, not a GPU's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CASES = {
+    "cnn": ("fixtures/cnn.onnx", "fixtures/cnn_inputs", None, "CNN fixture"),
+    "transformer": ("fixtures/transformer.onnx", None, None, "transformer fixture (random inputs)"),
+    "ppocr_cls": ("models/ppocr_cls/model.onnx", "models/ppocr_cls/inputs", "models/ppocr_cls/calib",
+                  "PP-OCR mobile v2.0 direction classifier"),
+    "ppocr_rec": ("models/ppocr_rec/model.onnx", "models/ppocr_rec/inputs", "models/ppocr_rec/calib",
+                  "PP-OCRv4 text recogniser"),
+}
+
+
+def worst_cosine(session, cand) -> float:
+    from layerdiff.target import Target
+
+    target = Target.parse("cosine", 0.0, (), session.model.outputs)
+    ref = session.reference_outputs()
+    got = session.outputs_on(cand)
+    return target.worst([target.score(r, g) for r, g in zip(ref, got, strict=True)])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    args = ap.parse_args(argv)
+
+    import layerdiff
+    from layerdiff.bench import machine, time_model
+    from layerdiff.bisect import bisect
+    from layerdiff.graph import serialize
+    from layerdiff.plan import PrecisionPlan
+    from layerdiff.target import Target
+
+    print(f"median and p90 of {args.runs} runs after {args.warmup} warm-up; {machine()}; ONNX Runtime CPU\n")
+    print("| model | plan | pins | cosine (worst sample) | ms median | ms p90 | speed-up | size MB | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for case in args.cases.split(","):
+        model, inputs, calib, label = CASES[case]
+        if not (ROOT / model).is_file():
+            print(f"| {label} | not here: run scripts/get_models.py | | | | | | | |")
+            continue
+        session = layerdiff.prepare(ROOT / model, inputs=ROOT / inputs if inputs else None,
+                                    calib=ROOT / calib if calib else None)
+        ref = time_model(ROOT / model, session.samples, providers=["CPUExecutionProvider"], runs=args.runs,
+                         warmup=args.warmup).cost
+        rows = [("FP32", 0, 1.0, ref)]
+        int8 = session.candidate("ort-int8")
+        base = worst_cosine(session, int8)
+        for name, spec, plan in (("INT8", "ort-int8", None), ("FP16", "ort-fp16", None)):
+            cand = int8 if spec == "ort-int8" else session.candidate(spec)
+            cost = time_model(serialize(cand.model), session.samples, providers=["CPUExecutionProvider"],
+                              runs=args.runs, warmup=args.warmup, what=name).cost
+            rows.append((name, 0, worst_cosine(session, cand), cost))
+        target = Target.parse("cosine", (base + 1.0) / 2, (), session.model.outputs)
+        result = bisect(session, "ort-int8", target, evidence=False)
+        pins = frozenset(p.node for p in result.pins)
+        recipe = session.candidate("ort-int8", PrecisionPlan.uniform("int8", pins))
+        cost = time_model(serialize(recipe.model), session.samples, providers=["CPUExecutionProvider"],
+                          runs=args.runs, warmup=args.warmup, what="recipe").cost
+        rows.append((f"INT8 + bisect recipe ({result.status})", len(pins), worst_cosine(session, recipe), cost))
+        for name, n, cos, c in rows:
+            speed = ref.latency_ms_median / c.latency_ms_median
+            print(f"| {label} | {name} | {n} | {cos:.6f} | {c.latency_ms_median:.3f} | {c.latency_ms_p90:.3f} | "
+                  f"{speed:.2f}x | {c.size_bytes / 2**20:.3f} | {c.peak_rss_mb:.0f} |")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
