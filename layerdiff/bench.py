@@ -380,3 +380,34 @@ def profile_times(report, profile_path: str | Path, engine_info: str | Path | No
     cost = report.cost or Cost()
     layers = with_times(report.layers, times, {})
     return replace(report, layers=layers, cost=replace(cost, layer_times=lt))
+
+
+def speedup_kept(fp32_ms: float, reduced_ms: float, recipe_ms: float) -> float | None:
+    """The share of the all-reduced plan's gain over FP32 that the recipe keeps (1: all of it, 0: none,
+    below 0: slower than FP32); None where the reduced plan gains nothing to keep."""
+    gain = fp32_ms - reduced_ms
+    return (fp32_ms - recipe_ms) / gain if gain > 0 else None
+
+
+def recipe_cost(session, recipe_candidate, reduced_candidate, runs: int, warmup: int) -> str:
+    """One line for bisect and apply: the recipe's median latency against the FP32 and the all-reduced
+    plan's, each timed as compare --bench times."""
+    from layerdiff.graph import serialize
+
+    def timed(cand, what):
+        runner = cand.runner
+        return time_model(serialize(cand.model), session.samples, providers=getattr(runner, "providers", None)
+                          or ["CPUExecutionProvider"], level=getattr(runner, "level", "all"), runs=runs,
+                          warmup=warmup, what=what).cost.latency_ms_median
+
+    fp32 = time_model(session.model.path, session.samples, providers=session.reference_providers, runs=runs,
+                      warmup=warmup, what="FP32 model").cost.latency_ms_median
+    reduced = timed(reduced_candidate, "all-reduced plan")
+    recipe = timed(recipe_candidate, "recipe")
+    prec = (reduced_candidate.plan.default if reduced_candidate.plan is not None else "reduced").upper()
+    head = (f"cost (median of {runs} runs after {warmup} warm-up; {machine()}):\n  FP32 {fp32:.4g} ms, "
+            f"all-{prec} {reduced:.4g} ms, recipe {recipe:.4g} ms")
+    kept = speedup_kept(fp32, reduced, recipe)
+    if kept is None:
+        return head + f"\n  the all-{prec} plan is not faster than FP32 here: no speed-up to keep"
+    return head + f"\n  the recipe keeps {kept:.0%} of the {prec} speed-up"

@@ -274,9 +274,11 @@ def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
               "ranges)")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:1x3x224x224", help="a dynamic input's shape")
 @click.option("-o", "--output", metavar="CAND.onnx", help="save the candidate built with the recipe (atomically)")
+@click.option("--bench", type=int, is_flag=False, flag_value=50, default=None, metavar="[N]",
+              help="time the recipe against the FP32 and the all-reduced plan (N runs, default 50, after 10 warm-up)")
 @click.option("-q", "--quiet", is_flag=True, help="the result line only")
 @click.option("--debug", is_flag=True, help="show tracebacks")
-def apply(recipe, model, inputs, calib, shapes, output, quiet, debug) -> int:
+def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> int:
     """Build MODEL's candidate with RECIPE and check its tolerance again (exit 1 if it fails)."""
     from layerdiff.console import clean, make_console
     from layerdiff.files import check_writable, write_atomic
@@ -286,8 +288,17 @@ def apply(recipe, model, inputs, calib, shapes, output, quiet, debug) -> int:
 
     if output:
         check_writable(output, protect=(recipe, model, inputs, calib))
+    if bench is not None and bench < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
     r = load_recipe(recipe)
     cand, session = _realise_recipe(r, recipe, model, calib, inputs, shapes)
+    cost_line = None
+    if bench is not None:
+        from layerdiff.bench import DEFAULT_WARMUP, recipe_cost
+        from layerdiff.plan import PrecisionPlan
+
+        reduced = session.candidate(r.candidate["spec"], PrecisionPlan.uniform(r.precision))
+        cost_line = recipe_cost(session, cand, reduced, bench, DEFAULT_WARMUP)
     # a recipe pinned by hand in the TUI may carry no tolerance: then the cosine is measured, not checked
     target = Target.from_dict(r.tolerance, session.model.outputs) if r.tolerance else \
         Target.parse("cosine", -1.0, (), session.model.outputs)
@@ -307,6 +318,8 @@ def apply(recipe, model, inputs, calib, shapes, output, quiet, debug) -> int:
         for node in r.nodes:
             out.print(f"  {clean(node)}: requested fp32, ran {realised.get(node, 'unknown')}", markup=False,
                       highlight=False)
+    if cost_line:
+        print(cost_line)
     claimed = (r.data.get("achieved") or {}).get("value") if isinstance(r.data.get("achieved"), dict) else None
     if not r.tolerance:
         print(f"measured: cosine {value:.7g} (worst of {len(per)} sample(s)); the recipe names no tolerance "

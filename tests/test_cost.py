@@ -200,3 +200,34 @@ def test_the_tui_shows_and_sorts_by_kernel_time(cli, tmp_path):
                                            for lay in report.layers), cost=None)
     columns, _ = asyncio.run(go(untimed, False))
     assert "time_ms" not in columns
+
+
+def test_speedup_kept():
+    from layerdiff.bench import speedup_kept
+
+    assert speedup_kept(10.0, 4.0, 4.6) == pytest.approx(0.9)  # keeps 90% of a 6 ms gain
+    assert speedup_kept(10.0, 4.0, 4.0) == 1.0 and speedup_kept(10.0, 4.0, 10.0) == 0.0
+    assert speedup_kept(10.0, 4.0, 12.0) < 0  # slower than FP32
+    assert speedup_kept(4.0, 10.0, 6.0) is None  # the reduced plan gains nothing to keep
+
+
+def test_apply_bench_times_the_recipe_against_fp32_and_the_reduced_plan(cli, tmp_path):
+    import re
+
+    recipe = tmp_path / "r.recipe.json"
+    code, _, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", FIXTURES / "cnn_inputs",
+                       "--min-cosine", "0.99999", "-o", recipe, "-q")
+    assert code == 0, err
+    code, out, err = cli("apply", recipe, CNN, "--inputs", FIXTURES / "cnn_inputs", "--bench", "5", "-q")
+    assert code == 0, err
+    m = re.search(r"FP32 ([\d.e+-]+) ms, all-INT8 ([\d.e+-]+) ms, recipe ([\d.e+-]+) ms\n  (.*)", out)
+    assert m, out
+    fp32, reduced, rec = (float(m.group(i)) for i in (1, 2, 3))
+    if reduced < fp32:
+        kept = (fp32 - rec) / (fp32 - reduced)  # from the printed (rounded) medians: within a point
+        said = re.fullmatch(r"the recipe keeps (-?\d+)% of the INT8 speed-up", m.group(4))
+        assert said and abs(int(said.group(1)) - 100 * kept) <= 1.5
+    else:
+        assert m.group(4) == "the all-INT8 plan is not faster than FP32 here: no speed-up to keep"
+    code, _, err = cli("apply", recipe, CNN, "--bench", "0")
+    assert code == 2 and "at least 1" in err
