@@ -1,6 +1,7 @@
 """The process that times one model: `python -m layerdiff._benchworker JOBDIR`. It runs alone so that
 its peak memory is the memory of that one model's session (plus Python and ONNX Runtime themselves,
-measured before the model loads and reported beside it), and imports only numpy and ONNX Runtime.
+measured before the model loads and reported beside it), and imports only numpy, ONNX Runtime and
+layerdiff.backends.ortnames (the session settings every layerdiff session shares).
 
 JOBDIR holds job.json ({"model": path, "providers": [...], "level": "all", "warmup": W, "runs": N,
 "profile_runs": P}) and feeds.npz (sample k's input NAME stored as "k/NAME"). The worker writes
@@ -16,8 +17,6 @@ import resource
 import sys
 import time
 from pathlib import Path
-
-_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
 
 
 def _rss_mb() -> float:
@@ -42,25 +41,23 @@ def _current_rss_mb() -> float:
 
 
 def _feeds(path: Path, sess, np) -> list[dict]:
-    cast = {i.name: _NUMPY[i.type] for i in sess.get_inputs() if i.type in _NUMPY}
+    from layerdiff.backends.ortnames import INPUT_TYPES, cast_feed
+
+    types = {i.name: INPUT_TYPES[i.type] for i in sess.get_inputs() if i.type in INPUT_TYPES}
     samples: dict[int, dict] = {}
     with np.load(path, allow_pickle=False) as data:
         for key in data.files:
             k, name = key.split("/", 1)
-            value = data[key]
-            if name in cast and value.dtype.kind == "f" and value.dtype != cast[name]:
-                value = value.astype(cast[name])  # an FP16 model is fed FP16, as a user would
-            samples.setdefault(int(k), {})[name] = value
-    return [samples[k] for k in sorted(samples)]
+            samples.setdefault(int(k), {})[name] = data[key]
+    return [cast_feed(samples[k], types) for k in sorted(samples)]  # an FP16 model is fed FP16, as a user would
 
 
 def _options(ort, level: str):
+    from layerdiff.backends.ortnames import LEVELS
+
     so = ort.SessionOptions()
     so.log_severity_level = 4
-    so.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[level]
+    so.graph_optimization_level = LEVELS[level]
     return so
 
 

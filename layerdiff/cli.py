@@ -194,7 +194,9 @@ def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_inf
     timing was interrupted: then the report is returned as it was, without cost)."""
     from dataclasses import replace
 
-    from layerdiff.bench import gate_checks, measure, profile_times
+    from layerdiff.bench import measure
+    from layerdiff.gate import gate_checks
+    from layerdiff.layertimes import profile_times
 
     try:
         if bench is not None:

@@ -11,8 +11,19 @@ from typing import Any
 from layerdiff.jsonread import pick
 
 
+class _Plain:
+    """A dataclass whose JSON form is its fields, read back checked against their annotations."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str):
+        return cls(**pick(cls, d, where))
+
+
 @dataclass(frozen=True)
-class PlanCost:
+class PlanCost(_Plain):
     """One model timed: `runs` plain runs after `warmup` (the samples in turn), nothing exposed."""
 
     latency_ms_median: float | None
@@ -28,16 +39,9 @@ class PlanCost:
     machine: str
     unavailable: str = ""  # why it was not timed (imported results have nothing to run)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> PlanCost:
-        return cls(**pick(cls, d, where))
-
 
 @dataclass(frozen=True)
-class LayerTimes:
+class LayerTimes(_Plain):
     """Where the rows' `time_ms` came from."""
 
     source: str  # "onnxruntime profiler" | "trtexec profile <path>"
@@ -46,13 +50,6 @@ class LayerTimes:
     total_ms: float  # the candidate's per-layer times added up
     unattributed_ms: float = 0.0  # time of kernels no row could be named for (runtime-inserted copies)
     reference_total_ms: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> LayerTimes:
-        return cls(**pick(cls, d, where))
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class Cost:
 
 
 @dataclass(frozen=True)
-class GateCheck:
+class GateCheck(_Plain):
     """One deployment bound of compare (--max-abs, --min-speedup, --max-size-ratio): the value measured
     and whether it holds."""
 
@@ -105,10 +102,3 @@ class GateCheck:
         shown = "not measured" if self.value is None else f"{self.value:.6g}"
         verdict = "holds" if self.passed else "FAILS"
         return f"{self.bound} {self.limit:g}: {self.what} {shown}, {verdict}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> GateCheck:
-        return cls(**pick(cls, d, where))

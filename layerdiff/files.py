@@ -81,3 +81,17 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_text(path: Path, what: str, error: type[Exception], missing: str = "", empty: str = "") -> str:
+    """The text of a file a user named (`what` says what it should be), or `error` with one line when
+    it is missing, unreadable or empty; `missing` and `empty` end those lines with what to do."""
+    if not path.is_file():
+        raise error(f"{what} not found: {path}{missing}")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err}") from err
+    if not text.strip():
+        raise error(f"{what} {path} is empty{empty}")
+    return text

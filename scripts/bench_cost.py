@@ -21,14 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = {
-    "cnn": ("fixtures/cnn.onnx", "fixtures/cnn_inputs", None, "CNN fixture"),
-    "transformer": ("fixtures/transformer.onnx", None, None, "transformer fixture (random inputs)"),
-    "ppocr_cls": ("models/ppocr_cls/model.onnx", "models/ppocr_cls/inputs", "models/ppocr_cls/calib",
-                  "PP-OCR mobile v2.0 direction classifier"),
-    "ppocr_rec": ("models/ppocr_rec/model.onnx", "models/ppocr_rec/inputs", "models/ppocr_rec/calib",
-                  "PP-OCRv4 text recogniser"),
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_bisect import CASES as BISECT_CASES  # noqa: E402  (the same models, inputs and calibration)
+
+CASES = {k: v for k, v in BISECT_CASES.items() if k != "ppocr_det"}  # the detector: a minute per plan here
 
 
 def worst_cosine(session, cand) -> float:

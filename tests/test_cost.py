@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 
 import layerdiff
-from layerdiff.bench import attribute, p90, row_of_nodes, time_model
+from layerdiff.bench import p90, time_model
 from layerdiff.graph import serialize
+from layerdiff.layertimes import attribute, row_of_nodes
 from tests.conftest import FIXTURES, run_plain
 
 CNN = FIXTURES / "cnn.onnx"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from layerdiff.backends.ortnames import INPUT_TYPES, LEVELS, cast_feed
 from layerdiff.errors import BackendError, Cancelled, ModelError
 from layerdiff.graph import probe_model
 
@@ -27,12 +28,6 @@ _ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
                ort.capi.onnxruntime_pybind11_state.NotImplemented,
                ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
                ort.capi.onnxruntime_pybind11_state.RuntimeException)
-LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 # 0: ONNX Runtime's default (one thread per physical core); set by bisect --jobs to share the cores
 INTRA_OP_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("INTRA_OP_THREADS", default=0)
 _LOADS: dict[str, bool] = {}
@@ -219,8 +214,6 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-_NUMPY = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
-          "tensor(double)": np.dtype(np.float64)}
 
 
 class OrtSource:
@@ -238,9 +231,7 @@ class OrtSource:
     def __enter__(self) -> OrtSource:
         sess = make_session(self._blob, self._providers, self._what, low_memory=self._low_memory, level=self._level,
                             derived_from=self._derived_from)
-        # a model that takes an input in another float type (an FP16 model with FP16 inputs) gets the samples
-        # cast to it, as a user feeding it would
-        self._cast = {i.name: _NUMPY[i.type] for i in sess.sess.get_inputs() if i.type in _NUMPY}
+        self._cast = {i.name: INPUT_TYPES[i.type] for i in sess.sess.get_inputs() if i.type in INPUT_TYPES}
         if self._expect and sess.provider != self._expect:
             raise BackendError(f"ONNX Runtime fell back from {self._expect} to {sess.provider} for the "
                                "candidate; the report would not describe the GPU deployment, so it stops here")
@@ -256,8 +247,7 @@ class OrtSource:
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:
             raise BackendError("internal: infer() outside `with source:`")
-        feed = {k: v.astype(self._cast[k]) if k in self._cast and v.dtype.kind == "f" and v.dtype != self._cast[k]
-                else v for k, v in feed.items()}
+        feed = cast_feed(feed, self._cast)
         values = self._session.run([n for n in self._outputs if n not in feed], feed, self._cancel)
         values.update({n: feed[n] for n in self._outputs if n in feed})  # a graph input asked for: as fed
         return {self._outputs[name]: value for name, value in values.items()}

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from layerdiff.errors import EngineInfoError
+from layerdiff.files import read_text
 
 _LAYER_SPLIT = re.compile(r"^\s*-+\s*Layer\s+\d+\s*-+\s*$", re.MULTILINE)
 _LOG_DIM = re.compile(r"-?[0-9]{1,18}")  # longer numbers are no dimension (and int() refuses > 4300 digits)
@@ -40,14 +41,7 @@ class RawInfo:
 
 def read_layer_info(path: str | Path) -> RawInfo:
     path = Path(path)
-    if not path.is_file():
-        raise EngineInfoError(f"engine info not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise EngineInfoError(f"cannot read engine info {path}: {err}") from err
-    if not text.strip():
-        raise EngineInfoError(f"engine info {path} is empty")
+    text = read_text(path, "engine info", EngineInfoError)
     data = _json(text, path)
     if data is not _NOT_JSON:
         return _from_json(data, path)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerdiff.errors import BadInput
+from layerdiff.files import read_text
 
 if TYPE_CHECKING:  # at run time only the layers' names are read; no import cycle with the package
     from layerdiff.engine_info import EngineInfo
@@ -118,14 +119,8 @@ def match_profile(profile: TrtProfile, info: EngineInfo) -> dict[str, float]:
 
 
 def _load(path: Path) -> Any:
-    if not path.is_file():
-        raise BadInput(f"TensorRT profile not found: {path}; write one with trtexec --exportProfile=FILE")
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise BadInput(f"cannot read TensorRT profile {path}: {err}") from err
-    if not text.strip():
-        raise BadInput(f"TensorRT profile {path} is empty; {_REEXPORT}")
+    text = read_text(path, "TensorRT profile", BadInput, "; write one with trtexec --exportProfile=FILE",
+                     f"; {_REEXPORT}")
     try:
         return json.loads(text, strict=False)  # strict=False: trtexec writes names unescaped (module doc)
     except json.JSONDecodeError as err:

@@ -1,0 +1,26 @@
+"""ONNX Runtime's names that every session layerdiff makes shares: the optimization levels by the
+names the command takes, and the numpy type each float input type is fed as. Imports only ONNX
+Runtime and numpy, so the timing worker (`layerdiff._benchworker`) makes its sessions the same way
+without loading onnx."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# a model that takes an input in another float type (an FP16 model with FP16 inputs) gets the samples
+# cast to it, as a user feeding it would
+INPUT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
+               "tensor(double)": np.dtype(np.float64)}
+
+
+def cast_feed(feed: dict, types: dict) -> dict:
+    """`feed` with each float input cast to `types[name]` where that differs."""
+    return {k: v.astype(types[k]) if k in types and v.dtype.kind == "f" and v.dtype != types[k] else v
+            for k, v in feed.items()}
