@@ -1,7 +1,7 @@
 """What each precision plan costs beside what it loses: FP32, INT8, FP16 and the bisect recipe of the
 same model, each with its accuracy (worst-sample cosine of the final outputs against FP32), latency
-(median and p90 of --runs after --warmup, in a plain session in a process of its own, exactly as
-`layerdiff compare --bench` times), size on disk and peak memory. Prints a Markdown table.
+(median and p90 of --runs after --warmup, timed by the functions `layerdiff compare --bench` uses:
+a plain session in a process of its own), size on disk and peak memory. Prints a Markdown table.
 
     python scripts/get_models.py && python scripts/bench_cost.py
     python scripts/bench_cost.py --cases cnn --runs 20
@@ -44,9 +44,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import layerdiff
-    from layerdiff.bench import machine, time_model
+    from layerdiff.bench import machine, time_candidate, time_reference
     from layerdiff.bisect import bisect
-    from layerdiff.graph import serialize
     from layerdiff.plan import PrecisionPlan
     from layerdiff.target import Target
 
@@ -60,22 +59,19 @@ def main(argv=None) -> int:
             continue
         session = layerdiff.prepare(ROOT / model, inputs=ROOT / inputs if inputs else None,
                                     calib=ROOT / calib if calib else None)
-        ref = time_model(ROOT / model, session.samples, providers=["CPUExecutionProvider"], runs=args.runs,
-                         warmup=args.warmup).cost
+        ref = time_reference(session, runs=args.runs, warmup=args.warmup).cost
         rows = [("FP32", 0, 1.0, ref)]
         int8 = session.candidate("ort-int8")
         base = worst_cosine(session, int8)
         for name, spec, plan in (("INT8", "ort-int8", None), ("FP16", "ort-fp16", None)):
             cand = int8 if spec == "ort-int8" else session.candidate(spec)
-            cost = time_model(serialize(cand.model), session.samples, providers=["CPUExecutionProvider"],
-                              runs=args.runs, warmup=args.warmup, what=name).cost
+            cost = time_candidate(session, cand, runs=args.runs, warmup=args.warmup).cost
             rows.append((name, 0, worst_cosine(session, cand), cost))
         target = Target.parse("cosine", (base + 1.0) / 2, (), session.model.outputs)
         result = bisect(session, "ort-int8", target, evidence=False)
         pins = frozenset(p.node for p in result.pins)
         recipe = session.candidate("ort-int8", PrecisionPlan.uniform("int8", pins))
-        cost = time_model(serialize(recipe.model), session.samples, providers=["CPUExecutionProvider"],
-                          runs=args.runs, warmup=args.warmup, what="recipe").cost
+        cost = time_candidate(session, recipe, runs=args.runs, warmup=args.warmup).cost
         rows.append((f"INT8 + bisect recipe ({result.status})", len(pins), worst_cosine(session, recipe), cost))
         for name, n, cos, c in rows:
             speed = ref.latency_ms_median / c.latency_ms_median
