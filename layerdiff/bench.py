@@ -89,22 +89,55 @@ def time_model(model: str | Path | bytes, samples: Samples, *, providers: Sequen
             path, size = job / "model.onnx", len(model)
         else:
             path, size = Path(model), model_size(model)
-        arrays = {f"{k}/{name}": np.asarray(v) for k, feed in enumerate(samples.feeds) for name, v in feed.items()}
-        np.savez(job / "feeds.npz", **arrays)
-        (job / "job.json").write_text(json.dumps({"model": str(path), "providers": list(providers), "level": level,
-                                                  "warmup": warmup, "runs": runs, "profile_runs": profile_runs}))
-        proc = subprocess.run([sys.executable, "-m", "layerdiff._benchworker", str(job)], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            last = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), f"exit {proc.returncode}")
-            raise BackendError(f"timing the {what} failed: {last}")
-        result = json.loads((job / "result.json").read_text())
+        result = _run_job(job, samples, {"model": str(path), "providers": list(providers), "level": level,
+                                         "warmup": warmup, "runs": runs, "profile_runs": profile_runs}, what)
         optimized = onnx.load(str(job / "optimized.onnx"), load_external_data=False) \
             if (job / "optimized.onnx").is_file() else None
     lat = result["latencies_ms"]
     cost = _plan_cost(lat, samples, warmup, size, result["peak_rss_mb"], result["base_rss_mb"], result["provider"])
     node_ms = {name: statistics.median(t) for name, t in result.get("node_ms", {}).items() if t}
     return Timing(cost, node_ms, optimized)
+
+
+def _run_job(job: Path, samples: Samples, spec: dict, what: str) -> dict:
+    """Run the timing worker on `spec` (its job.json) with the samples, in directory `job`."""
+    arrays = {f"{k}/{name}": np.asarray(v) for k, feed in enumerate(samples.feeds) for name, v in feed.items()}
+    np.savez(job / "feeds.npz", **arrays)
+    (job / "job.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "layerdiff._benchworker", str(job)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), f"exit {proc.returncode}")
+        raise BackendError(f"timing the {what} failed: {last}")
+    return json.loads((job / "result.json").read_text())
+
+
+def race(models: Sequence[bytes], samples: Samples, *, providers: Sequence[str], level: str = "all",
+         runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> list[PlanCost]:
+    """Several models (bytes of models layerdiff made) timed side by side in one process, each run
+    timing every model once in turning order: for choosing between plans under the same load. Memory
+    is not measured (the process holds them all)."""
+    if runs < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {runs})")
+    with tempfile.TemporaryDirectory(prefix="layerdiff-race-") as tmp:
+        job = Path(tmp)
+        paths = []
+        for i, blob in enumerate(models):
+            (job / f"model{i}.onnx").write_bytes(blob)
+            paths.append(str(job / f"model{i}.onnx"))
+        result = _run_job(job, samples, {"race": paths, "providers": list(providers), "level": level,
+                                         "warmup": warmup, "runs": runs, "profile_runs": 0}, "plans")
+    return [_plan_cost(lat, samples, warmup, len(blob), None, None, result["provider"])
+            for lat, blob in zip(result["race_ms"], models, strict=True)]
+
+
+def race_candidates(session, candidates, *, runs: int, warmup: int) -> list[PlanCost]:
+    """Candidates of one spec (the same providers and optimization level) timed side by side."""
+    from layerdiff.graph import serialize
+
+    runner = candidates[0].runner
+    return race([serialize(c.model) for c in candidates], session.samples,
+                providers=getattr(runner, "providers", None) or ["CPUExecutionProvider"],
+                level=getattr(runner, "level", "all"), runs=runs, warmup=warmup)
 
 
 # -- a comparison's cost -----------------------------------------------------------------------------
@@ -192,26 +225,38 @@ def candidate_size(candidate) -> int | None:
     return len(serialize(candidate.model)) if candidate.model is not None else None
 
 
-def speedup_kept(fp32_ms: float, reduced_ms: float, recipe_ms: float) -> float | None:
-    """The share of the all-reduced plan's gain over FP32 that the recipe keeps (1: all of it, 0: none,
-    below 0: slower than FP32); None where the reduced plan gains nothing to keep."""
-    gain = fp32_ms - reduced_ms
-    return (fp32_ms - recipe_ms) / gain if gain > 0 else None
+def time_recipe(session, recipe_candidate, reduced_candidate, runs: int, warmup: int):
+    """The recipe's cost beside the FP32 and the all-reduced plan's, each timed as compare --bench
+    times (bisect --bench, apply --bench)."""
+    from layerdiff.cost import RecipeCost
+
+    fp32 = time_reference(session, runs=runs, warmup=warmup).cost
+    reduced = time_candidate(session, reduced_candidate, runs=runs, warmup=warmup).cost
+    recipe = time_candidate(session, recipe_candidate, runs=runs, warmup=warmup).cost
+    precision = reduced_candidate.plan.default if reduced_candidate.plan is not None else "reduced"
+    return RecipeCost(precision, fp32, reduced, recipe)
 
 
-def recipe_cost(session, recipe_candidate, reduced_candidate, runs: int, warmup: int) -> str:
-    """apply --bench's lines: the recipe's median latency against the FP32 and the all-reduced
-    plan's, each timed as compare --bench times."""
-    fp32, reduced, recipe = (t.cost.latency_ms_median for t in (
-        time_reference(session, runs=runs, warmup=warmup),
-        time_candidate(session, reduced_candidate, runs=runs, warmup=warmup),
-        time_candidate(session, recipe_candidate, runs=runs, warmup=warmup)))
-    if reduced is None or recipe is None:
-        return "cost: this candidate cannot be timed here"
-    prec = (reduced_candidate.plan.default if reduced_candidate.plan is not None else "reduced").upper()
-    head = (f"cost (median of {runs} runs after {warmup} warm-up; {machine()}):\n  FP32 {fp32:.4g} ms, "
-            f"all-{prec} {reduced:.4g} ms, recipe {recipe:.4g} ms")
-    kept = speedup_kept(fp32, reduced, recipe)
-    if kept is None:
-        return head + f"\n  the all-{prec} plan is not faster than FP32 here: no speed-up to keep"
-    return head + f"\n  the recipe keeps {kept:.0%} of the {prec} speed-up"
+def pin_costs(session, reduced_candidate, *, runs: int = PROFILE_RUNS, warmup: int = 3, progress=None):
+    """What keeping each node of the model in FP32 is estimated to cost (bisect --objective time): each
+    node's kernel time in the FP32 model less its kernel time in the all-reduced plan (its Q/DQ and
+    Casts included), both from ONNX Runtime's profiler on this machine."""
+    from layerdiff.cost import PinCosts
+    from layerdiff.layertimes import node_times
+
+    if progress:
+        progress(f"profiling the FP32 model and the all-reduced plan ({runs} runs each) for --objective time", 0, 2)
+    ref = time_reference(session, runs=runs, warmup=warmup, profile_runs=runs)
+    if progress:
+        progress("profiling the all-reduced plan", 1, 2)
+    cand = time_candidate(session, reduced_candidate, runs=runs, warmup=warmup, profile_runs=runs)
+    if progress:
+        progress("profiled", 2, 2)
+    if not cand.node_ms or not ref.node_ms:
+        raise BadInput("--objective time needs per-node times from ONNX Runtime's profiler, and this candidate "
+                       "gave none: use --objective pins")
+    names = [n.name for n in session.model.proto.graph.node if n.name]
+    fp32 = node_times(ref.node_ms, ref.optimized, session.model.proto, names)
+    reduced = node_times(cand.node_ms, cand.optimized, reduced_candidate.model, names)
+    added = {n: fp32.get(n, 0.0) - reduced.get(n, 0.0) for n in set(fp32) | set(reduced)}
+    return PinCosts(added, sum(ref.node_ms.values()), sum(cand.node_ms.values()), runs)

@@ -25,12 +25,23 @@ from typing import Any
 
 from layerdiff.backends.base import Candidate
 from layerdiff.backends.ort import INTRA_OP_THREADS
+from layerdiff.bench import DEFAULT_RUNS
 from layerdiff.bisect_state import SearchState
+from layerdiff.cost import PinCosts, RecipeCost
 from layerdiff.errors import BadInput, Cancelled
 from layerdiff.inputs import Samples
 from layerdiff.pins import PinInfo, beyond_fp16, pin_infos, pinnable_nodes
 from layerdiff.plan import PrecisionPlan
-from layerdiff.search import STRATEGIES, Outcome, Search, eval_bound
+from layerdiff.search import (
+    OBJECTIVES,
+    STRATEGIES,
+    TIME_EVALS,
+    Outcome,
+    Search,
+    eval_bound,
+)
+
+FINALISTS = 4  # --objective time: the equally small passing plans timed side by side to choose the answer
 from layerdiff.session import Session, prepare
 from layerdiff.specs import IMPORTED, SPECS
 from layerdiff.target import Target
@@ -43,6 +54,18 @@ class Holdout:
     value: float
     per_sample: tuple[float, ...]
     holds: bool
+
+
+@dataclass(frozen=True)
+class Finalist:
+    """--objective time: a passing plan with the fewest pins, its estimated kernel time (ONNX Runtime's
+    profiler, pins' costs added to the all-reduced plan's) and its latency timed beside the others."""
+
+    pins: tuple[str, ...]
+    estimated_kernel_ms: float
+    latency_ms_median: float | None
+    latency_ms_p90: float | None
+    chosen: bool
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,11 @@ class BisectResult:
     holdout: Holdout | None
     warnings: tuple[str, ...]
     calibration: Mapping[str, Any] = field(default_factory=dict)
+    objective: str = "pins"
+    pin_costs: PinCosts | None = None  # --objective time: each node's estimated cost in FP32
+    cost: RecipeCost | None = None  # --bench: the answer timed beside FP32 and the all-reduced plan
+    finalists: tuple[Finalist, ...] = ()  # --objective time: the plans timed to choose the answer
+    race_runs: int = 0
 
     @property
     def passed(self) -> bool:
@@ -118,6 +146,7 @@ def _cores() -> int:
 def bisect(session: Session, candidate: str, target: Target, *, strategy: str = "auto",
            holdout: Samples | None = None, max_pins: int | None = None, max_evals: int | None = None,
            jobs: int = 1, state: str | Path | None = None, backend: Any = None, evidence: bool = True,
+           objective: str = "pins", bench: int | None = None, warmup: int = 10,
            on_start: Callable[[int, int, int], None] | None = None,
            on_outcome: Callable[[Outcome, int, int, bool], None] | None = None,
            progress=None, cancel: threading.Event | None = None) -> BisectResult:
@@ -126,9 +155,21 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     `target` on the session's samples, then check the answer on `holdout`. `on_start(pinnable, forced,
     most evaluations)` is called once before the search, `on_outcome(outcome, n, bound, cached)` after
     each evaluation. Ctrl-C (KeyboardInterrupt) or `cancel` end it with status "interrupted" and the
-    best plan found so far."""
+    best plan found so far.
+
+    `objective="time"` (ONNX Runtime candidates): profile the FP32 model and the all-reduced plan
+    first, and among equally small passing pin sets prefer the one estimated cheapest (layerdiff.search).
+    `bench=N`: time the answer beside FP32 and the all-reduced plan (N runs after `warmup`)."""
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy '{strategy}'; use {', '.join(STRATEGIES)}")
+    if objective not in OBJECTIVES:
+        raise BadInput(f"unknown objective '{objective}'; use {', '.join(OBJECTIVES)}")
+    if objective == "time" and (backend is not None or not candidate.startswith("ort-")):
+        raise BadInput(f"--objective time estimates what each pin costs with ONNX Runtime's profiler: it takes "
+                       f"--candidate ort-int8 or ort-fp16 (not '{candidate if backend is None else 'fake'}'); "
+                       "use --objective pins")
+    if bench is not None and bench < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
     if candidate.startswith(IMPORTED) or candidate not in SPECS:
         raise BadInput(f"bisect realises precision plans: use --candidate {', '.join(s for s in SPECS if s != 'ort-cuda')}"
                        f" (not '{candidate}', which it cannot rebuild with pins)")
@@ -154,7 +195,13 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         pinnable = [n for n in pinnable if n not in forced]
     if not pinnable:
         raise BadInput(f"the model has no node that {candidate} computes in {precision}: nothing to pin")
-    bound = max_evals if max_evals is not None else eval_bound(strategy, len(pinnable))
+    costs = None
+    if objective == "time":
+        from layerdiff.bench import pin_costs
+
+        costs = pin_costs(session, base_candidate, progress=progress)
+    bound = max_evals if max_evals is not None else \
+        eval_bound(strategy, len(pinnable)) + (TIME_EVALS if objective == "time" and strategy == "auto" else 0)
     if bound < 2:
         raise BadInput("--max-evals is at least 2 (nothing pinned and everything pinned)")
     ref_outputs = session.outputs_on(None, cancel=cancel)
@@ -186,7 +233,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
             on_outcome(outcome, count[0], bound, cached)
 
     search = Search(pinnable, test, target.better, max_evals=bound, known=known, on_outcome=seen, jobs=jobs,
-                    cancel=cancel)
+                    cancel=cancel, cost=costs.of if costs is not None else None)
     # plans evaluated side by side share the cores: on 2 cores, two sessions of one thread each evaluate
     # the PP-OCRv4 detector 25% faster than one after another with two threads each (scripts/bench_bisect.py)
     share = INTRA_OP_THREADS.set(max(1, _cores() // jobs)) if jobs > 1 else None
@@ -213,6 +260,13 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         else:
             outcome = best
     warnings = list(_warnings(target, baseline, status))
+    finalists: tuple[Finalist, ...] = ()
+    race_runs = bench or DEFAULT_RUNS
+    if costs is not None and status in ("found", "budget", "max-pins") and outcome.passed and outcome.pins:
+        try:
+            finalists, outcome = _fastest(search, outcome, costs, make, forced, session, race_runs, warmup, progress)
+        except KeyboardInterrupt:
+            warnings.append("timing the finalists was interrupted: the answer is the cheapest by the estimate")
     held = None
     if holdout is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
         cand = make(outcome.pins | frozenset(forced))
@@ -236,9 +290,47 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
 
         calibration = {"method": session.calibration, "source": session.calib.source, "samples": len(session.calib),
                        "random": session.calib.random, "ranges": ranges_to_json(session.quantizer.ranges)}
+    timed = None
+    if bench is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
+        from layerdiff.bench import time_recipe
+
+        try:
+            timed = time_recipe(session, make(outcome.pins | frozenset(forced)), base_candidate, bench, warmup)
+        except KeyboardInterrupt:
+            warnings.append("timing was interrupted: the recipe has no measured cost")
     return BisectResult(status, strategy, target, candidate, precision, outcome, baseline, every, pins, forced,
                         len(pinnable), search.evaluations, bound, len(session.samples), held, tuple(warnings),
-                        calibration)
+                        calibration, objective, costs, timed, finalists, race_runs if finalists else 0)
+
+
+def _fastest(search: Search, outcome: Outcome, costs: PinCosts, make, forced, session, runs: int, warmup: int,
+             progress) -> tuple[tuple[Finalist, ...], Outcome]:
+    """--objective time's last step: the passing plans as small as the answer, the cheapest
+    FINALISTS by the estimate (and always the answer objective pins would give), timed side by side in
+    plain sessions; the fastest median is the answer. The profiler's estimate adds kernel times of the
+    two extreme plans; a mixed plan's layout changes and launch overheads are only in its own timing."""
+    from layerdiff.bench import race_candidates
+
+    same = sorted((o for o in search.cache.values() if o.passed and len(o.pins) == len(outcome.pins)),
+                  key=lambda o: (costs.of(o.pins), search.ordered(o.pins)))
+    pool = same[:FINALISTS]
+    unswapped = search.cache.get(search.unswapped) if search.unswapped is not None else None
+    if unswapped is not None and unswapped.passed and len(unswapped.pins) == len(outcome.pins) and unswapped not in pool:
+        pool = pool[:FINALISTS - 1] + [unswapped]
+    if outcome not in pool:
+        pool = pool[:FINALISTS - 1] + [outcome]
+    if len(pool) == 1:
+        return (Finalist(tuple(search.ordered(outcome.pins)), costs.estimate_ms(outcome.pins), None, None, True),), \
+            outcome
+    if progress:
+        progress(f"timing the {len(pool)} cheapest plans side by side ({runs} runs each)", 0, 1)
+    timed = race_candidates(session, [make(o.pins | frozenset(forced)) for o in pool], runs=runs, warmup=warmup)
+    if progress:
+        progress("timed", 1, 1)
+    best = min(range(len(pool)), key=lambda i: (timed[i].latency_ms_median, costs.of(pool[i].pins)))
+    return tuple(Finalist(tuple(search.ordered(o.pins)), costs.estimate_ms(o.pins), t.latency_ms_median,
+                          t.latency_ms_p90, i == best) for i, (o, t) in enumerate(zip(pool, timed, strict=True))), \
+        pool[best]
 
 
 def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]:

@@ -64,6 +64,12 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
 @click.option("--seed", type=int, default=1, show_default=True, help="seed of the random inputs")
 @click.option("--strategy", type=click.Choice(["auto", "prefix", "suffix", "rank"]), default="auto",
               show_default=True, help="auto: contiguous searches, then a set search for the fewest pins")
+@click.option("--objective", type=click.Choice(["pins", "time"]), default="pins", show_default=True,
+              help="time: among equally small pin sets, the one ONNX Runtime's profiler estimates cheapest on this "
+              "machine (ort-* candidates; up to 24 more evaluations)")
+@click.option("--bench", type=int, is_flag=False, flag_value=50, default=None, metavar="[N]",
+              help="time the answer against the FP32 and the all-reduced plan (N runs, default 50, after --warmup)")
+@click.option("--warmup", type=int, default=10, show_default=True, help="untimed runs before --bench's")
 @click.option("--max-pins", type=click.IntRange(min=0), help="fail (exit 1) when the answer needs more pins")
 @click.option("--max-evals", type=click.IntRange(min=2), help="most plans to evaluate (auto: 2*log2(N)+60)")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="evaluate independent plans "
@@ -75,8 +81,8 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
 @click.option("-q", "--quiet", is_flag=True, help="no progress and no summary: the result line only")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
 def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, outputs, inputs, calib, calibration,
-           holdout, shapes, seed, strategy, max_pins, max_evals, jobs, resume, output, ort_optimization, quiet,
-           debug) -> int:
+           holdout, shapes, seed, strategy, objective, bench, warmup, max_pins, max_evals, jobs, resume, output,
+           ort_optimization, quiet, debug) -> int:
     """Find the fewest ONNX nodes to keep in FP32 for the candidate to meet a tolerance."""
     from layerdiff.bisect import bisect as run_bisect
     from layerdiff.bisect import prepare_split
@@ -84,6 +90,10 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
     from layerdiff.files import check_writable
     from layerdiff.recipe import recipe_dict, write_recipe
 
+    if bench is not None and bench < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
+    if warmup < 0:
+        raise BadInput(f"--warmup is 0 or more (not {warmup})")
     inputs_of_run = tuple(p for p in (model, inputs, calib, holdout, metric_fn and metric_fn.rpartition(":")[0]) if p)
     for path in (output, resume):
         if path:
@@ -113,7 +123,7 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
         try:
             result = run_bisect(session, candidate, target, strategy=strategy, holdout=held, max_pins=max_pins,
                                 max_evals=max_evals, jobs=jobs, state=resume, on_start=started, on_outcome=each,
-                                progress=progress)
+                                progress=progress, objective=objective, bench=bench, warmup=warmup)
         except KeyboardInterrupt:
             print("layerdiff: interrupted before any evaluation finished", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -172,6 +182,22 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"  and {len(result.forced)} node(s) pinned in every plan (values beyond FP16's range)")
     if held:
         p(f"  {held}")
+    if result.pin_costs is not None:
+        c, pins = result.pin_costs, [q.node for q in result.pins] + list(result.forced)
+        p(f"estimated kernel time (ONNX Runtime's profiler, median of {c.runs} runs):")
+        p(f"  FP32 {c.fp32_total_ms:.4g} ms, all-{result.precision.upper()} {c.reduced_total_ms:.4g} ms, recipe "
+          f"{c.estimate_ms(pins):.4g} ms")
+        if len(result.finalists) > 1:
+            p(f"{len(result.finalists)} plans as small, the estimate's cheapest, timed side by side "
+              f"({result.race_runs} runs):")
+            for f in result.finalists:
+                names = ", ".join(clean(n) for n in f.pins)
+                names = names if len(names) <= 40 else names[:39] + "…"
+                p(f"  {'*' if f.chosen else ' '} {names:<40} est. {f.estimated_kernel_ms:<7.4g} timed "
+                  f"{f.latency_ms_median:.4g} ms")
+    if result.cost is not None:
+        for line in result.cost.lines():
+            p(line)
     for w in result.warnings:
         p(f"warning: {w}")
     if output:
@@ -294,11 +320,11 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
     cand, session = _realise_recipe(r, recipe, model, calib, inputs, shapes)
     cost_line = None
     if bench is not None:
-        from layerdiff.bench import DEFAULT_WARMUP, recipe_cost
+        from layerdiff.bench import DEFAULT_WARMUP, time_recipe
         from layerdiff.plan import PrecisionPlan
 
         reduced = session.candidate(r.candidate["spec"], PrecisionPlan.uniform(r.precision))
-        cost_line = recipe_cost(session, cand, reduced, bench, DEFAULT_WARMUP)
+        cost_line = "\n".join(time_recipe(session, cand, reduced, bench, DEFAULT_WARMUP).lines())
     # a recipe pinned by hand in the TUI may carry no tolerance: then the cosine is measured, not checked
     target = Target.from_dict(r.tolerance, session.model.outputs) if r.tolerance else \
         Target.parse("cosine", -1.0, (), session.model.outputs)

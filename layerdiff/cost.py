@@ -102,3 +102,62 @@ class GateCheck(_Plain):
         shown = "not measured" if self.value is None else f"{self.value:.6g}"
         verdict = "holds" if self.passed else "FAILS"
         return f"{self.bound} {self.limit:g}: {self.what} {shown}, {verdict}"
+
+
+@dataclass(frozen=True)
+class RecipeCost:
+    """A recipe timed beside the plans it sits between (bisect --bench, apply --bench): the FP32 model,
+    the all-reduced plan (nothing pinned) and the recipe, each timed as compare --bench times."""
+
+    precision: str  # the reduced precision, e.g. "int8"
+    fp32: PlanCost
+    reduced: PlanCost
+    recipe: PlanCost
+
+    @property
+    def kept(self) -> float | None:
+        """The share of the all-reduced plan's gain over FP32 that the recipe keeps (1: all of it, 0:
+        none, below 0: slower than FP32); None where the reduced plan gains nothing to keep or a plan
+        was not timed."""
+        f, r, c = (p.latency_ms_median for p in (self.fp32, self.reduced, self.recipe))
+        if f is None or r is None or c is None:
+            return None
+        gain = f - r
+        return (f - c) / gain if gain > 0 else None
+
+    def lines(self) -> list[str]:
+        f, r, c = (p.latency_ms_median for p in (self.fp32, self.reduced, self.recipe))
+        if f is None or r is None or c is None:
+            why = next((p.unavailable for p in (self.fp32, self.reduced, self.recipe) if p.unavailable), "")
+            return [f"cost: this candidate cannot be timed here{': ' + why if why else ''}"]
+        prec = self.precision.upper()
+        kept = self.kept
+        return [f"cost (median of {self.recipe.runs} runs after {self.recipe.warmup} warm-up):",
+                f"  FP32 {f:.4g} ms, all-{prec} {r:.4g} ms, recipe {c:.4g} ms",
+                f"  the all-{prec} plan is not faster than FP32 here: no speed-up to keep" if kept is None
+                else f"  the recipe keeps {kept:.0%} of the {prec} speed-up",
+                f"  measured on {self.recipe.machine}, {self.recipe.provider}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision": self.precision, "fp32": self.fp32.to_dict(), "reduced": self.reduced.to_dict(),
+                "recipe": self.recipe.to_dict(), "speedup_kept": self.kept}
+
+
+@dataclass(frozen=True)
+class PinCosts:
+    """What keeping each node in FP32 is estimated to cost (bisect --objective time): the FP32 model's
+    kernel time of the node less the all-reduced plan's, from ONNX Runtime's profiler (median of `runs`
+    profiled runs). Negative where the node runs faster in FP32 on this machine. A plan's estimate adds
+    its pins' costs to the all-reduced plan's total; fused kernels count in the node they are named for."""
+
+    added_ms: Mapping[str, float]
+    fp32_total_ms: float
+    reduced_total_ms: float
+    runs: int
+    source: str = "onnxruntime profiler"
+
+    def of(self, pins) -> float:
+        return sum(self.added_ms.get(n, 0.0) for n in pins)
+
+    def estimate_ms(self, pins) -> float:
+        return self.reduced_total_ms + self.of(pins)

@@ -127,6 +127,18 @@ def layer_times(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None,
                              unattributed_ms=lost)
 
 
+def node_times(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, model: onnx.ModelProto,
+               names: Sequence[str]) -> dict[str, float]:
+    """{node of the FP32 model: ms} for per-node kernel times of the graph ONNX Runtime ran for `model`
+    (the FP32 model, or a candidate made from it that kept its node names): a node the candidate added
+    (a Q/DQ pair, a Cast) counts in the nearest named node it feeds, else in the nearest feeding it."""
+    keep = set(names)
+    nodes = [n for n in model.graph.node if n.name]
+    owner = _nearest(nodes, {n.name: n.name for n in nodes if n.name in keep})
+    times, _ = attribute(node_ms, optimized, model, owner)
+    return times
+
+
 def with_times(layers, cand_times: Mapping[str, float], ref_times: Mapping[str, float]):
     """The rows with `time_ms` (and its share of the candidate's total) and `ref_time_ms` set; rows no
     kernel time was attributed to keep None where nothing of theirs ran."""

@@ -7,7 +7,10 @@ candidate to meet a tolerance, with the evidence, written by `bisect` and read b
      "achieved": {"value", "passed", "samples"}, "baseline": {"value", "all_pinned"},
      "holdout": {"samples", "source", "achieved", "holds"} | null,
      "pins": [{"node", "op", "precision": "fp32", "covers", "engine_layers", "evidence"}],
-     "forced": [...], "evaluations", "strategy", "status", "versions"}
+     "forced": [...], "evaluations", "strategy", "objective": "pins" | "time", "status", "versions",
+     "objective_time": {"fp32_kernel_ms", "reduced_kernel_ms", "recipe_kernel_ms", "per_pin_ms",
+                        "finalists": [{"pins", "estimated_kernel_ms", "latency_ms_median", "chosen"}]} | null,
+     "cost": {"precision", "fp32", "reduced", "recipe", "speedup_kept"} | null}
 
 Pins name ONNX nodes, never tensors. Field names are a contract, as the report's are.
 """
@@ -101,10 +104,28 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
         "pinnable": result.pinnable,
         "evaluations": result.evaluations,
         "strategy": result.strategy,
+        "objective": result.objective,
+        "objective_time": None if result.pin_costs is None else objective_time(result),
+        "cost": result.cost.to_dict() if result.cost is not None else None,
         "warnings": list(result.warnings),
         "versions": {"layerdiff": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                      "polygraphy": poly},
     }
+
+
+def objective_time(result) -> dict[str, Any]:
+    """bisect --objective time's figures: the profiler's kernel times of the FP32 model and the
+    all-reduced plan, each pin's estimated cost, the answer's estimate, and the finalists timed side by
+    side to choose it."""
+    costs = result.pin_costs
+    pins = set(result.outcome.pins) | set(result.forced)
+    return {"source": costs.source, "runs": costs.runs, "statistic": "median", "fp32_kernel_ms": costs.fp32_total_ms,
+            "reduced_kernel_ms": costs.reduced_total_ms, "recipe_kernel_ms": costs.estimate_ms(pins),
+            "per_pin_ms": {n: costs.added_ms.get(n, 0.0) for n in sorted(result.outcome.pins)},
+            "finalists": [{"pins": list(f.pins), "estimated_kernel_ms": f.estimated_kernel_ms,
+                           "latency_ms_median": f.latency_ms_median, "latency_ms_p90": f.latency_ms_p90,
+                           "chosen": f.chosen} for f in result.finalists],
+            "finalist_runs": result.race_runs}
 
 
 def pinned_recipe(report, rows, model_path: str | None = None) -> dict[str, Any]:

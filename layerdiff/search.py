@@ -12,6 +12,12 @@ Strategies (all on one cache of outcomes, keyed by the set of pins, so no plan i
   monotonic in the pins), Zeller's delta debugging (ddmin: contiguous chunks, halves, then complements
   before subsets); then a pass that tries dropping each remaining pin alone. Single-pin effects do not
   add up, which is why a set search, not a ranking, finds the fewest pins.
+
+Objective `time` (given a plan's estimated cost): the same search, so the answer has as few pins as
+objective `pins` gives; then each pin, the dearest first, is offered a swap for a cheaper node near it
+in topological order (`cheapen`), and among the evaluated passing plans with the fewest pins the
+cheapest is the answer. It is never dearer, by the estimate, than objective `pins`' answer (`unswapped`;
+bisect then times the cheapest of them side by side and takes the fastest).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from dataclasses import dataclass
 from layerdiff.errors import Cancelled
 
 STRATEGIES = ("auto", "prefix", "suffix", "rank")
+OBJECTIVES = ("pins", "time")
+CHEAPEN_WINDOW = 3  # --objective time: a pin is swapped for a node at most this many places away
+TIME_EVALS = 24  # --objective time: evaluations added to auto's default budget for the swaps
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,15 @@ class Search:
     def __init__(self, order: Sequence[str], test: Callable[[frozenset[str]], Outcome],
                  better: Callable[[float, float], bool], *, max_evals: int, known: Iterable[Outcome] = (),
                  on_outcome: Callable[[Outcome, bool], None] | None = None, jobs: int = 1,
-                 cancel: threading.Event | None = None):
+                 cancel: threading.Event | None = None, cost: Callable[[Iterable[str]], float] | None = None):
         self.order = list(order)
+        self.cost = cost  # --objective time: a plan's estimated cost; among equally small answers, the cheapest
         self._test, self.better, self.max_evals = test, better, max_evals
         self.cache: dict[frozenset[str], Outcome] = {o.pins: o for o in known}
         self.on_outcome, self.jobs, self.cancel = on_outcome, max(1, jobs), cancel
         self._lock = threading.Lock()
         self.position = {n: i for i, n in enumerate(self.order)}
+        self.unswapped: frozenset[str] | None = None  # auto's answer before `cheapen` swapped any pin
 
     # -- evaluating ---------------------------------------------------------------------------------
 
@@ -108,20 +119,28 @@ class Search:
             return None
 
     def best(self) -> Outcome | None:
-        """The passing outcome with the fewest pins (then the best metric); else the best metric."""
+        """The passing outcome with the fewest pins (then, with `cost`, the cheapest; then the best
+        metric); else the best metric."""
         outcomes = list(self.cache.values())
-        passing = [o for o in outcomes if o.passed]
-        pool = passing or outcomes
+        pool = [o for o in outcomes if o.passed]
+        if pool:
+            fewest = min(len(o.pins) for o in pool)
+            pool = [o for o in pool if len(o.pins) == fewest]
+            if self.cost is not None:
+                cheapest = min(self.cost(o.pins) for o in pool)
+                pool = [o for o in pool if self.cost(o.pins) <= cheapest]
+        else:
+            pool = outcomes
         if not pool:
             return None
         best = pool[0]
         for o in pool[1:]:
-            if passing and len(o.pins) != len(best.pins):
-                if len(o.pins) < len(best.pins):
-                    best = o
-            elif self.better(o.value, best.value):
+            if self.better(o.value, best.value):
                 best = o
         return best
+
+    def _size_then_cost(self, pins: frozenset[str]) -> tuple[int, float]:
+        return len(pins), self.cost(pins) if self.cost is not None else 0.0
 
     def ordered(self, pins: Iterable[str]) -> list[str]:
         return sorted(pins, key=self.position.__getitem__)
@@ -221,6 +240,28 @@ class Search:
                 current.discard(node)
         return frozenset(current)
 
+    def cheapen(self, pins: Iterable[str], window: int = CHEAPEN_WINDOW) -> frozenset[str]:
+        """With `cost`: swap each pin (the dearest first) for a cheaper node near it in topological
+        order (within `window` places; the cheapest first) where the plan still passes. A swap keeps
+        the number of pins, so the answer stays as small; it costs at most 2 * window evaluations a pin,
+        and stops where the budget ends (keeping the swaps made)."""
+        assert self.cost is not None
+        current = set(pins)
+        one = lambda n: self.cost((n,))  # noqa: E731
+        try:
+            for pin in sorted(current, key=lambda n: (-one(n), self.position[n])):
+                at = self.position[pin]
+                near = [self.order[j] for d in range(1, window + 1) for j in (at - d, at + d)
+                        if 0 <= j < len(self.order)]
+                for other in sorted((q for q in near if q not in current and one(q) < one(pin)), key=one):
+                    trial = (current - {pin}) | {other}
+                    if self.test(trial).passed:
+                        current = trial
+                        break
+        except OutOfEvaluations:
+            pass
+        return frozenset(current)
+
     def ranking(self) -> list[str]:
         """Nodes by how well the plan with only that node pinned does, best first (stable by topology)."""
         outcomes = self.test_many([[n] for n in self.order])
@@ -262,14 +303,20 @@ class Search:
                 # QuickXplain from both (cheap: the fewest pins may lie in the longer run only), ddmin
                 # from the shorter where neither answer passes
                 answers = [q.pins for q in (self.test(self.quickxplain(s)) for s in starts) if q.passed]
-                best = min(answers, key=len) if answers else self.ddmin(starts[0])
+                best = min(answers, key=self._size_then_cost) if answers else self.ddmin(starts[0])
                 found = self.test(self.prune(best))
+                self.unswapped = found.pins
+                if self.cost is not None:
+                    found = self.test(self.cheapen(found.pins))  # a plan it tested: cached, no evaluation
         except OutOfEvaluations:
             complete = False
         best = self.best()
         assert best is not None
         if found is None or (not complete and best.passed and len(best.pins) < len(found.pins)):
             found = best
+        elif self.cost is not None and best.passed and len(best.pins) == len(found.pins) and \
+                self.cost(best.pins) < self.cost(found.pins):
+            found = best  # an evaluated plan as small as the answer and cheaper
         return SearchResult("found" if complete else "budget", found, self)
 
 

@@ -204,12 +204,117 @@ def test_the_tui_shows_and_sorts_by_kernel_time(cli, tmp_path):
 
 
 def test_speedup_kept():
-    from layerdiff.bench import speedup_kept
+    from layerdiff.bench import unavailable
+    from layerdiff.cost import PlanCost, RecipeCost
 
-    assert speedup_kept(10.0, 4.0, 4.6) == pytest.approx(0.9)  # keeps 90% of a 6 ms gain
-    assert speedup_kept(10.0, 4.0, 4.0) == 1.0 and speedup_kept(10.0, 4.0, 10.0) == 0.0
-    assert speedup_kept(10.0, 4.0, 12.0) < 0  # slower than FP32
-    assert speedup_kept(4.0, 10.0, 6.0) is None  # the reduced plan gains nothing to keep
+    def kept(fp32, reduced, recipe):
+        plan = lambda ms: PlanCost(ms, ms, 5, 1, None, 1, None, None, None, "cpu", "here")  # noqa: E731
+        return RecipeCost("int8", plan(fp32), plan(reduced), plan(recipe)).kept
+
+    assert kept(10.0, 4.0, 4.6) == pytest.approx(0.9)  # keeps 90% of a 6 ms gain
+    assert kept(10.0, 4.0, 4.0) == 1.0 and kept(10.0, 4.0, 10.0) == 0.0
+    assert kept(10.0, 4.0, 12.0) < 0  # slower than FP32
+    assert kept(4.0, 10.0, 6.0) is None  # the reduced plan gains nothing to keep
+    plan = PlanCost(1.0, 1.0, 5, 1, None, 1, None, None, None, "cpu", "here")
+    untimed = RecipeCost("int8", plan, unavailable("imported results"), plan)
+    assert untimed.kept is None and untimed.lines() == ["cost: this candidate cannot be timed here: imported results"]
+
+
+def test_node_times_put_added_nodes_on_the_node_they_serve():
+    """A candidate's Q/DQ pair and weight DequantizeLinear count in the FP32 node they feed; a node of
+    its own keeps its time; a Cast after the last node counts in the node it reads."""
+    from onnx import TensorProto, helper
+
+    from layerdiff.layertimes import node_times
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="x_Q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="x_DQ"),
+             helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="w_DQ"),
+             helper.make_node("Conv", ["xd", "w"], ["c"], name="conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("Cast", ["r"], ["y"], name="y_cast", to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph)
+    ms = {"x_Q": 1.0, "x_DQ": 2.0, "w_DQ": 4.0, "conv": 8.0, "relu": 16.0, "y_cast": 32.0}
+    assert node_times(ms, None, model, ["conv", "relu"]) == {"conv": 15.0, "relu": 48.0}
+
+
+@pytest.fixture(scope="module")
+def costs(int8):
+    from layerdiff.bench import pin_costs
+
+    session, cand, _ = int8
+    return pin_costs(session, cand, runs=5, warmup=1)
+
+
+def test_pin_costs_account_for_every_kernel(int8, costs):
+    """Each FP32 node's cost is its FP32 kernel time less its all-INT8 time (Q/DQ included): added up
+    they are the two profiled totals' difference, so no kernel of either model was lost."""
+    session = int8[0]
+    names = {n.name for n in session.model.proto.graph.node}
+    assert set(costs.added_ms) <= names and costs.runs == 5
+    assert costs.fp32_total_ms > 0 and costs.reduced_total_ms > 0
+    assert sum(costs.added_ms.values()) == pytest.approx(costs.fp32_total_ms - costs.reduced_total_ms, abs=1e-9)
+    assert costs.estimate_ms(names) == pytest.approx(costs.fp32_total_ms, abs=1e-9)  # all pinned: FP32
+    assert costs.estimate_ms(()) == costs.reduced_total_ms
+
+
+def test_objective_time_is_as_small_and_times_its_finalists(int8, costs, monkeypatch):
+    """bisect --objective time on the real profile: as many pins as --objective pins; the plans it
+    timed side by side include objective pins' answer, and the answer is the fastest of them."""
+    import layerdiff.bench
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.cost import PinCosts
+    from layerdiff.target import Target
+
+    session, held = prepare_split(CNN, inputs=FIXTURES / "cnn_inputs")
+    target = Target.parse("cosine", 0.99999, (), session.model.outputs)
+    plain = bisect(session, "ort-int8", target, holdout=held, evidence=False)
+    # costs that make objective pins' answer dear: on this model another pair passes, and is a finalist
+    dear = PinCosts({n: 10.0 for n in plain.outcome.pins}, 1.0, 1.0, 1)
+    for pin_costs in (costs, dear):
+        monkeypatch.setattr(layerdiff.bench, "pin_costs", lambda *a, c=pin_costs, **k: c)
+        timed = bisect(session, "ort-int8", target, holdout=held, evidence=False, objective="time", bench=20,
+                       warmup=2)
+        assert plain.status == timed.status == "found" and timed.outcome.passed
+        assert timed.objective == "time" and timed.pin_costs is pin_costs
+        assert len(timed.pins) == len(plain.pins)
+        finalists = {frozenset(f.pins): f for f in timed.finalists}
+        assert frozenset(plain.outcome.pins) in finalists or len(finalists) == 1
+        chosen = [f for f in timed.finalists if f.chosen]
+        assert len(chosen) == 1 and frozenset(chosen[0].pins) == timed.outcome.pins
+        if len(finalists) > 1:
+            assert timed.race_runs == 20
+            assert chosen[0].latency_ms_median == min(f.latency_ms_median for f in timed.finalists)
+        for f in timed.finalists:
+            assert f.estimated_kernel_ms == pytest.approx(pin_costs.estimate_ms(f.pins))
+    assert len(finalists) > 1 and any(frozenset(f.pins) != plain.outcome.pins for f in timed.finalists)
+    assert timed.holdout is not None and timed.holdout.holds
+
+
+def test_race_times_models_side_by_side():
+    """A model doing 40 matrix products against one doing one, timed in turn in one process: the first
+    is the slower, each got every run, and sizes are the bytes given."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from layerdiff.bench import race
+    from layerdiff.inputs import Samples
+
+    def chain(n):
+        w = numpy_helper.from_array(np.eye(256, dtype=np.float32), "w")
+        nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"t{i}", "w"], [f"t{i + 1}" if i < n - 1 else "y"])
+                 for i in range(n)]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 256])], [w])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+
+    heavy, light = chain(40), chain(1)
+    samples = Samples((({"x": np.ones((256, 256), np.float32)}),), "ones")
+    slow, fast = race([heavy, light], samples, providers=["CPUExecutionProvider"], level="disabled", runs=7, warmup=1)
+    assert slow.runs == fast.runs == 7 and slow.peak_rss_mb is None
+    assert slow.size_bytes == len(heavy) and fast.size_bytes == len(light)
+    assert slow.latency_ms_median > 5 * fast.latency_ms_median
 
 
 def test_apply_bench_times_the_recipe_against_fp32_and_the_reduced_plan(cli, tmp_path):
@@ -232,3 +337,44 @@ def test_apply_bench_times_the_recipe_against_fp32_and_the_reduced_plan(cli, tmp
         assert m.group(4) == "the all-INT8 plan is not faster than FP32 here: no speed-up to keep"
     code, _, err = cli("apply", recipe, CNN, "--bench", "0")
     assert code == 2 and "at least 1" in err
+
+
+def test_bisect_objective_time_and_bench_write_the_cost_in_the_recipe(cli, tmp_path):
+    recipe = tmp_path / "r.recipe.json"
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", FIXTURES / "cnn_inputs",
+                         "--min-cosine", "0.99999", "--objective", "time", "--bench", "5", "--warmup", "2",
+                         "-o", recipe)
+    assert code == 0, err
+    r = json.loads(recipe.read_text())
+    assert r["objective"] == "time"
+    est = r["objective_time"]
+    pins = [p["node"] for p in r["pins"]]
+    assert sorted(est["per_pin_ms"]) == sorted(pins)
+    assert est["recipe_kernel_ms"] == pytest.approx(est["reduced_kernel_ms"] + sum(est["per_pin_ms"].values()))
+    cost = r["cost"]
+    assert cost["precision"] == "int8"
+    for plan in ("fp32", "reduced", "recipe"):
+        assert cost[plan]["runs"] == 5 and cost[plan]["warmup"] == 2 and cost[plan]["latency_ms_median"] > 0
+    f, red, rec = (cost[p]["latency_ms_median"] for p in ("fp32", "reduced", "recipe"))
+    assert cost["speedup_kept"] == (pytest.approx((f - rec) / (f - red)) if red < f else None)
+    assert f"FP32 {f:.4g} ms, all-INT8 {red:.4g} ms, recipe {rec:.4g} ms" in out
+    assert f"recipe {est['recipe_kernel_ms']:.4g} ms" in out
+    chosen = [f for f in est["finalists"] if f["chosen"]]
+    assert len(chosen) == 1 and sorted(chosen[0]["pins"]) == sorted(pins)
+    if len(est["finalists"]) > 1:
+        assert est["finalist_runs"] == 5
+        assert chosen[0]["latency_ms_median"] == min(f["latency_ms_median"] for f in est["finalists"])
+    assert all(len(line) <= 80 for line in out.splitlines() if " ms" in line)  # piped, prose is never wrapped
+    code, out, err = cli("apply", recipe, CNN, "--inputs", FIXTURES / "cnn_inputs")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--objective", "time", "--candidate", "fake"], "--objective time estimates what each pin costs"),
+    (["--bench", "0", "--candidate", "ort-int8"], "at least 1"),
+    (["--bench", "3", "--warmup", "-1", "--candidate", "ort-int8"], "--warmup is 0 or more"),
+])
+def test_bisect_cost_flags_refuse_bad_input(cli, extra, message):
+    code, _, err = cli("bisect", CNN, "--inputs", FIXTURES / "cnn_inputs", "--min-cosine", "0.99999", *extra)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

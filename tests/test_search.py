@@ -229,3 +229,66 @@ def test_auto_never_needs_more_pins_than_the_better_contiguous_search(needed):
     suffix = make(set(needed))[0].run("suffix").outcome.pins
     auto = make(set(needed))[0].run("auto").outcome.pins
     assert len(auto) <= max(1, min(len(prefix), len(suffix)) // 2) or len(auto) <= len(needed)
+
+
+# -- objective time ------------------------------------------------------------------------------------
+
+
+def any_of(groups: list[set[str]], calls: list | None = None):
+    """Passes when every group has at least one of its nodes pinned: several equally small answers."""
+
+    def test(pins: frozenset[str]) -> Outcome:
+        if calls is not None:
+            calls.append(pins)
+        value = 1 - 0.01 * sum(1 for g in groups if not g & pins)
+        return Outcome(pins, value, (value,), value >= 0.9999)
+
+    return test
+
+
+def costed(costs: dict[str, float]):
+    return lambda pins: sum(costs.get(n, 0.0) for n in pins)
+
+
+def test_objective_time_takes_the_cheapest_of_equally_small_answers():
+    groups = [{"n10", "n11", "n12"}, {"n30", "n31"}]
+    costs = {"n10": 5.0, "n11": 0.5, "n12": 3.0, "n30": 0.2, "n31": 4.0}
+    plain = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000).run("auto")
+    calls: list = []
+    timed = Search(NODES, any_of(groups, calls), lambda a, b: a > b, max_evals=1000, cost=costed(costs)).run("auto")
+    assert timed.status == "found" and timed.outcome.passed
+    assert len(timed.outcome.pins) == len(plain.outcome.pins) == 2
+    assert timed.outcome.pins == {"n11", "n30"}  # the cheapest pair that passes
+    assert plain.outcome.pins != {"n11", "n30"}  # which the fewest-pins search alone does not find
+    assert len(calls) == len(set(calls))
+
+
+def test_objective_time_is_never_dearer_nor_larger_than_objective_pins():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        groups = []
+        for _ in range(int(rng.integers(1, 4))):
+            start = int(rng.integers(0, len(NODES) - 3))
+            groups.append({NODES[start + k] for k in range(int(rng.integers(1, 4)))})
+        costs = {n: float(rng.normal()) for n in NODES}  # negative too: a node faster in FP32
+        plain = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000).run("auto")
+        timed = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000, cost=costed(costs)).run("auto")
+        assert timed.outcome.passed and len(timed.outcome.pins) == len(plain.outcome.pins)
+        assert costed(costs)(timed.outcome.pins) <= costed(costs)(plain.outcome.pins) + 1e-12
+        # and no passing plan it evaluated is as small and cheaper
+        same = [o for o in timed.search.cache.values() if o.passed and len(o.pins) == len(timed.outcome.pins)]
+        assert costed(costs)(timed.outcome.pins) == min(costed(costs)(o.pins) for o in same)
+
+
+def test_objective_time_swaps_stay_within_the_budget_and_keep_the_answer_found():
+    groups = [{"n10", "n11", "n12"}]
+    costs = {"n10": 1.0, "n11": 2.0, "n12": 3.0, "n13": 0.0}
+    full = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000, cost=costed(costs)).run("auto")
+    assert full.outcome.pins == {"n10"}
+    needed = full.evaluations
+    plain = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000).run("auto")
+    assert plain.evaluations < needed - 1  # so the shorter budget below ends among the swaps
+    # a budget that ends among the swaps: still "found", as small, never dearer than before the swaps
+    short = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=needed - 1, cost=costed(costs)).run("auto")
+    assert short.evaluations <= needed - 1
+    assert short.status == "found" and len(short.outcome.pins) == 1 and short.outcome.passed
