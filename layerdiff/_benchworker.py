@@ -7,8 +7,7 @@ JOBDIR holds job.json ({"model": path, "providers": [...], "level": "all", "warm
 "profile_runs": P}) and feeds.npz (sample k's input NAME stored as "k/NAME"). The worker writes
 result.json: the latencies of N plain runs after W warm-up runs (the samples in turn), its peak RSS
 after them, then (P > 0) the per-node kernel times of P more runs of a second, profiled session (ONNX
-Runtime's own profiler), and the graph ONNX Runtime ran (optimized.onnx) to attribute them. With
-{"race": [paths], ...} instead of "model", it times several models side by side (see _race)."""
+Runtime's own profiler), and the graph ONNX Runtime ran (optimized.onnx) to attribute them."""
 
 from __future__ import annotations
 
@@ -85,8 +84,6 @@ def main(job_dir: str) -> int:
 
     job_path = Path(job_dir)
     job = json.loads((job_path / "job.json").read_text())
-    if "race" in job:
-        return _race(job_path, job, np, ort)
     base = _current_rss_mb()
     sess = ort.InferenceSession(job["model"], _options(ort, job["level"]), providers=job["providers"])
     feeds = _feeds(job_path / "feeds.npz", sess, np)
@@ -114,28 +111,6 @@ def main(job_dir: str) -> int:
         result["node_ms"] = {name: t[1:] for name, t in _node_times(trace).items()}
         result["profile_runs"] = job["profile_runs"]
     (job_path / "result.json").write_text(json.dumps(result))
-    return 0
-
-
-def _race(job_path: Path, job: dict, np, ort) -> int:
-    """Several models timed side by side in one process: each run times every model once, the order
-    turning each run (so that none always follows the same neighbour), after W warm-up runs of each.
-    For comparing plans (bisect --objective time) under the same load; memory is not measured."""
-    sessions = [ort.InferenceSession(m, _options(ort, job["level"]), providers=job["providers"]) for m in job["race"]]
-    feeds = [_feeds(job_path / "feeds.npz", sess, np) for sess in sessions]
-    for j, sess in enumerate(sessions):
-        for i in range(job["warmup"]):
-            sess.run(None, feeds[j][i % len(feeds[j])])
-    latencies: list[list[float]] = [[] for _ in sessions]
-    k = len(sessions)
-    for i in range(job["runs"]):
-        for j in [(i + d) % k for d in range(k)]:
-            feed = feeds[j][i % len(feeds[j])]
-            start = time.perf_counter_ns()
-            sessions[j].run(None, feed)
-            latencies[j].append((time.perf_counter_ns() - start) / 1e6)
-    (job_path / "result.json").write_text(json.dumps({"race_ms": latencies,
-                                                      "provider": sessions[0].get_providers()[0]}))
     return 0
 
 

@@ -24,6 +24,7 @@ from layerdiff.errors import BackendError, BadInput
 from layerdiff.inputs import Samples
 
 DEFAULT_RUNS, DEFAULT_WARMUP = 50, 10
+RACE_ROUNDS = 2  # bisect --objective time: its finalists are timed in this many turns each
 PROFILE_RUNS = 20  # per-layer times: the median of this many profiled runs (or of --bench N, if fewer)
 
 
@@ -112,26 +113,40 @@ def _run_job(job: Path, samples: Samples, spec: dict, what: str) -> dict:
 
 
 def race(models: Sequence[bytes], samples: Samples, *, providers: Sequence[str], level: str = "all",
-         runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP) -> list[PlanCost]:
-    """Several models (bytes of models layerdiff made) timed side by side in one process, each run
-    timing every model once in turning order: for choosing between plans under the same load. Memory
-    is not measured (the process holds them all)."""
+         runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, rounds: int = RACE_ROUNDS) -> list[PlanCost]:
+    """Several models (bytes of models layerdiff made) timed in turn, for choosing between plans:
+    `rounds` rounds, each timing every model in a process of its own (as compare --bench does) for its
+    share of `runs`, the order turning each round, so that a change of load falls on all of them; each
+    model's runs of every round pooled. (Not one process holding every session: two ONNX Runtime
+    sessions' thread pools in one process slow each other down, 41 ms against 25 ms a run for the
+    PP-OCRv4 recogniser here.)"""
     if runs < 1:
         raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {runs})")
+    share = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    lat: list[list[float]] = [[] for _ in models]
+    peak: list[float] = [0.0 for _ in models]
+    provider = ""
     with tempfile.TemporaryDirectory(prefix="layerdiff-race-") as tmp:
-        job = Path(tmp)
         paths = []
         for i, blob in enumerate(models):
-            (job / f"model{i}.onnx").write_bytes(blob)
-            paths.append(str(job / f"model{i}.onnx"))
-        result = _run_job(job, samples, {"race": paths, "providers": list(providers), "level": level,
-                                         "warmup": warmup, "runs": runs, "profile_runs": 0}, "plans")
-    return [_plan_cost(lat, samples, warmup, len(blob), None, None, result["provider"])
-            for lat, blob in zip(result["race_ms"], models, strict=True)]
+            (Path(tmp) / f"model{i}.onnx").write_bytes(blob)
+            paths.append(Path(tmp) / f"model{i}.onnx")
+        for r, n in enumerate(share):
+            if n == 0:
+                continue
+            for i in [(r + d) % len(models) for d in range(len(models))]:
+                with tempfile.TemporaryDirectory(prefix="layerdiff-bench-", dir=tmp) as job:
+                    result = _run_job(Path(job), samples, {"model": str(paths[i]), "providers": list(providers),
+                                                           "level": level, "warmup": warmup, "runs": n,
+                                                           "profile_runs": 0}, "plans")
+                lat[i] += result["latencies_ms"]
+                peak[i] = max(peak[i], result["peak_rss_mb"])
+                provider = result["provider"]
+    return [_plan_cost(lat[i], samples, warmup, len(blob), peak[i], None, provider) for i, blob in enumerate(models)]
 
 
 def race_candidates(session, candidates, *, runs: int, warmup: int) -> list[PlanCost]:
-    """Candidates of one spec (the same providers and optimization level) timed side by side."""
+    """Candidates of one spec (the same providers and optimization level) timed in turns (race)."""
     from layerdiff.graph import serialize
 
     runner = candidates[0].runner

@@ -41,7 +41,7 @@ from layerdiff.search import (
     eval_bound,
 )
 
-FINALISTS = 4  # --objective time: the equally small passing plans timed side by side to choose the answer
+FINALISTS = 4  # --objective time: the equally small passing plans timed in turns to choose the answer
 from layerdiff.session import Session, prepare
 from layerdiff.specs import IMPORTED, SPECS
 from layerdiff.target import Target
@@ -306,9 +306,10 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
 def _fastest(search: Search, outcome: Outcome, costs: PinCosts, make, forced, session, runs: int, warmup: int,
              progress) -> tuple[tuple[Finalist, ...], Outcome]:
     """--objective time's last step: the passing plans as small as the answer, the cheapest
-    FINALISTS by the estimate (and always the answer objective pins would give), timed side by side in
-    plain sessions; the fastest median is the answer. The profiler's estimate adds kernel times of the
-    two extreme plans; a mixed plan's layout changes and launch overheads are only in its own timing."""
+    FINALISTS by the estimate (and always the answer objective pins would give), timed in turns, each
+    in plain sessions of its own (bench.race); the fastest median is the answer. The profiler's
+    estimate adds kernel times of the two extreme plans; a mixed plan's layout changes and launch
+    overheads are only in its own timing."""
     from layerdiff.bench import race_candidates
 
     same = sorted((o for o in search.cache.values() if o.passed and len(o.pins) == len(outcome.pins)),
@@ -323,7 +324,7 @@ def _fastest(search: Search, outcome: Outcome, costs: PinCosts, make, forced, se
         return (Finalist(tuple(search.ordered(outcome.pins)), costs.estimate_ms(outcome.pins), None, None, True),), \
             outcome
     if progress:
-        progress(f"timing the {len(pool)} cheapest plans side by side ({runs} runs each)", 0, 1)
+        progress(f"timing the {len(pool)} cheapest plans in turns ({runs} runs each)", 0, 1)
     timed = race_candidates(session, [make(o.pins | frozenset(forced)) for o in pool], runs=runs, warmup=warmup)
     if progress:
         progress("timed", 1, 1)

@@ -188,7 +188,7 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"  FP32 {c.fp32_total_ms:.4g} ms, all-{result.precision.upper()} {c.reduced_total_ms:.4g} ms, recipe "
           f"{c.estimate_ms(pins):.4g} ms")
         if len(result.finalists) > 1:
-            p(f"{len(result.finalists)} plans as small, the estimate's cheapest, timed side by side "
+            p(f"{len(result.finalists)} plans as small, the estimate's cheapest, timed in turns "
               f"({result.race_runs} runs):")
             for f in result.finalists:
                 names = ", ".join(clean(n) for n in f.pins)

@@ -17,7 +17,7 @@ Objective `time` (given a plan's estimated cost): the same search, so the answer
 objective `pins` gives; then each pin, the dearest first, is offered a swap for a cheaper node near it
 in topological order (`cheapen`), and among the evaluated passing plans with the fewest pins the
 cheapest is the answer. It is never dearer, by the estimate, than objective `pins`' answer (`unswapped`;
-bisect then times the cheapest of them side by side and takes the fastest).
+bisect then times the cheapest of them in turns and takes the fastest).
 """
 
 from __future__ import annotations

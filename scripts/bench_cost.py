@@ -1,7 +1,8 @@
 """What each precision plan costs beside what it loses: FP32, INT8, FP16 and the bisect recipe of the
 same model, each with its accuracy (worst-sample cosine of the final outputs against FP32), latency
-(median and p90 of --runs after --warmup, timed by the functions `layerdiff compare --bench` uses:
-a plain session in a process of its own), size on disk and peak memory. Prints a Markdown table.
+(median and p90 of --runs after --warmup, timed by the worker `layerdiff compare --bench` uses: a
+plain session in a process of its own; the plans of one model in --rounds turns, as bisect --objective
+time times its finalists, so that the load of a shared machine falls on all of them), size on disk and peak memory. Prints a Markdown table.
 
     python scripts/get_models.py && python scripts/bench_cost.py
     python scripts/bench_cost.py --cases cnn --runs 20
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,16 +44,20 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of timing every plan in turn (load changes on a "
+                    "shared machine fall on all plans)")
     args = ap.parse_args(argv)
 
     import layerdiff
-    from layerdiff.bench import machine, time_candidate, time_reference
+    from layerdiff.bench import machine, model_size, race
     from layerdiff.bisect import bisect
     from layerdiff.cost import RecipeCost
+    from layerdiff.graph import serialize
     from layerdiff.plan import PrecisionPlan
     from layerdiff.target import Target
 
-    print(f"median and p90 of {args.runs} runs after {args.warmup} warm-up; {machine()}; ONNX Runtime CPU\n")
+    print(f"median and p90 of {args.runs} runs after {args.warmup} warm-up, in {args.rounds} rounds that time every "
+          f"plan of a model in turn, each in a process of its own; {machine()}; ONNX Runtime CPU\n")
     print("| model | plan | pins | cosine (worst sample) | ms median | ms p90 | speed-up | INT8 speed-up kept | "
           "size MB | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -62,24 +68,23 @@ def main(argv=None) -> int:
             continue
         session = layerdiff.prepare(ROOT / model, inputs=ROOT / inputs if inputs else None,
                                     calib=ROOT / calib if calib else None)
-        ref = time_reference(session, runs=args.runs, warmup=args.warmup).cost
-        rows = [("FP32", 0, 1.0, ref)]
         int8 = session.candidate("ort-int8")
-        base = worst_cosine(session, int8)
-        for name, spec, plan in (("INT8", "ort-int8", None), ("FP16", "ort-fp16", None)):
-            cand = int8 if spec == "ort-int8" else session.candidate(spec)
-            cost = time_candidate(session, cand, runs=args.runs, warmup=args.warmup).cost
-            rows.append((name, 0, worst_cosine(session, cand), cost))
-        target = Target.parse("cosine", (base + 1.0) / 2, (), session.model.outputs)
+        plans = [("FP32", 0, 1.0, (ROOT / model).read_bytes()), ("INT8", 0, worst_cosine(session, int8), int8)]
+        fp16 = session.candidate("ort-fp16")
+        plans.append(("FP16", 0, worst_cosine(session, fp16), fp16))
+        target = Target.parse("cosine", (plans[1][2] + 1.0) / 2, (), session.model.outputs)
         for objective in ("pins", "time"):
             result = bisect(session, "ort-int8", target, evidence=False, objective=objective)
             pins = frozenset(p.node for p in result.pins)
             recipe = session.candidate("ort-int8", PrecisionPlan.uniform("int8", pins))
-            cost = time_candidate(session, recipe, runs=args.runs, warmup=args.warmup).cost
-            rows.append((f"INT8 + recipe, objective {objective} ({result.status})", len(pins),
-                         worst_cosine(session, recipe), cost))
-        int8_cost = rows[1][3]
-        for name, n, cos, c in rows:
+            plans.append((f"INT8 + recipe, objective {objective} ({result.status})", len(pins),
+                          worst_cosine(session, recipe), recipe))
+        blobs = [c if isinstance(c, bytes) else serialize(c.model) for _, _, _, c in plans]
+        costs = race(blobs, session.samples, providers=["CPUExecutionProvider"], runs=args.runs, warmup=args.warmup,
+                     rounds=args.rounds)
+        costs[0] = replace(costs[0], size_bytes=model_size(ROOT / model))
+        ref, int8_cost = costs[0], costs[1]
+        for (name, n, cos, _), c in zip(plans, costs, strict=True):
             speed = ref.latency_ms_median / c.latency_ms_median
             kept = RecipeCost("int8", ref, int8_cost, c).kept if "recipe" in name else None
             kept_text = "" if "recipe" not in name else ("no gain" if kept is None else f"{kept:.0%}")
