@@ -28,6 +28,14 @@ RACE_ROUNDS = 2  # bisect --objective time: its finalists are timed in this many
 PROFILE_RUNS = 20  # per-layer times: the median of this many profiled runs (or of --bench N, if fewer)
 
 
+def check_runs(runs: int | None, warmup: int = 0) -> None:
+    """--bench N and --warmup W as every command takes them: N at least 1, W at least 0 (BadInput)."""
+    if runs is not None and runs < 1:
+        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {runs}); --bench alone runs 50")
+    if warmup < 0:
+        raise BadInput(f"--warmup is 0 or more (not {warmup})")
+
+
 def machine() -> str:
     """The machine timings were taken on, in words: architecture, CPU model, cores this process may use."""
     model = ""
@@ -79,10 +87,7 @@ def time_model(model: str | Path | bytes, samples: Samples, *, providers: Sequen
                runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, profile_runs: int = 0,
                what: str = "model") -> Timing:
     """Time `model` (a path, or the bytes of a model layerdiff made) in a process of its own."""
-    if runs < 1:
-        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {runs})")
-    if warmup < 0:
-        raise BadInput(f"--warmup is 0 or more (not {warmup})")
+    check_runs(runs, warmup)
     with tempfile.TemporaryDirectory(prefix="layerdiff-bench-") as tmp:
         job = Path(tmp)
         if isinstance(model, bytes):
@@ -120,8 +125,7 @@ def race(models: Sequence[bytes], samples: Samples, *, providers: Sequence[str],
     model's runs of every round pooled. (Not one process holding every session: two ONNX Runtime
     sessions' thread pools in one process slow each other down, 41 ms against 25 ms a run for the
     PP-OCRv4 recogniser here.)"""
-    if runs < 1:
-        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {runs})")
+    check_runs(runs, warmup)
     share = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
     lat: list[list[float]] = [[] for _ in models]
     peak: list[float] = [0.0 for _ in models]
@@ -149,10 +153,8 @@ def race_candidates(session, candidates, *, runs: int, warmup: int) -> list[Plan
     """Candidates of one spec (the same providers and optimization level) timed in turns (race)."""
     from layerdiff.graph import serialize
 
-    runner = candidates[0].runner
-    return race([serialize(c.model) for c in candidates], session.samples,
-                providers=getattr(runner, "providers", None) or ["CPUExecutionProvider"],
-                level=getattr(runner, "level", "all"), runs=runs, warmup=warmup)
+    return race([serialize(c.model) for c in candidates], session.samples, **_ort_settings(candidates[0]), runs=runs,
+                warmup=warmup)
 
 
 # -- a comparison's cost -----------------------------------------------------------------------------
@@ -192,9 +194,13 @@ def time_candidate(session, candidate, *, runs: int, warmup: int, profile_runs: 
         return Timing(_time_trt(runner.plain_engine, session.samples, runs, warmup), {}, None)
     if candidate.model is None or not hasattr(runner, "providers"):
         return Timing(unavailable(f"a {candidate.kind} candidate has no model layerdiff can time"), {}, None)
-    return time_model(serialize(candidate.model), session.samples, providers=runner.providers or
-                      ["CPUExecutionProvider"], level=runner.level, runs=runs, warmup=warmup, profile_runs=profile_runs,
-                      what="candidate")
+    return time_model(serialize(candidate.model), session.samples, **_ort_settings(candidate), runs=runs,
+                      warmup=warmup, profile_runs=profile_runs, what="candidate")
+
+
+def _ort_settings(candidate) -> dict:
+    """The providers and optimization level the candidate's own ONNX Runtime runner uses."""
+    return {"providers": candidate.runner.providers or ["CPUExecutionProvider"], "level": candidate.runner.level}
 
 
 def time_reference(session, *, runs: int, warmup: int, profile_runs: int = 0) -> Timing:

@@ -107,10 +107,9 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
                        "tui REPORT.json in a terminal")
     if outputs and min_cosine is None and max_abs is None:
         raise BadInput("--outputs names the outputs --min-cosine and --max-abs check: give one of them too")
-    if bench is not None and bench < 1:
-        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
-    if warmup < 0:
-        raise BadInput(f"--warmup is 0 or more (not {warmup})")
+    from layerdiff.bench import check_runs
+
+    check_runs(bench, warmup)
     if min_speedup is not None and bench is None:
         raise BadInput("--min-speedup compares measured latencies: add --bench (e.g. --bench 50)")
     if max_size_ratio is not None and candidate.startswith(IMPORTED):

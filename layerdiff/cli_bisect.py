@@ -84,16 +84,14 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
            holdout, shapes, seed, strategy, objective, bench, warmup, max_pins, max_evals, jobs, resume, output,
            ort_optimization, quiet, debug) -> int:
     """Find the fewest ONNX nodes to keep in FP32 for the candidate to meet a tolerance."""
+    from layerdiff.bench import check_runs
     from layerdiff.bisect import bisect as run_bisect
     from layerdiff.bisect import prepare_split
     from layerdiff.console import make_console, progress_bar
     from layerdiff.files import check_writable
     from layerdiff.recipe import recipe_dict, write_recipe
 
-    if bench is not None and bench < 1:
-        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
-    if warmup < 0:
-        raise BadInput(f"--warmup is 0 or more (not {warmup})")
+    check_runs(bench, warmup)
     inputs_of_run = tuple(p for p in (model, inputs, calib, holdout, metric_fn and metric_fn.rpartition(":")[0]) if p)
     for path in (output, resume):
         if path:
@@ -314,8 +312,9 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
 
     if output:
         check_writable(output, protect=(recipe, model, inputs, calib))
-    if bench is not None and bench < 1:
-        raise BadInput(f"--bench takes the number of timed runs, at least 1 (not {bench}); --bench alone runs 50")
+    from layerdiff.bench import check_runs
+
+    check_runs(bench)
     r = load_recipe(recipe)
     cand, session = _realise_recipe(r, recipe, model, calib, inputs, shapes)
     cost_line = None

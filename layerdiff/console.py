@@ -158,8 +158,9 @@ def print_summary(report: Report, console: Console, top: int) -> None:
     consts = f" and {c.constants} Constant" if c.constants else ""
     fused = f", {c.fused_away} fused away inside kernels" if c.fused_away else ""
     conv = f", {c.conversions} conversion rows (Q/DQ, casts)" if c.conversions else ""
-    _line(console, f"{c.layers} layers{consts} in {c.rows} rows{conv}; {c.compared} of {c.float_tensors} float "
-          f"tensors compared ({c.unpaired} unpaired{fused}); {c.local_errors} local errors")
+    _line(console, f"{c.layers} layers{consts} in {c.rows} rows{conv}")
+    _line(console, f"{c.compared} of {c.float_tensors} float tensors compared ({c.unpaired} unpaired{fused}); "
+          f"{c.local_errors} local errors")
     kinds = Counter(precision_label(lay) for lay in report.layers if lay.kind == "layer")
     if kinds:
         _line(console, "realised precision of layer rows: ", ", ".join(f"{p} {n}" for p, n in kinds.most_common()))

@@ -104,6 +104,10 @@ class GateCheck(_Plain):
         return f"{self.bound} {self.limit:g}: {self.what} {shown}, {verdict}"
 
 
+def _fit(line: str, width: int = 80) -> str:
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
 @dataclass(frozen=True)
 class RecipeCost:
     """A recipe timed beside the plans it sits between (bisect --bench, apply --bench): the FP32 model,
@@ -136,7 +140,8 @@ class RecipeCost:
                 f"  FP32 {f:.4g} ms, all-{prec} {r:.4g} ms, recipe {c:.4g} ms",
                 f"  the all-{prec} plan is not faster than FP32 here: no speed-up to keep" if kept is None
                 else f"  the recipe keeps {kept:.0%} of the {prec} speed-up",
-                f"  measured on {self.recipe.machine}, {self.recipe.provider}"]
+                _fit(f"  measured with {self.recipe.provider.replace('ExecutionProvider', '')} on "
+                     f"{self.recipe.machine}")]
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "fp32": self.fp32.to_dict(), "reduced": self.reduced.to_dict(),

@@ -8,8 +8,9 @@ candidate to meet a tolerance, with the evidence, written by `bisect` and read b
      "holdout": {"samples", "source", "achieved", "holds"} | null,
      "pins": [{"node", "op", "precision": "fp32", "covers", "engine_layers", "evidence"}],
      "forced": [...], "evaluations", "strategy", "objective": "pins" | "time", "status", "versions",
-     "objective_time": {"fp32_kernel_ms", "reduced_kernel_ms", "recipe_kernel_ms", "per_pin_ms",
-                        "finalists": [{"pins", "estimated_kernel_ms", "latency_ms_median", "chosen"}]} | null,
+     "objective_time": {"source", "runs", "statistic", "fp32_kernel_ms", "reduced_kernel_ms", "recipe_kernel_ms",
+                        "per_pin_ms", "finalists": [{"pins", "estimated_kernel_ms", "latency_ms_median",
+                        "latency_ms_p90", "chosen"}], "finalist_runs"} | null,
      "cost": {"precision", "fp32", "reduced", "recipe", "speedup_kept"} | null}
 
 Pins name ONNX nodes, never tensors. Field names are a contract, as the report's are.

@@ -139,9 +139,6 @@ class Search:
                 best = o
         return best
 
-    def _size_then_cost(self, pins: frozenset[str]) -> tuple[int, float]:
-        return len(pins), self.cost(pins) if self.cost is not None else 0.0
-
     def ordered(self, pins: Iterable[str]) -> list[str]:
         return sorted(pins, key=self.position.__getitem__)
 
@@ -303,7 +300,8 @@ class Search:
                 # QuickXplain from both (cheap: the fewest pins may lie in the longer run only), ddmin
                 # from the shorter where neither answer passes
                 answers = [q.pins for q in (self.test(self.quickxplain(s)) for s in starts) if q.passed]
-                best = min(answers, key=self._size_then_cost) if answers else self.ddmin(starts[0])
+                # the fewest pins, as objective pins takes them: a cheaper start could prune to more pins
+                best = min(answers, key=len) if answers else self.ddmin(starts[0])
                 found = self.test(self.prune(best))
                 self.unswapped = found.pins
                 if self.cost is not None:
