@@ -265,6 +265,9 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     warnings = list(_warnings(target, baseline, status))
     finalists: tuple[Finalist, ...] = ()
     race_runs = bench or DEFAULT_RUNS
+    if costs is not None and status == "budget":
+        warnings.append(f"--objective time: the budget of {bound} evaluations ended in the search, so few or no "
+                        "cheaper plans were tried; give --max-evals more")
     if costs is not None and status in ("found", "budget", "max-pins") and outcome.passed and outcome.pins:
         try:
             finalists, outcome = _fastest(search, outcome, costs, make, forced, session, race_runs, warmup, progress)
@@ -303,6 +306,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         try:
             timed = time_recipe(session, make(outcome.pins | frozenset(forced)), base_candidate, bench, warmup)
         except KeyboardInterrupt:
+            status = "interrupted"
             warnings.append("timing was interrupted: the recipe has no measured cost")
         except BackendError as err:
             warnings.append(f"the recipe could not be timed ({err})")

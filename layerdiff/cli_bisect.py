@@ -4,6 +4,7 @@ layerdiff.cli."""
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -186,13 +187,15 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"  FP32 {c.fp32_total_ms:.4g} ms, all-{result.precision.upper()} {c.reduced_total_ms:.4g} ms, recipe "
           f"{c.estimate_ms(pins):.4g} ms")
         if len(result.finalists) > 1:
-            p(f"{len(result.finalists)} plans as small, the estimate's cheapest, timed in turns "
-              f"({result.race_runs} runs):")
+            p(f"{len(result.finalists)} passing plans as small, timed in turns ({result.race_runs} runs):")
             for f in result.finalists:
                 names = ", ".join(clean(n) for n in f.pins)
-                names = names if len(names) <= 40 else names[:39] + "…"
-                p(f"  {'*' if f.chosen else ' '} {names:<40} est. {f.estimated_kernel_ms:<7.4g} timed "
-                  f"{f.latency_ms_median:.4g} ms")
+                names = names if len(names) <= 32 else names[:31] + "…"
+                p(f"  {'*' if f.chosen else ' '} {names:<32} est. {f.estimated_kernel_ms:<7.4g} timed "
+                  f"{f.latency_ms_median:<7.4g} p90 {f.latency_ms_p90:.4g} ms")
+            p("  (est.: kernel time under the profiler; timed: plain runs; * the answer)")
+        elif result.finalists:
+            p("  no other plan as small passed: nothing to time it against")
     if result.cost is not None:
         for line in result.cost.lines():
             p(line)
@@ -200,7 +203,8 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"warning: {w}")
     if output:
         p(f"recipe written to {output}")
-        p("  export it: layerdiff export RECIPE --format FORMAT (layerdiff export --help)")
+        hint = f"  export it: layerdiff export {shlex.quote(str(output))} --format FORMAT (see --help)"
+        p(hint if len(hint) <= 80 else "  export it: layerdiff export RECIPE --format FORMAT (see --help)")
 
 
 @click.command()
@@ -228,6 +232,9 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     r = load_recipe(recipe)
     if output:
         check_writable(output, protect=(recipe, model or r.model_path, calib))
+    doubt = r.doubt()
+    if doubt:
+        print(f"layerdiff: warning: {doubt}", file=sys.stderr)
     if fmt != "onnx":
         text = TEXT[fmt](r)
         if output:

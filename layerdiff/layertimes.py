@@ -1,10 +1,11 @@
 """Per-layer times on the report's rows: ONNX Runtime's per-kernel times (from the profiled session
 of bench.time_model) attributed through the graph ONNX Runtime really ran (fused kernels keep their
-first node's name; kernels it inserted, a layout reorder or a duplicated DequantizeLinear, are named
-for the node they serve), and a TensorRT profile (trtexec --exportProfile) through the engine's layers."""
+first node's name; a node it rebuilt is named NAME_token_K; kernels it inserted, a layout reorder or a
+duplicated DequantizeLinear, are named for the node they serve), and a TensorRT profile (trtexec --exportProfile) through the engine's layers."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -13,6 +14,8 @@ from pathlib import Path
 import onnx
 
 from layerdiff.cost import LayerTimes
+
+_TOKEN = re.compile(r"_token_\d+$")
 from layerdiff.errors import BadInput
 
 
@@ -101,7 +104,9 @@ def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, m
         base = n.name.split("/", 1)[0]
         tensors = [n.name[: -len("_nchwc")]] if n.name.endswith("_nchwc") else []
         tensors += list(n.output)
-        by = [base] + [head(produced[t], n.op_type) for t in tensors if t in produced]
+        # a node a graph transformer rebuilt is named "NAME_token_K" (Graph::GenerateNodeName): the NHWC
+        # pass's QLinearConv "Conv@3_token_204" is node Conv@3's kernel (its output tensor is renamed "Conv@3")
+        by = [base, _TOKEN.sub("", base)] + [head(produced[t], n.op_type) for t in tensors if t in produced]
         row = next((owner[b] for b in by if b in owner), None)
         if row is not None:
             known[n.name] = row

@@ -64,6 +64,18 @@ class Recipe:
     def finished(self) -> bool:
         return bool(self.data.get("finished", True))
 
+    def doubt(self) -> str:
+        """Why this recipe should not be trusted as it is, in words; "" when nothing says so."""
+        status = self.data.get("status")
+        held = self.data.get("holdout")
+        if not self.finished:
+            return "this recipe is unfinished (the search was interrupted): its pins may not be the fewest"
+        if status in ("budget", "max-pins"):
+            return f"this recipe's search ended with status '{status}': its pins may not be the fewest or may fail"
+        if isinstance(held, dict) and held.get("holds") is False:
+            return "this recipe fails its held-out samples: check it with layerdiff apply before building with it"
+        return ""
+
 
 def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
     """The JSON object of a BisectResult (layerdiff.bisect)."""

@@ -448,3 +448,20 @@ def test_compare_checks_min_cosine_on_a_slice(cli, tmp_path):
     assert code == 2 and "--min-cosine" in err
     code, _, err = cli(*base, "--min-cosine", "0.9", "--outputs", "probs[:, 99:]")
     assert code == 2 and "selects no element" in err
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"status": "budget"}, "status 'budget'"),
+    ({"finished": False, "status": "interrupted"}, "unfinished"),
+    ({"holdout": {"samples": 1, "source": "x", "achieved": 0.5, "holds": False}}, "fails its held-out samples"),
+])
+def test_export_warns_of_a_recipe_not_to_trust(int8_recipe, cli, tmp_path, change, said):
+    sound = int8_recipe[1]
+    data = json.loads(sound.read_text())
+    data.update(change)
+    doubtful = tmp_path / "doubtful.recipe.json"
+    doubtful.write_text(json.dumps(data))
+    code, out, err = cli("export", doubtful, "--format", "trtexec")
+    assert code == 0 and said in err and "warning" in err
+    assert out == cli("export", sound, "--format", "trtexec")[1]  # the command itself is unchanged
+    assert cli("export", sound, "--format", "trtexec")[2] == ""  # a sound recipe: no warning

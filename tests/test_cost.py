@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -224,6 +225,36 @@ def test_speedup_kept():
     assert untimed.kept is None and untimed.lines() == ["cost: this candidate cannot be timed here: imported results"]
 
 
+def test_int8_convolutions_rebuilt_for_nhwc_keep_their_time(tmp_path):
+    """ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv and its NHWC pass rebuilds it as
+    "c1_token_K" writing a tensor renamed "c1": its kernel time is c1's, not its reader's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from layerdiff.bench import time_candidate
+    from layerdiff.layertimes import layer_times
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array((rng.normal(size=(16, 8, 3, 3)) * 0.2).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.normal(size=(16, 16, 3, 3)) * 0.1).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["t1"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["t1", "w2"], ["t3"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["t3"], ["y"], name="r2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 32, 32])], [w1, w2])
+    path = tmp_path / "convs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    session = layerdiff.prepare(path)
+    cand = session.candidate("ort-int8")
+    report = session.compare(cand)
+    timing = time_candidate(session, cand, runs=3, warmup=1, profile_runs=3)
+    rebuilt = [n for n in timing.node_ms if n.startswith("c1_token_")]
+    assert rebuilt, sorted(timing.node_ms)  # the layout ONNX Runtime 1.31 runs on this CPU
+    times, info = layer_times(timing.node_ms, timing.optimized, report.layers, cand.model)
+    assert times["c1"] >= timing.node_ms[rebuilt[0]]
+    assert info.unattributed_ms == 0
+    assert times.get("c2", 0.0) <= sum(timing.node_ms.values()) - timing.node_ms[rebuilt[0]] + 1e-9
+
+
 def test_node_times_put_added_nodes_on_the_node_they_serve():
     """A candidate's Q/DQ pair and weight DequantizeLinear count in the FP32 node they feed; a node of
     its own keeps its time; a Cast after the last node counts in the node it reads."""
@@ -437,3 +468,25 @@ def test_bisect_cost_flags_refuse_bad_input(cli, extra, message):
     code, _, err = cli("bisect", CNN, "--inputs", FIXTURES / "cnn_inputs", "--min-cosine", "0.99999", *extra)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_objective_time_says_when_the_budget_left_no_room(cli, tmp_path):
+    code, out, err = cli("bisect", CNN, "--candidate", "ort-int8", "--inputs", FIXTURES / "cnn_inputs",
+                         "--min-cosine", "0.99999", "--objective", "time", "--max-evals", "6", "-q")
+    assert "budget" in out and "--objective time: the budget of 6 evaluations ended" in err
+
+
+def test_ctrl_c_while_timing_the_answer_ends_interrupted_with_the_answer_checked(monkeypatch):
+    import layerdiff.bench
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.target import Target
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    session, held = prepare_split(CNN, inputs=FIXTURES / "cnn_inputs")
+    target = Target.parse("cosine", 0.99999, (), session.model.outputs)
+    monkeypatch.setattr(layerdiff.bench, "time_recipe", interrupted)
+    result = bisect(session, "ort-int8", target, holdout=held, evidence=False, bench=5)
+    assert result.status == "interrupted" and result.cost is None and result.outcome.passed
+    assert result.holdout is not None and result.holdout.holds  # what finished before is kept
