@@ -15,7 +15,21 @@ import onnx
 
 from layerdiff.cost import LayerTimes
 
-_TOKEN = re.compile(r"_token_\d+$")
+# what ONNX Runtime's graph transformers add to the name of a node or tensor they make for one of the
+# model's: "NAME_token_K" (Graph::GenerateNodeName: the NHWC pass's QLinearConv "Conv@3_token_204", which
+# writes a tensor renamed "Conv@3"), "TENSOR_nchwc" (the NCHWc pass, after the tensor a kernel writes),
+# "InsertedPrecisionFreeCast_TENSOR" (the FP32 copy of an FP16 tensor that a CPU kernel without FP16
+# computes: the FP16 model's Conv on this CPU)
+_DECORATION = re.compile(r"^(?:InsertedPrecisionFreeCast_)+|(?:_token_\d+|_nchwc)+$")
+
+
+def _plain(name: str) -> str:
+    """`name` without the decorations ONNX Runtime's graph transformers add."""
+    while True:
+        plain = _DECORATION.sub("", name)
+        if plain == name:
+            return name
+        name = plain
 from layerdiff.errors import BadInput
 
 
@@ -78,9 +92,9 @@ def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, m
               owner: Mapping[str, str]) -> tuple[dict[str, float], float]:
     """({row: ms}, ms no row could be named for) from per-node kernel times of the graph ONNX Runtime
     ran for `model`. A kernel is named for a node of `model` when it kept that node's name, when it was
-    added for one ("X/duplicated"), or when it computes one of that node's output tensors (by name, or
-    as "TENSOR_nchwc", the NCHWc layout pass's naming); else it is attributed through the graph to the
-    nearest row it feeds or reads. A kernel that fused several rows counts in the row it is named for."""
+    added for one ("X/duplicated"), or when it computes one of that node's output tensors, each name
+    read without the decorations ONNX Runtime's transformers add (_plain); else it is attributed
+    through the graph to the nearest row it feeds or reads. A kernel that fused several rows counts in the row it is named for."""
     produced = {t: n for n in model.graph.node for t in n.output}
     known = dict(owner)
 
@@ -102,11 +116,10 @@ def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, m
         if n.name in known:
             continue
         base = n.name.split("/", 1)[0]
-        tensors = [n.name[: -len("_nchwc")]] if n.name.endswith("_nchwc") else []
-        tensors += list(n.output)
-        # a node a graph transformer rebuilt is named "NAME_token_K" (Graph::GenerateNodeName): the NHWC
-        # pass's QLinearConv "Conv@3_token_204" is node Conv@3's kernel (its output tensor is renamed "Conv@3")
-        by = [base, _TOKEN.sub("", base)] + [head(produced[t], n.op_type) for t in tensors if t in produced]
+        # the tensors it writes (a name made from a tensor's: "relu1_nchwc" writes what relu1 wrote, which
+        # a Conv with BN and ReLU fused in computes from the Conv), then its name read as a node's
+        tensors = list(dict.fromkeys([_plain(base)] + [t for o in n.output for t in (o, _plain(o))]))
+        by = [base] + [head(produced[t], n.op_type) for t in tensors if t in produced] + [_plain(base)]
         row = next((owner[b] for b in by if b in owner), None)
         if row is not None:
             known[n.name] = row
