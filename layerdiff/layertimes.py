@@ -14,6 +14,7 @@ from pathlib import Path
 import onnx
 
 from layerdiff.cost import LayerTimes
+from layerdiff.errors import BadInput
 
 # what ONNX Runtime's graph transformers add to the name of a node or tensor they make for one of the
 # model's: "NAME_token_K" (Graph::GenerateNodeName: the NHWC pass's QLinearConv "Conv@3_token_204", which
@@ -23,6 +24,10 @@ from layerdiff.cost import LayerTimes
 _DECORATION = re.compile(r"^(?:InsertedPrecisionFreeCast_)+|(?:_token_\d+|_nchwc)+$")
 
 
+# layout conversions ONNX Runtime's NCHWc pass inserts after a kernel, back to the model's layout
+_LAYOUT_BACK = frozenset({"ReorderOutput"})
+
+
 def _plain(name: str) -> str:
     """`name` without the decorations ONNX Runtime's graph transformers add."""
     while True:
@@ -30,7 +35,6 @@ def _plain(name: str) -> str:
         if plain == name:
             return name
         name = plain
-from layerdiff.errors import BadInput
 
 
 def row_of_nodes(rows, model: onnx.ModelProto) -> dict[str, str]:
@@ -113,7 +117,7 @@ def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, m
 
     graph_nodes = [n for n in optimized.graph.node if n.name] if optimized is not None else []
     for n in graph_nodes:
-        if n.name in known:
+        if n.name in known or n.op_type in _LAYOUT_BACK:
             continue
         base = n.name.split("/", 1)[0]
         # the tensors it writes (a name made from a tensor's: "relu1_nchwc" writes what relu1 wrote, which
@@ -123,6 +127,14 @@ def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, m
         row = next((owner[b] for b in by if b in owner), None)
         if row is not None:
             known[n.name] = row
+    # a reorder back to the model's layout writes the tensor the kernel before it computed (relu1, after
+    # a Conv with BN and ReLU fused in, "relu1_nchwc"): it serves that kernel, so it counts in its row
+    written = {t: n.name for n in graph_nodes for t in n.output}
+    for n in graph_nodes:
+        if n.op_type in _LAYOUT_BACK and n.name not in known and n.input:
+            row = known.get(written.get(n.input[0], ""))
+            if row is not None:
+                known[n.name] = row
     known = _nearest(graph_nodes, known) if graph_nodes else known
     times: dict[str, float] = {}
     lost = 0.0
