@@ -41,8 +41,53 @@ def _check_names(nodes: tuple[str, ...], fmt: str, separators: str) -> None:
                        "use --format onnx, which puts the recipe in the model itself")
 
 
+def _generated(recipe: Recipe) -> dict[str, dict[str, str]]:
+    """{node: {"name", "output"}} of the recipe's nodes whose names layerdiff gave (recipe names_in_model)."""
+    names = recipe.data.get("names_in_model")
+    if not isinstance(names, dict):
+        return {}
+    return {n: v for n, v in names.items() if n in recipe.nodes and isinstance(v, dict)
+            and isinstance(v.get("name"), str) and isinstance(v.get("output"), str)}
+
+
+def trt_layer_names(recipe: Recipe, fmt: str) -> tuple[tuple[str, ...], list[str]]:
+    """The recipe's nodes as TensorRT's ONNX parser names their layers, and comment lines for the ones
+    that differ from layerdiff's names. The parser calls a node's layer by the node's name, and an
+    unnamed node's "node_of_" + its first output (onnx-tensorrt getNodeName); a name two nodes share is
+    made unique by a counter in parse order, which cannot be told from the model: BadInput."""
+    generated = _generated(recipe)
+    out, notes = [], []
+    for node in recipe.nodes:
+        g = generated.get(node)
+        if g is None:
+            out.append(node)
+        elif g["name"] == "" and g["output"]:
+            out.append("node_of_" + g["output"])
+            notes.append(f"# {out[-1]}: the layer TensorRT's ONNX parser makes of the unnamed node layerdiff "
+                         f"calls {node}")
+        else:
+            raise BadInput(f"node {node} shares its name '{g['name']}' with another node of the model, and TensorRT "
+                           f"numbers such layers in parse order, so {fmt} cannot name it: give the model's nodes "
+                           "unique names, or use --format onnx, which puts the recipe in the model itself")
+    return tuple(out), notes
+
+
+def _model_names(recipe: Recipe, tool: str) -> tuple[str, ...]:
+    """The recipe's nodes by their names in the model, for a tool that excludes nodes by name; a node
+    whose name layerdiff gave cannot be named to it: BadInput."""
+    generated = _generated(recipe)
+    bad = next((n for n in recipe.nodes if n in generated), None)
+    if bad is not None:
+        g = generated[bad]
+        why = "has no name" if g["name"] == "" else f"shares its name '{g['name']}' with another node"
+        raise BadInput(f"node {bad} {why} in the model ({bad} is layerdiff's name for it), so {tool} cannot exclude "
+                       "it by name: give the model's nodes unique names, or use --format onnx, which puts the "
+                       "recipe in the model itself")
+    return recipe.nodes
+
+
 def trtexec(recipe: Recipe) -> str:
-    nodes = recipe.nodes
+    nodes, notes = trt_layer_names(recipe, "trtexec")
     _check_names(nodes, "trtexec", ",")
     flags = [f"--onnx={recipe.model_path}", _TRT_FLAG[recipe.precision]]
     if nodes:
@@ -53,11 +98,11 @@ def trtexec(recipe: Recipe) -> str:
              "#  are strongly typed; build the model from `layerdiff export --format onnx` instead)"]
     if recipe.precision == "int8":
         lines.append("# INT8 needs a calibration cache (--calib=FILE), or build the Q/DQ model from --format onnx")
-    return "\n".join(lines + ["trtexec " + " ".join(shlex.quote(f) for f in flags)]) + "\n"
+    return "\n".join(lines + notes + ["trtexec " + " ".join(shlex.quote(f) for f in flags)]) + "\n"
 
 
 def polygraphy(recipe: Recipe) -> str:
-    nodes = recipe.nodes
+    nodes, notes = trt_layer_names(recipe, "polygraphy")
     args = ["polygraphy", "convert", recipe.model_path, _POLY_FLAG[recipe.precision]]
     if nodes:
         args += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in nodes)]
@@ -65,6 +110,7 @@ def polygraphy(recipe: Recipe) -> str:
     note = f"# layerdiff recipe: {len(nodes)} node(s) kept in FP32 (TensorRT 10 and earlier)"
     if recipe.precision == "int8":
         note += "\n# INT8 calibration: add --data-loader-script or --calibration-cache, or convert the --format onnx model"
+    note += "".join("\n" + n for n in notes)
     return note + "\n" + " ".join(shlex.quote(a) for a in args) + "\n"
 
 
@@ -72,7 +118,7 @@ def modelopt(recipe: Recipe) -> str:
     if recipe.precision != "int8":
         raise BadInput("--format modelopt is ModelOpt's INT8 ONNX quantizer; for an FP16 recipe use --format onnx "
                        "or trtexec")
-    patterns = [f"^{re.escape(n)}$" for n in recipe.nodes]
+    patterns = [f"^{re.escape(n)}$" for n in _model_names(recipe, "ModelOpt")]
     args = ["python", "-m", "modelopt.onnx.quantization", f"--onnx_path={recipe.model_path}", "--quantize_mode=int8",
             "--calibration_data_path=CALIB.npz", "--high_precision_dtype", "fp32", "--output_path=model.quant.onnx"]
     if patterns:
@@ -90,10 +136,11 @@ def ort(recipe: Recipe) -> str:
         if not isinstance(settings, dict):
             raise BadInput("--format ort: this recipe does not record onnxruntime.quantization settings (it was not "
                            "made with --candidate ort-int8); use --format onnx")
-        body = {"api": "onnxruntime.quantization.quantize_static", "nodes_to_exclude": list(recipe.nodes), **settings}
+        body = {"api": "onnxruntime.quantization.quantize_static",
+                "nodes_to_exclude": list(_model_names(recipe, "quantize_static")), **settings}
     elif recipe.precision == "fp16":
         body = {"api": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-                "node_block_list": list(recipe.nodes)}
+                "node_block_list": list(_model_names(recipe, "the float16 converter"))}
     else:
         raise BadInput(f"--format ort: ONNX Runtime has no {recipe.precision} conversion; use --format onnx")
     return json.dumps(body, indent=1) + "\n"

@@ -114,6 +114,7 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
                   "evidence": {k: _finite(v) if isinstance(v, float) else v for k, v in p.evidence.items()}}
                  for p in result.pins],
         "forced": list(result.forced),
+        "names_in_model": names_in_model(session.model.layers, [p.node for p in result.pins] + list(result.forced)),
         "pinnable": result.pinnable,
         "evaluations": result.evaluations,
         "strategy": result.strategy,
@@ -124,6 +125,16 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
         "versions": {"layerdiff": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                      "polygraphy": poly},
     }
+
+
+def names_in_model(layers, nodes) -> dict[str, dict[str, str]]:
+    """{node: {"name": its name in the model file ("" when it has none), "output": its first output}}
+    for the `nodes` whose names layerdiff gave (graph.Layer.named is False: the node had no name, or
+    shared one), so that exports can name them as a build tool will (TensorRT's ONNX parser calls an
+    unnamed node's layer "node_of_" + its first output) or say that they cannot."""
+    wanted = set(nodes)
+    return {lay.name: {"name": lay.model_name, "output": lay.outputs[0] if lay.outputs else ""}
+            for lay in layers if lay.name in wanted and not lay.named}
 
 
 def objective_time(result) -> dict[str, Any]:
@@ -170,6 +181,7 @@ def pinned_recipe(report, rows, model_path: str | None = None) -> dict[str, Any]
                                       "accumulated_cosine": _finite(row.cosine)}})
     calibration = cand.get("calibration")
     tol = report.tolerance
+    generated = _generated_names(str(model_path or report.model.path), report.model.sha256, [p["node"] for p in pins])
     return {
         "schema": SCHEMA, "finished": True, "status": "pinned by hand",
         "model": {"path": str(model_path or report.model.path), "sha256": report.model.sha256},
@@ -179,10 +191,31 @@ def pinned_recipe(report, rows, model_path: str | None = None) -> dict[str, Any]
         "tolerance": {"metric": "cosine", "threshold": tol.min_cosine, "outputs": list(tol.outputs),
                       "direction": "min"} if tol is not None else {},
         "achieved": None, "baseline": None, "holdout": None,
-        "pins": pins, "forced": [], "pinnable": None, "evaluations": 0, "strategy": "by hand",
+        "pins": pins, "forced": [], **({"names_in_model": generated} if generated is not None else {}),
+        "pinnable": None, "evaluations": 0, "strategy": "by hand",
         "warnings": ["pinned by hand from a report: not measured with the pins in place; run layerdiff apply"],
         "versions": {"layerdiff": __version__},
     }
+
+
+def _generated_names(model_path: str, sha256: str, nodes) -> dict[str, dict[str, str]] | None:
+    """names_in_model for a report's model, read from its file; None where that file is not there or is
+    not the report's model (the recipe then says nothing of the names)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from layerdiff.errors import ModelError
+    from layerdiff.graph import _sha256 as file_sha256
+    from layerdiff.topology import topological_layers
+
+    try:
+        if file_sha256(Path(model_path)) != sha256:
+            return None
+        proto = onnx.load(str(model_path), load_external_data=False)
+        layers = topological_layers(proto.graph, frozenset(t.name for t in proto.graph.initializer))
+    except (OSError, DecodeError, ModelError):
+        return None
+    return names_in_model(layers, nodes)
 
 
 def write_recipe(data: Mapping[str, Any], path: str | Path) -> None:

@@ -21,6 +21,7 @@ class Layer:
     outputs: tuple[str, ...]
     has_subgraph: bool
     named: bool = True  # the name is the model's own (False: generated, as the node had none or a duplicate)
+    model_name: str = ""  # the node's name in the model file ("" when it has none)
 
 
 Unit = tuple[Layer, ...]  # layers compared as one (fused into one engine layer), in topological order
@@ -83,7 +84,7 @@ def topological_layers(graph: onnx.GraphProto, initializers: frozenset[str]) -> 
         seen.add(name)
         used.add(name)
         layers.append(Layer(index, name, node.op_type, node_inputs[i], tuple(o for o in node.output if o),
-                            has_subgraph(node), named))
+                            has_subgraph(node), named, node.name))
     return layers
 
 

@@ -13,6 +13,7 @@ import pytest
 from layerdiff.backends.fake import FakeBackend
 from layerdiff.bisect import bisect, prepare_split, split_samples
 from layerdiff.errors import BadInput
+from layerdiff.export import ort_quantize_settings
 from layerdiff.recipe import load_recipe, recipe_dict, write_recipe
 from layerdiff.target import Target
 from tests.conftest import FIXTURES, cosine64, run_plain
@@ -465,3 +466,76 @@ def test_export_warns_of_a_recipe_not_to_trust(int8_recipe, cli, tmp_path, chang
     assert code == 0 and said in err and "warning" in err
     assert out == cli("export", sound, "--format", "trtexec")[1]  # the command itself is unchanged
     assert cli("export", sound, "--format", "trtexec")[2] == ""  # a sound recipe: no warning
+
+
+@pytest.fixture(scope="module")
+def renamed_cnn(tmp_path_factory):
+    """The CNN with conv2's name cleared and conv4 named as conv3 is: two names layerdiff must give."""
+    proto = onnx.load(CNN)
+    by = {n.name: n for n in proto.graph.node}
+    conv2_out = by["conv2"].output[0]
+    by["conv2"].name = ""
+    by["conv4"].name = "conv3"
+    path = tmp_path_factory.mktemp("renamed") / "cnn_renamed.onnx"
+    onnx.save(proto, path)
+    return path, conv2_out
+
+
+def _fake_recipe(model, outputs, path, error=0.05):
+    """A recipe of bisect's answer on `model` where the nodes writing `outputs` err (FakeBackend), marked
+    as an ort-int8 recipe so that every export format takes it."""
+    session, held = prepare_split(model, inputs=INPUTS)
+    names = {lay.outputs[0]: lay.name for lay in session.model.layers}
+    errors = {names[t]: error for t in outputs}
+    target = Target.parse("cosine", 0.99999, [], session.model.outputs)
+    result = bisect(session, "fake", target, backend=FakeBackend(session.model, errors=errors, default_error=0.0),
+                    evidence=False)
+    data = recipe_dict(result, session, str(model))
+    data["candidate"].update(spec="ort-int8", precision="int8",
+                             ort_quantize=ort_quantize_settings({n.op_type for n in session.model.proto.graph.node}))
+    write_recipe(data, path)
+    return result
+
+
+def test_exports_name_an_unnamed_node_as_tensorrt_does(renamed_cnn, cli, tmp_path):
+    """TensorRT's ONNX parser names an unnamed node's layer "node_of_" + its first output (onnx-tensorrt
+    getNodeName): the trtexec and polygraphy exports must use that name, not the one layerdiff gave."""
+    model, conv2_out = renamed_cnn
+    path = tmp_path / "r.json"
+    result = _fake_recipe(model, [conv2_out], path)
+    (pin,) = [p.node for p in result.pins]
+    assert pin != "conv2" and pin not in {n.name for n in onnx.load(model).graph.node}
+    assert json.loads(path.read_text())["names_in_model"] == {pin: {"name": "", "output": conv2_out}}
+    code, text, _ = cli("export", path, "--format", "trtexec")
+    flags = shlex.split(text.splitlines()[-1])
+    assert code == 0 and f"--layerPrecisions=node_of_{conv2_out}:fp32" in flags and pin not in text.splitlines()[-1]
+    code, text, _ = cli("export", path, "--format", "polygraphy")
+    assert code == 0 and f"node_of_{conv2_out}:float32" in shlex.split(text.splitlines()[-1])
+    for fmt, tool in (("modelopt", "ModelOpt"), ("ort", "quantize_static")):
+        code, out, err = cli("export", path, "--format", fmt)
+        assert code == 2 and out == ""
+        assert err.strip() == (f"layerdiff: error: node {pin} has no name in the model ({pin} is layerdiff's name "
+                               f"for it), so {tool} cannot exclude it by name: give the model's nodes unique names, "
+                               "or use --format onnx, which puts the recipe in the model itself")
+
+
+def test_exports_refuse_a_node_whose_name_another_node_shares(renamed_cnn, cli, tmp_path):
+    model, _ = renamed_cnn
+    path = tmp_path / "r.json"
+    second = onnx.load(model).graph.node
+    conv4_out = next(n.output[0] for n in second if n.op_type == "Conv" and n.name == "conv3" and "conv4" in n.input[1])
+    result = _fake_recipe(model, [conv4_out], path, error=0.5)
+    (pin,) = [p.node for p in result.pins]
+    assert pin != "conv3"
+    for fmt in ("trtexec", "polygraphy", "modelopt", "ort"):
+        code, out, err = cli("export", path, "--format", fmt)
+        assert code == 2 and out == "" and "shares its name 'conv3' with another node" in err, (fmt, err)
+        assert len(err.strip().splitlines()) == 1
+    # the recipe in the model itself is still there to take
+    code, _, err = cli("export", path, "--format", "onnx", "--model", model, "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+
+
+def test_named_nodes_export_under_their_own_names(int8_recipe):
+    _, path = int8_recipe
+    assert json.loads(path.read_text())["names_in_model"] == {}
