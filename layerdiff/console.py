@@ -205,7 +205,7 @@ def cost_table(report: Report) -> Table | None:
         caption = f"measured with {timed.provider.replace('ExecutionProvider', '')} on {timed.machine}"
     table = Table(title=title, caption=caption, box=_ASCII_HEAD, pad_edge=False, collapse_padding=True,
                   title_justify="left", caption_justify="left")
-    for col in ("plan", "cosine", "ms median", "ms p90", "speed-up", "size MB", "peak MB"):
+    for col in ("plan", "cosine", "ms median", "ms p90", "speed-up", "size MiB", "peak MiB"):
         table.add_column(col, justify="left" if col == "plan" else "right", no_wrap=True)
     w = _worst_output(report)
     for label, pc, cos in (("FP32 model", ref, None), (shorten(report.candidate.spec, 18), cost.candidate,
@@ -236,7 +236,8 @@ def print_cost(report: Report, console: Console) -> None:
     lt = report.cost.layer_times if report.cost is not None else None
     timed = sorted((lay for lay in report.layers if lay.time_ms is not None), key=lambda lay: -lay.time_ms)
     if lt is not None and timed:
-        note = f"median of {lt.runs} runs" if lt.runs else lt.statistic
+        note = (lt.statistic if not lt.runs else f"total time / {lt.runs} runs" if lt.statistic == "total/count"
+                else f"{lt.statistic} of {lt.runs} runs")
         src = "ORT profiler" if lt.source == "onnxruntime profiler" else "TensorRT profile"
         _line(console, f"slowest rows (candidate kernel time; {src}, {note}):")
         for lay in timed[:5]:

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print(f"median and p90 of {args.runs} runs after {args.warmup} warm-up, in {args.rounds} rounds that time every "
           f"plan of a model in turn, each in a process of its own; {machine()}; ONNX Runtime CPU\n")
     print("| model | plan | pins | cosine (worst sample) | ms median | ms p90 | speed-up | INT8 speed-up kept | "
-          "size MB | peak RSS MB |")
+          "size MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases.split(","):
         model, inputs, calib, label = CASES[case]

@@ -286,10 +286,11 @@ def test_a_trt_profile_gives_each_fused_row_its_engine_layers_time(saved_run, en
     # TensorRT 7's layout (no medianMs): the averages, said so
     profile.write_text(json.dumps([{"count": 100}] + [
         {"name": n, "timeMs": 100 * m, "averageMs": m * 1.1, "percentage": 1.0} for n, m in medians.items()]))
-    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
-                       "--engine-info", layers, "--trt-profile", profile, "-o", out)
+    code, stdout, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                            "--engine-info", layers, "--trt-profile", profile, "-o", out)
     report = layerdiff.load_report(out)
     assert code == 0 and report.cost.layer_times.statistic == "average"
+    assert "slowest rows (candidate kernel time; TensorRT profile, average of 100 runs)" in stdout
     assert {lay.engine_layers[0]: lay.time_ms for lay in report.layers if lay.time_ms} == pytest.approx(
         {n: m * 1.1 for n, m in medians.items()})
 
