@@ -232,7 +232,7 @@ def measure(session, candidate, report, *, runs: int = DEFAULT_RUNS, warmup: int
     if cand.node_ms:
         cand_times, layer_info = layer_times(cand.node_ms, cand.optimized, report.layers, candidate.model, runs=prof)
         layer_info = replace(layer_info, reference_total_ms=ref_lt.total_ms)
-    layers = with_times(report.layers, cand_times, ref_times)
+    layers = with_times(report.layers, cand_times, ref_times, layer_info.total_ms if layer_info else None)
     return replace(report, layers=layers, cost=Cost(ref.cost, cand.cost, layer_info))
 
 

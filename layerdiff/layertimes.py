@@ -169,12 +169,13 @@ def node_times(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, 
     return times
 
 
-def with_times(layers, cand_times: Mapping[str, float], ref_times: Mapping[str, float]):
-    """The rows with `time_ms` (and its share of the candidate's total) and `ref_time_ms` set; rows no
-    kernel time was attributed to keep None where nothing of theirs ran."""
+def with_times(layers, cand_times: Mapping[str, float], ref_times: Mapping[str, float], total: float | None = None):
+    """The rows with `time_ms` (and its share of the candidate's `total`: by default the sum of
+    `cand_times`; give it with the time no row was named for) and `ref_time_ms` set; rows no kernel
+    time was attributed to keep None where nothing of theirs ran."""
     from dataclasses import replace
 
-    total = sum(cand_times.values())
+    total = sum(cand_times.values()) if total is None else total
     out = []
     for row in layers:
         t = cand_times.get(row.name)
@@ -204,17 +205,67 @@ def profile_times(report, profile_path: str | Path, engine_info: str | Path | No
     else:
         info = parse_engine_info(engine_info)
     per_layer = match_profile(profile, info)
+    owner = engine_layer_rows(report.layers, info)
     times: dict[str, float] = {}
-    claimed: set[str] = set()
-    for row in report.layers:
-        mine = [per_layer[e] for e in row.engine_layers if e in per_layer]
-        if mine:
-            times[row.name] = sum(mine)
-            claimed.update(e for e in row.engine_layers if e in per_layer)
+    lost = 0.0
+    for name, ms in per_layer.items():
+        row = owner.get(name)
+        if row is None:
+            lost += ms
+        else:
+            times[row] = times.get(row, 0.0) + ms
     total = sum(per_layer.values())
-    lost = total - sum(per_layer[e] for e in claimed)
     lt = LayerTimes(source=f"trtexec profile {Path(profile_path).name}", runs=profile.runs,
                     statistic=profile.statistic, total_ms=total, unattributed_ms=lost)
     cost = report.cost or Cost()
-    layers = with_times(report.layers, times, {})
+    layers = with_times(report.layers, times, {}, total)
     return replace(report, layers=layers, cost=replace(cost, layer_times=lt))
+
+
+def engine_layer_rows(rows, info) -> dict[str, str]:
+    """{engine layer: the report row its time counts in}. A row's own engine layers are its; a layer no
+    row was compared as (a reformat TensorRT inserted, a second layer built from one ONNX node) counts in
+    the row of the layer it serves (`serves`), else of its ONNX nodes, else of the nearest layer reading
+    its outputs, else of the nearest one writing its inputs."""
+    owner: dict[str, str] = {}
+    by_node: dict[str, str] = {}
+    for row in rows:
+        for e in row.engine_layers:
+            owner.setdefault(e, row.name)
+        if row.kind == "layer":
+            for n in row.onnx_nodes:
+                by_node.setdefault(n, row.name)
+    layers = list(info.layers)
+    readers: dict[str, list[str]] = {}
+    writer: dict[str, str] = {}
+    for lay in layers:
+        for t in lay.inputs:
+            readers.setdefault(t.name, []).append(lay.name)
+        for t in lay.outputs:
+            writer[t.name] = lay.name
+    by_name = {lay.name: lay for lay in layers}
+    direct = dict(owner)
+    for lay in layers:
+        if lay.name in direct:
+            continue
+        row = direct.get(lay.serves or "") or next((by_node[n] for n in lay.onnx_nodes if n in by_node), None)
+        if row is not None:
+            owner[lay.name] = row
+    for lay in layers:
+        if lay.name in owner:
+            continue
+        for step in (lambda m: [r for t in m.outputs for r in readers.get(t.name, ())],
+                     lambda m: [writer[t.name] for t in m.inputs if t.name in writer]):
+            seen, queue, found = {lay.name}, deque(step(lay)), None
+            while queue and found is None:
+                name = queue.popleft()
+                if name in seen or name not in by_name:
+                    continue
+                seen.add(name)
+                found = owner.get(name)
+                if found is None:
+                    queue.extend(step(by_name[name]))
+            if found is not None:
+                owner[lay.name] = found
+                break
+    return owner

@@ -295,6 +295,37 @@ def test_a_trt_profile_gives_each_fused_row_its_engine_layers_time(saved_run, en
         {n: m * 1.1 for n, m in medians.items()})
 
 
+def test_a_reformat_layer_of_a_profile_counts_in_the_row_it_serves(saved_run, engine_run, tmp_path, cli):
+    """TensorRT inserts reformat layers no ONNX node names ("Reformatting CopyNode for Input Tensor 0 to
+    LAYER", 13 of the 36 layers of the real TREx resnet18 FP16 engine): their time is the layer's they
+    serve, not lost; shares are of the whole profile."""
+    tmp, _, _ = saved_run
+    results, layers = engine_run
+    info = json.loads(layers.read_text())
+    conv2 = "conv2 + conv2_bn + relu2"
+    reformat = f"Reformatting CopyNode for Input Tensor 0 to {conv2}"
+    info["Layers"].insert(1, {"Name": reformat, "LayerType": "Reformat",
+                              "Inputs": [{"Name": "relu1", "Dimensions": [], "Format/Datatype": "Row major linear FP16 format"}],
+                              "Outputs": [{"Name": "relu1 copy", "Dimensions": [], "Format/Datatype": "Channel major FP16 format"}],
+                              "Metadata": ""})
+    with_reformat = tmp_path / "layers.json"
+    with_reformat.write_text(json.dumps(info))
+    times = {lay["Name"]: 0.1 * (i + 1) for i, lay in enumerate(info["Layers"])}
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps([{"count": 10}] + [
+        {"name": n, "timeMs": 10 * m, "averageMs": m, "medianMs": m, "percentage": 1.0} for n, m in times.items()]))
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                       "--engine-info", with_reformat, "--trt-profile", profile, "-o", out)
+    assert code == 0, err
+    report = layerdiff.load_report(out)
+    row = next(lay for lay in report.layers if conv2 in lay.engine_layers)
+    assert row.time_ms == pytest.approx(times[conv2] + times[reformat])
+    lt = report.cost.layer_times
+    assert lt.unattributed_ms == pytest.approx(0.0) and lt.total_ms == pytest.approx(sum(times.values()))
+    assert row.time_share == pytest.approx(row.time_ms / lt.total_ms)
+
+
 def test_a_profile_of_another_engine_is_refused(saved_run, engine_run, tmp_path, cli, shared_dir):
     tmp, _, _ = saved_run
     results, layers = engine_run
