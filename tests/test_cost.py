@@ -175,6 +175,16 @@ def test_bad_cost_flags_give_one_line_and_exit_2(cli, tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("bound", ["--min-speedup", "--max-size-ratio"])
+def test_imported_results_refuse_bounds_on_what_only_a_run_here_measures(cli, tmp_path, bound):
+    results = tmp_path / "results.json"
+    results.write_text("{}")
+    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", FIXTURES / "cnn_inputs",
+                       "--bench", "3", bound, "0.5", "-o", tmp_path / "r.json")
+    assert code == 2 and err.startswith(f"layerdiff: error: {bound}: imported results have no candidate")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
 def test_the_tui_shows_and_sorts_by_kernel_time(cli, tmp_path):
     import asyncio
 
