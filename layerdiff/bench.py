@@ -24,6 +24,7 @@ from layerdiff.errors import BackendError, BadInput
 from layerdiff.inputs import Samples
 
 DEFAULT_RUNS, DEFAULT_WARMUP = 50, 10
+BENCH_ROUNDS = 3  # compare, apply and bisect --bench: the plans compared are timed in this many turns each
 RACE_ROUNDS = 2  # bisect --objective time: its finalists are timed in this many turns each
 PROFILE_RUNS = 20  # per-layer times: the median of this many profiled runs (or of --bench N, if fewer)
 
@@ -66,14 +67,15 @@ def p90(values: Sequence[float]) -> float:
 
 
 def _plan_cost(lat: Sequence[float], samples: Samples, warmup: int, size: int | None, peak: float | None,
-               base: float | None, provider: str) -> PlanCost:
+               base: float | None, provider: str, turns: Sequence[float] = ()) -> PlanCost:
     median = statistics.median(lat)
     first = samples.feeds[0] if samples.feeds else {}
     lead = next(iter(first.values()), None)
     batch = int(lead.shape[0]) if lead is not None and np.ndim(lead) >= 1 and lead.shape[0] > 0 else 1
     return PlanCost(latency_ms_median=median, latency_ms_p90=p90(lat), runs=len(lat), warmup=warmup,
                     throughput=batch * 1000.0 / median if median > 0 else None, batch=batch, size_bytes=size,
-                    peak_rss_mb=peak, base_rss_mb=base, provider=provider, machine=machine())
+                    peak_rss_mb=peak, base_rss_mb=base, provider=provider, machine=machine(),
+                    round_medians_ms=tuple(turns) if len(turns) > 1 else ())
 
 
 @dataclass(frozen=True)
@@ -83,26 +85,73 @@ class Timing:
     optimized: onnx.ModelProto | None  # that graph (to attribute node times)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One model to time: a path, or the bytes of a model layerdiff made, with the providers and the
+    ONNX Runtime optimization level it is deployed with."""
+
+    model: str | Path | bytes
+    providers: Sequence[str]
+    level: str = "all"
+    what: str = "model"  # for messages: "FP32 model", "candidate", ...
+
+
 def time_model(model: str | Path | bytes, samples: Samples, *, providers: Sequence[str], level: str = "all",
                runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, profile_runs: int = 0,
                what: str = "model") -> Timing:
     """Time `model` (a path, or the bytes of a model layerdiff made) in a process of its own."""
+    return time_in_turns([Job(model, providers, level, what)], samples, runs=runs, warmup=warmup, rounds=1,
+                         profile_runs=profile_runs)[0]
+
+
+def time_in_turns(jobs: Sequence[Job], samples: Samples, *, runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP,
+                  rounds: int = BENCH_ROUNDS, profile_runs: int = 0) -> list[Timing]:
+    """Models timed in turns, for comparing them: `rounds` rounds, each timing every model in a process
+    of its own (warm-up, then its share of `runs`), the order turning each round, so that a change of
+    load falls on all of them; each model's runs of every round pooled, and each round's median kept
+    (PlanCost.round_medians_ms, to tell how steady the machine was). Per-node kernel times (ONNX
+    Runtime's profiler, `profile_runs` runs of a second session) are taken in the first round. (Not one
+    process holding every session: two ONNX Runtime sessions' thread pools in one process slow each
+    other down, 41 ms against 25 ms a run for the PP-OCRv4 recogniser here.)"""
     check_runs(runs, warmup)
+    rounds = max(1, min(rounds, runs))
+    share = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    lat: list[list[float]] = [[] for _ in jobs]
+    turns: list[list[float]] = [[] for _ in jobs]
+    peak: list[float | None] = [None for _ in jobs]
+    base: list[float | None] = [None for _ in jobs]
+    provider = ["" for _ in jobs]
+    node_ms: list[dict[str, float]] = [{} for _ in jobs]
+    optimized: list[onnx.ModelProto | None] = [None for _ in jobs]
     with tempfile.TemporaryDirectory(prefix="layerdiff-bench-") as tmp:
-        job = Path(tmp)
-        if isinstance(model, bytes):
-            (job / "model.onnx").write_bytes(model)
-            path, size = job / "model.onnx", len(model)
-        else:
-            path, size = Path(model), model_size(model)
-        result = _run_job(job, samples, {"model": str(path), "providers": list(providers), "level": level,
-                                         "warmup": warmup, "runs": runs, "profile_runs": profile_runs}, what)
-        optimized = onnx.load(str(job / "optimized.onnx"), load_external_data=False) \
-            if (job / "optimized.onnx").is_file() else None
-    lat = result["latencies_ms"]
-    cost = _plan_cost(lat, samples, warmup, size, result["peak_rss_mb"], result["base_rss_mb"], result["provider"])
-    node_ms = {name: statistics.median(t) for name, t in result.get("node_ms", {}).items() if t}
-    return Timing(cost, node_ms, optimized)
+        paths, sizes = [], []
+        for i, job in enumerate(jobs):
+            if isinstance(job.model, bytes):
+                (Path(tmp) / f"model{i}.onnx").write_bytes(job.model)
+                paths.append(Path(tmp) / f"model{i}.onnx")
+                sizes.append(len(job.model))
+            else:
+                paths.append(Path(job.model))
+                sizes.append(model_size(job.model))
+        for r, n in enumerate(share):
+            prof = profile_runs if r == 0 else 0
+            for i in [(r + d) % len(jobs) for d in range(len(jobs))]:
+                with tempfile.TemporaryDirectory(prefix="job-", dir=tmp) as job_dir:
+                    jd = Path(job_dir)
+                    result = _run_job(jd, samples, {"model": str(paths[i]), "providers": list(jobs[i].providers),
+                                                    "level": jobs[i].level, "warmup": warmup, "runs": n,
+                                                    "profile_runs": prof}, jobs[i].what)
+                    if prof and (jd / "optimized.onnx").is_file():
+                        optimized[i] = onnx.load(str(jd / "optimized.onnx"), load_external_data=False)
+                lat[i] += result["latencies_ms"]
+                turns[i].append(statistics.median(result["latencies_ms"]))
+                peak[i] = max(peak[i] or 0.0, result["peak_rss_mb"])
+                base[i] = result["base_rss_mb"] if base[i] is None else min(base[i], result["base_rss_mb"])
+                provider[i] = result["provider"]
+                if prof:
+                    node_ms[i] = {name: statistics.median(t) for name, t in result.get("node_ms", {}).items() if t}
+    return [Timing(_plan_cost(lat[i], samples, warmup, sizes[i], peak[i], base[i], provider[i], turns[i]),
+                   node_ms[i], optimized[i]) for i in range(len(jobs))]
 
 
 def _run_job(job: Path, samples: Samples, spec: dict, what: str) -> dict:
@@ -119,34 +168,11 @@ def _run_job(job: Path, samples: Samples, spec: dict, what: str) -> dict:
 
 def race(models: Sequence[bytes], samples: Samples, *, providers: Sequence[str], level: str = "all",
          runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, rounds: int = RACE_ROUNDS) -> list[PlanCost]:
-    """Several models (bytes of models layerdiff made) timed in turn, for choosing between plans:
-    `rounds` rounds, each timing every model in a process of its own (as compare --bench does) for its
-    share of `runs`, the order turning each round, so that a change of load falls on all of them; each
-    model's runs of every round pooled. (Not one process holding every session: two ONNX Runtime
-    sessions' thread pools in one process slow each other down, 41 ms against 25 ms a run for the
-    PP-OCRv4 recogniser here.)"""
-    check_runs(runs, warmup)
-    share = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
-    lat: list[list[float]] = [[] for _ in models]
-    peak: list[float] = [0.0 for _ in models]
-    provider = ""
-    with tempfile.TemporaryDirectory(prefix="layerdiff-race-") as tmp:
-        paths = []
-        for i, blob in enumerate(models):
-            (Path(tmp) / f"model{i}.onnx").write_bytes(blob)
-            paths.append(Path(tmp) / f"model{i}.onnx")
-        for r, n in enumerate(share):
-            if n == 0:
-                continue
-            for i in [(r + d) % len(models) for d in range(len(models))]:
-                with tempfile.TemporaryDirectory(prefix="layerdiff-bench-", dir=tmp) as job:
-                    result = _run_job(Path(job), samples, {"model": str(paths[i]), "providers": list(providers),
-                                                           "level": level, "warmup": warmup, "runs": n,
-                                                           "profile_runs": 0}, "plans")
-                lat[i] += result["latencies_ms"]
-                peak[i] = max(peak[i], result["peak_rss_mb"])
-                provider = result["provider"]
-    return [_plan_cost(lat[i], samples, warmup, len(blob), peak[i], None, provider) for i, blob in enumerate(models)]
+    """Several models (bytes of models layerdiff made, one provider and level) timed in turns
+    (time_in_turns), for choosing between plans."""
+    timed = time_in_turns([Job(blob, providers, level, "plans") for blob in models], samples, runs=runs,
+                          warmup=warmup, rounds=rounds)
+    return [t.cost for t in timed]
 
 
 def race_candidates(session, candidates, *, runs: int, warmup: int) -> list[PlanCost]:
@@ -203,6 +229,29 @@ def _ort_settings(candidate) -> dict:
     return {"providers": candidate.runner.providers or ["CPUExecutionProvider"], "level": candidate.runner.level}
 
 
+def time_plans(session, candidates, *, runs: int, warmup: int, profile_runs: int = 0,
+               rounds: int = BENCH_ROUNDS) -> list[Timing]:
+    """The FP32 model (a None in `candidates`) and candidates, timed as deployed: those ONNX Runtime runs
+    in turns (time_in_turns, each with its own providers and level); a TensorRT engine, or imported
+    results (nothing to run, said in the cost), as time_candidate times them."""
+    from layerdiff.graph import serialize
+
+    jobs: dict[int, Job] = {}
+    out: dict[int, Timing] = {}
+    for i, c in enumerate(candidates):
+        if c is None:
+            jobs[i] = Job(session.model.path, session.reference_providers, "all", "FP32 model")
+        elif (c.backend != "imported" and not hasattr(c.runner, "plain_engine") and c.model is not None
+              and hasattr(c.runner, "providers")):
+            jobs[i] = Job(serialize(c.model), **_ort_settings(c), what="candidate")
+        else:
+            out[i] = time_candidate(session, c, runs=runs, warmup=warmup, profile_runs=profile_runs)
+    timed = time_in_turns(list(jobs.values()), session.samples, runs=runs, warmup=warmup, rounds=rounds,
+                          profile_runs=profile_runs) if jobs else []
+    out.update(zip(jobs, timed, strict=True))
+    return [out[i] for i in range(len(candidates))]
+
+
 def time_reference(session, *, runs: int, warmup: int, profile_runs: int = 0) -> Timing:
     return time_model(session.model.path, session.samples, providers=session.reference_providers, level="all",
                       runs=runs, warmup=warmup, profile_runs=profile_runs, what="FP32 model")
@@ -220,13 +269,10 @@ def measure(session, candidate, report, *, runs: int = DEFAULT_RUNS, warmup: int
 
     prof = min(PROFILE_RUNS, runs) if profile else 0
     if progress:
-        progress(f"timing the FP32 model ({warmup} warm-up + {runs} runs)", 0, 2)
-    ref = time_reference(session, runs=runs, warmup=warmup, profile_runs=prof)
+        progress(f"timing the FP32 model and the candidate in turns ({warmup} warm-up + {runs} runs each)", 0, 1)
+    ref, cand = time_plans(session, [None, candidate], runs=runs, warmup=warmup, profile_runs=prof)
     if progress:
-        progress(f"timing the candidate ({warmup} warm-up + {runs} runs)", 1, 2)
-    cand = time_candidate(session, candidate, runs=runs, warmup=warmup, profile_runs=prof)
-    if progress:
-        progress("timed", 2, 2)
+        progress("timed", 1, 1)
     ref_times, ref_lt = layer_times(ref.node_ms, ref.optimized, report.layers, session.model.proto, runs=prof)
     cand_times, layer_info = {}, None
     if cand.node_ms:
@@ -251,9 +297,8 @@ def time_recipe(session, recipe_candidate, reduced_candidate, runs: int, warmup:
     times (bisect --bench, apply --bench)."""
     from layerdiff.cost import RecipeCost
 
-    fp32 = time_reference(session, runs=runs, warmup=warmup).cost
-    reduced = time_candidate(session, reduced_candidate, runs=runs, warmup=warmup).cost
-    recipe = time_candidate(session, recipe_candidate, runs=runs, warmup=warmup).cost
+    fp32, reduced, recipe = (t.cost for t in time_plans(session, [None, reduced_candidate, recipe_candidate],
+                                                         runs=runs, warmup=warmup))
     precision = reduced_candidate.plan.default if reduced_candidate.plan is not None else "reduced"
     return RecipeCost(precision, fp32, reduced, recipe)
 

@@ -26,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from layerdiff.cost import unsteady
 from layerdiff.progress import Progress as ProgressFn
 from layerdiff.report import LayerDiff, Report, precision_audit, rank_layers
 
@@ -233,6 +234,11 @@ def print_cost(report: Report, console: Console) -> None:
     cand = report.cost.candidate if report.cost is not None else None
     if cand is not None and cand.unavailable:
         _line(console, "candidate not timed: ", cand.unavailable)
+    timed_plans = {k: v for k, v in (("FP32 model", report.cost.reference if report.cost else None),
+                                     ("candidate", cand)) if v is not None}
+    noise = unsteady(timed_plans)
+    if noise:
+        _line(console, ("warning: ", "bold yellow"), noise)
     lt = report.cost.layer_times if report.cost is not None else None
     timed = sorted((lay for lay in report.layers if lay.time_ms is not None), key=lambda lay: -lay.time_ms)
     if lt is not None and timed:

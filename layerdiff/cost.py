@@ -38,6 +38,29 @@ class PlanCost(_Plain):
     provider: str
     machine: str
     unavailable: str = ""  # why it was not timed (imported results have nothing to run)
+    round_medians_ms: tuple[float, ...] = ()  # timed in turns with other plans: the median of each turn
+
+
+def unsteady(costs: Mapping[str, PlanCost], spread_limit: float = 1.2, tail_limit: float = 2.0) -> str:
+    """A warning, in words, where timings moved so much that comparing their medians is uncertain: a
+    plan's turn medians more than `spread_limit` apart (highest over lowest), or its p90 more than
+    `tail_limit` times its median; "" when they held still."""
+    found = []
+    for label, c in costs.items():
+        if c.latency_ms_median is None or c.latency_ms_median <= 0:
+            continue
+        turns = [m for m in c.round_medians_ms if m > 0]
+        if len(turns) > 1 and max(turns) / min(turns) > spread_limit:
+            found.append((max(turns) / min(turns), f"{label}: medians of {min(turns):.3g} to {max(turns):.3g} ms "
+                                                   "in its turns"))
+        tail = (c.latency_ms_p90 or 0.0) / c.latency_ms_median
+        if tail > tail_limit:
+            found.append((tail, f"{label}: p90 {tail:.1f}x its median"))
+    if not found:
+        return ""
+    what = max(found)[1]
+    return (f"unsteady timings ({what}): the speed-up is uncertain; time again on an "
+            "idle machine or with more runs")
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,12 @@ class GateCheck(_Plain):
         return f"{self.bound} {self.limit:g}: {self.what} {shown}, {verdict}"
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(("warning: " + text) if text else "", width)
+
+
 def _fit(line: str, width: int = 80) -> str:
     return line if len(line) <= width else line[:width - 1] + "…"
 
@@ -141,7 +170,9 @@ class RecipeCost:
                 f"  the all-{prec} plan is not faster than FP32 here: no speed-up to keep" if kept is None
                 else f"  the recipe keeps {kept:.0%} of the {prec} speed-up",
                 _fit(f"  measured with {self.recipe.provider.replace('ExecutionProvider', '')} on "
-                     f"{self.recipe.machine}")]
+                     f"{self.recipe.machine}")] + [
+                    "  " + line for line in _wrap(unsteady({"FP32": self.fp32, f"all-{prec}": self.reduced,
+                                                            "recipe": self.recipe}), 78) if line]
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "fp32": self.fp32.to_dict(), "reduced": self.reduced.to_dict(),

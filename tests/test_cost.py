@@ -136,8 +136,11 @@ def test_compare_bench_report_and_gate(cli, tmp_path):
     timed = [lay for lay in report.layers if lay.time_ms is not None]
     assert timed and sum(lay.time_share for lay in timed) == pytest.approx(1.0)
     assert all(lay.ref_time_ms is None or lay.ref_time_ms > 0 for lay in report.layers)
-    for line in stdout.splitlines():
-        assert len(line) <= 80 or line.startswith(("layerdiff compare", "18 layers", "report written")), line
+    for line in stdout.splitlines():  # prose lines are not broken when piped (a terminal wraps them)
+        assert len(line) <= 80 or line.startswith(("layerdiff compare", "18 layers", "report written",
+                                                   "warning: unsteady timings")), line
+    c = report.cost
+    assert len(c.reference.round_medians_ms) == len(c.candidate.round_medians_ms) == 3  # 5 runs in 3 turns
 
 
 def test_gate_max_abs_is_the_plain_sessions_worst_error(cli, tmp_path, int8):
@@ -524,3 +527,38 @@ def test_ctrl_c_while_timing_the_answer_ends_interrupted_with_the_answer_checked
     result = bisect(session, "ort-int8", target, holdout=held, evidence=False, bench=5)
     assert result.status == "interrupted" and result.cost is None and result.outcome.passed
     assert result.holdout is not None and result.holdout.holds  # what finished before is kept
+
+
+def _plan(median, p90, turns=()):
+    from layerdiff.cost import PlanCost
+
+    return PlanCost(median, p90, 30, 5, None, 1, None, None, None, "CPUExecutionProvider", "m",
+                    round_medians_ms=turns)
+
+
+def test_unsteady_timings_are_said_and_steady_ones_are_not():
+    from layerdiff.cost import RecipeCost, unsteady
+
+    steady = {"FP32 model": _plan(1.0, 1.3, (0.98, 1.0, 1.05)), "candidate": _plan(2.0, 2.2, (2.0, 2.1, 1.9))}
+    assert unsteady(steady) == ""
+    moved = dict(steady, candidate=_plan(2.0, 2.2, (1.5, 2.0, 2.4)))  # one turn 60% slower than another
+    said = unsteady(moved)
+    assert said.startswith("unsteady timings (candidate: medians of 1.5 to 2.4 ms in its turns)")
+    tail = dict(steady, **{"FP32 model": _plan(1.0, 9.8)})  # untimed in turns, a p90 far from the median
+    assert "FP32 model: p90 9.8x its median" in unsteady(tail)
+    lines = RecipeCost("int8", _plan(1.0, 1.1, (1.0, 1.0)), _plan(2.0, 2.1, (1.0, 3.0)), _plan(1.5, 1.6)).lines()
+    assert any("unsteady timings (all-INT8: medians of 1 to 3 ms" in line for line in lines)
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_plans_are_timed_in_turns_and_pooled(int8):
+    from layerdiff.bench import Job, time_in_turns
+
+    cnn_samples = int8[0].samples
+    jobs = [Job(CNN, ["CPUExecutionProvider"], "all", "a"), Job(CNN, ["CPUExecutionProvider"], "disabled", "b")]
+    a, b = time_in_turns(jobs, cnn_samples, runs=7, warmup=1, rounds=3, profile_runs=2)
+    for t in (a, b):
+        assert t.cost.runs == 7 and len(t.cost.round_medians_ms) == 3
+        assert min(t.cost.round_medians_ms) <= t.cost.latency_ms_median <= max(t.cost.round_medians_ms)
+        assert t.node_ms and t.optimized is not None  # profiled once, in the first turn
+        assert t.cost.size_bytes == CNN.stat().st_size
