@@ -235,8 +235,9 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         if on_outcome:
             on_outcome(outcome, count[0], bound, cached)
 
+    reserve = TIME_EVALS if costs is not None and strategy == "auto" and max_evals is None else 0
     search = Search(pinnable, test, target.better, max_evals=bound, known=known, on_outcome=seen, jobs=jobs,
-                    cancel=cancel, cost=costs.of if costs is not None else None)
+                    cancel=cancel, cost=costs.of if costs is not None else None, reserve=reserve)
     # plans evaluated side by side share the cores: on 2 cores, two sessions of one thread each evaluate
     # the PP-OCRv4 detector 25% faster than one after another with two threads each (scripts/bench_bisect.py)
     share = INTRA_OP_THREADS.set(max(1, _cores() // jobs)) if jobs > 1 else None

@@ -65,10 +65,14 @@ class Search:
     def __init__(self, order: Sequence[str], test: Callable[[frozenset[str]], Outcome],
                  better: Callable[[float, float], bool], *, max_evals: int, known: Iterable[Outcome] = (),
                  on_outcome: Callable[[Outcome, bool], None] | None = None, jobs: int = 1,
-                 cancel: threading.Event | None = None, cost: Callable[[Iterable[str]], float] | None = None):
+                 cancel: threading.Event | None = None, cost: Callable[[Iterable[str]], float] | None = None,
+                 reserve: int = 0):
         self.order = list(order)
         self.cost = cost  # --objective time: a plan's estimated cost; among equally small answers, the cheapest
         self._test, self.better, self.max_evals = test, better, max_evals
+        # the last `reserve` evaluations are `cheapen`'s alone: the search itself stops where objective
+        # pins' would, so that both give the same number of pins
+        self._limit = max_evals - max(0, min(reserve, max_evals - 2))
         self.cache: dict[frozenset[str], Outcome] = {o.pins: o for o in known}
         self.on_outcome, self.jobs, self.cancel = on_outcome, max(1, jobs), cancel
         self._lock = threading.Lock()
@@ -89,7 +93,7 @@ class Search:
                 if self.on_outcome:
                     self.on_outcome(outcome, True)
                 return outcome
-            if len(self.cache) >= self.max_evals:
+            if len(self.cache) >= self._limit:
                 raise OutOfEvaluations
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("search cancelled")
@@ -105,7 +109,7 @@ class Search:
         context); None where the budget ran out."""
         sets = [frozenset(s) for s in sets]
         fresh = list(dict.fromkeys(s for s in sets if s not in self.cache))
-        room = max(0, self.max_evals - len(self.cache))
+        room = max(0, self._limit - len(self.cache))
         if self.jobs > 1 and len(fresh) > 1 and room:
             with ThreadPoolExecutor(self.jobs) as pool:
                 for future in [pool.submit(contextvars.copy_context().run, self._try, s) for s in fresh[:room]]:
@@ -243,6 +247,7 @@ class Search:
         the number of pins, so the answer stays as small; it costs at most 2 * window evaluations a pin,
         and stops where the budget ends (keeping the swaps made)."""
         assert self.cost is not None
+        self._limit = self.max_evals
         current = set(pins)
         one = lambda n: self.cost((n,))  # noqa: E731
         try:
@@ -303,16 +308,19 @@ class Search:
                 # the fewest pins, as objective pins takes them: a cheaper start could prune to more pins
                 best = min(answers, key=len) if answers else self.ddmin(starts[0])
                 found = self.test(self.prune(best))
-                self.unswapped = found.pins
-                if self.cost is not None:
-                    found = self.test(self.cheapen(found.pins))  # a plan it tested: cached, no evaluation
         except OutOfEvaluations:
             complete = False
         best = self.best()
         assert best is not None
         if found is None or (not complete and best.passed and len(best.pins) < len(found.pins)):
             found = best
-        elif self.cost is not None and best.passed and len(best.pins) == len(found.pins) and \
+        if strategy == "auto" and found.passed:
+            self.unswapped = found.pins
+            if self.cost is not None:  # also where the search ran out: the reserve is the swaps' own
+                found = self.test(self.cheapen(found.pins))  # a plan it tested: cached, no evaluation
+                best = self.best()
+                assert best is not None
+        if self.cost is not None and best.passed and len(best.pins) == len(found.pins) and \
                 self.cost(best.pins) < self.cost(found.pins):
             found = best  # an evaluated plan as small as the answer and cheaper
         return SearchResult("found" if complete else "budget", found, self)

@@ -313,3 +313,22 @@ def test_objective_time_keeps_the_fewest_pins_where_pins_do_not_add_up():
         assert timed.outcome.passed and len(timed.outcome.pins) == len(plain.outcome.pins)
         assert timed.search.unswapped == plain.outcome.pins
         assert costed(costs)(timed.outcome.pins) <= costed(costs)(plain.outcome.pins) + 1e-12
+
+
+def test_objective_time_searches_within_objective_pins_budget_and_swaps_in_its_reserve():
+    """A budget that ends inside the search: objective time's search stops where objective pins' does
+    (the same plans, so as many pins), and its reserve of evaluations goes to the swaps alone."""
+    groups = [{"n3", "n4"}, {"n20", "n21"}, {"n33", "n34"}]
+    costs = {n: 1.0 for n in NODES} | {"n4": 0.1, "n21": 0.1, "n34": 0.1}
+    full = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=1000).run("auto")
+    budget = full.evaluations - 4  # objective pins runs out inside its search
+    plain = Search(NODES, any_of(groups), lambda a, b: a > b, max_evals=budget).run("auto")
+    assert plain.status == "budget" and plain.outcome.passed
+    calls: list = []
+    timed = Search(NODES, any_of(groups, calls), lambda a, b: a > b, max_evals=budget + 10, cost=costed(costs),
+                   reserve=10).run("auto")
+    assert timed.status == "budget" and len(timed.outcome.pins) == len(plain.outcome.pins)
+    assert len(timed.search.unswapped) == len(plain.outcome.pins)
+    assert set(calls[:budget]) == set(plain.search.cache)  # the same plans searched
+    assert budget < timed.evaluations <= budget + 10  # the reserve went to swaps
+    assert costed(costs)(timed.outcome.pins) < costed(costs)(plain.outcome.pins)
