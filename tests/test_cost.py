@@ -222,6 +222,21 @@ def test_the_tui_shows_and_sorts_by_kernel_time(cli, tmp_path):
     columns, _ = asyncio.run(go(untimed, False))
     assert "time_ms" not in columns
 
+    async def screen_at_80(report):
+        app = LayerdiffApp(report, out)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            table = app.query_one(LayerTable)
+            return table.columns, [table.render_line(y).text for y in range(3)]
+
+    columns, lines = asyncio.run(screen_at_80(report))
+    shown = 78  # 80 columns less the table's scrollbar
+    end = sum(w for _, _, w in columns[:[k for k, _, _ in columns].index("time_ms") + 1]) + \
+        (1 + [k for k, _, _ in columns].index("time_ms")) * 1
+    assert end <= shown, columns  # every metric, the time too, without scrolling sideways
+    first = report.layers[0]
+    assert " ms " in lines[0][:shown] and f"{first.time_ms:.3g}" in lines[1][:shown]
+
 
 def test_speedup_kept():
     from layerdiff.bench import unavailable

@@ -44,10 +44,13 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
 
 # table columns in display order: (key, header, width); the numbers first and the op last, so that an
 # 80-column terminal shows every metric without scrolling sideways
+# (the index column is as wide as the largest index; the layer column takes the width left over)
 TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
-         ("local_cosine", "local cos", 9), ("cosine", "acc cos", 9), ("flags", "flg", 3),
-         ("max_abs", "max abs", 8), ("sqnr", "SQNR dB", 7), ("time_ms", "ms", 7), ("op", "op", 16))
+         ("local_cosine", "loc cos", 8), ("cosine", "acc cos", 8), ("flags", "flg", 3),
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR", 6), ("time_ms", "ms", 6), ("op", "op", 16))
 assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
+
+
 def table_for(timed: bool):
     """(columns, cells) of the table: the time column only where the report has per-row times."""
     if timed:
@@ -57,7 +60,7 @@ def table_for(timed: bool):
         c for i, c in enumerate(row_cells(row, pinned)) if i != at)
 
 
-NAME_WIDTH = (16, 48)  # the layer column takes the room left over, within these bounds
+NAME_WIDTH = (12, 48)  # the layer column takes the room left over, within these bounds
 
 
 class LayerTable(ScrollView, can_focus=True):
@@ -92,12 +95,18 @@ class LayerTable(ScrollView, can_focus=True):
         self.width_total = sum(w for _, _, w in self.columns) + GAP * (len(self.columns) + 1)
 
     def on_resize(self, event) -> None:
-        """The layer (name) column takes the width the others leave, within NAME_WIDTH."""
-        others = sum(w for key, _, w in self.columns if key != "name") + GAP * (len(self.columns) + 1)
+        self._layout()
+
+    def _layout(self) -> None:
+        """The index column as wide as the largest index; the layer (name) column takes the width the
+        others leave, within NAME_WIDTH."""
+        index = max(2, len(str(max((r.index for r in self.rows), default=0))))
+        widths = {k: index if k == "index" else w for k, _, w in self.columns}
+        others = sum(w for k, w in widths.items() if k != "name") + GAP * (len(self.columns) + 1)
         room = self.size.width - 2 - others  # less the vertical scrollbar
-        name = max(NAME_WIDTH[0], min(NAME_WIDTH[1], room))
-        self.columns = tuple((k, h, name if k == "name" else w) for k, h, w in self.columns)
-        self.width_total = others + name
+        widths["name"] = max(NAME_WIDTH[0], min(NAME_WIDTH[1], room))
+        self.columns = tuple((k, h, widths[k]) for k, h, _ in self.columns)
+        self.width_total = others + widths["name"]
         self.virtual_size = Size(self.width_total, len(self.rows) + 1)
         self.refresh()
 
@@ -108,7 +117,7 @@ class LayerTable(ScrollView, can_focus=True):
         self.rows = list(rows)
         self.position = {r.key: i for i, r in enumerate(self.rows)}
         self.pins = pins
-        self.virtual_size = Size(self.width_total, len(self.rows) + 1)
+        self._layout()
         at = self.position.get(keep, 0) if keep is not None else 0
         self.cursor = min(at, max(0, len(self.rows) - 1))
         self.refresh()
