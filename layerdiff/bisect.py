@@ -266,7 +266,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     warnings = list(_warnings(target, baseline, status))
     finalists: tuple[Finalist, ...] = ()
     race_runs = bench or DEFAULT_RUNS
-    if costs is not None and status == "budget":
+    if costs is not None and status == "budget" and reserve == 0:
         warnings.append(f"--objective time: the budget of {bound} evaluations ended in the search, so few or no "
                         "cheaper plans were tried; give --max-evals more")
     if costs is not None and status in ("found", "budget", "max-pins") and outcome.passed and outcome.pins:

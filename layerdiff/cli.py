@@ -110,13 +110,13 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     from layerdiff.bench import check_runs
 
     check_runs(bench, warmup)
-    if min_speedup is not None and bench is None:
-        raise BadInput("--min-speedup compares measured latencies: add --bench (e.g. --bench 50)")
     if max_size_ratio is not None and candidate.startswith(IMPORTED):
         raise BadInput("--max-size-ratio: imported results have no candidate model whose size could be measured")
     if min_speedup is not None and candidate.startswith(IMPORTED):
         raise BadInput("--min-speedup: imported results have no candidate to time here; time the engine where it "
                        "runs (trtexec), or compare with a trt-* candidate on that machine")
+    if min_speedup is not None and bench is None:
+        raise BadInput("--min-speedup compares measured latencies: add --bench (e.g. --bench 50)")
     if trt_profile:
         if not Path(trt_profile).is_file():
             raise BadInput(f"TensorRT profile not found: {trt_profile} (write one with trtexec --exportProfile=FILE)")

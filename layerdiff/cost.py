@@ -43,14 +43,15 @@ class PlanCost(_Plain):
 
 def unsteady(costs: Mapping[str, PlanCost], spread_limit: float = 1.2, tail_limit: float = 2.0) -> str:
     """A warning, in words, where timings moved so much that comparing their medians is uncertain: a
-    plan's turn medians more than `spread_limit` apart (highest over lowest), or its p90 more than
+    plan's turn medians (of 5 runs or more each) more than `spread_limit` apart, or its p90 more than
     `tail_limit` times its median; "" when they held still."""
     found = []
     for label, c in costs.items():
         if c.latency_ms_median is None or c.latency_ms_median <= 0:
             continue
         turns = [m for m in c.round_medians_ms if m > 0]
-        if len(turns) > 1 and max(turns) / min(turns) > spread_limit:
+        # a turn of fewer than 5 runs has a median too rough to compare with another's
+        if len(turns) > 1 and c.runs >= 5 * len(turns) and max(turns) / min(turns) > spread_limit:
             found.append((max(turns) / min(turns), f"{label}: medians of {min(turns):.3g} to {max(turns):.3g} ms "
                                                    "in its turns"))
         tail = (c.latency_ms_p90 or 0.0) / c.latency_ms_median

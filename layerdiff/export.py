@@ -80,8 +80,8 @@ def _model_names(recipe: Recipe, tool: str) -> tuple[str, ...]:
     if bad is not None:
         g = generated[bad]
         why = "has no name" if g["name"] == "" else f"shares its name '{g['name']}' with another node"
-        raise BadInput(f"node {bad} {why} in the model ({bad} is layerdiff's name for it), so {tool} cannot exclude "
-                       "it by name: give the model's nodes unique names, or use --format onnx, which puts the "
+        ours = f" ({bad} is layerdiff's name for it)" if bad != g["name"] else ""
+        raise BadInput(f"node {bad} {why} in the model{ours}, so {tool} cannot exclude it by name: give the model's nodes unique names, or use --format onnx, which puts the "
                        "recipe in the model itself")
     return recipe.nodes
 

@@ -131,11 +131,14 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
 def names_in_model(layers, nodes) -> dict[str, dict[str, str]]:
     """{node: {"name": its name in the model file ("" when it has none), "output": its first output}}
     for the `nodes` whose names layerdiff gave (graph.Layer.named is False: the node had no name, or
-    shared one), so that exports can name them as a build tool will (TensorRT's ONNX parser calls an
+    shared one) and for those whose name another node shares (the one that kept it), so that exports can name them as a build tool will (TensorRT's ONNX parser calls an
     unnamed node's layer "node_of_" + its first output) or say that they cannot."""
+    from collections import Counter
+
     wanted = set(nodes)
+    uses = Counter(lay.model_name for lay in layers if lay.model_name)
     return {lay.name: {"name": lay.model_name, "output": lay.outputs[0] if lay.outputs else ""}
-            for lay in layers if lay.name in wanted and not lay.named}
+            for lay in layers if lay.name in wanted and (not lay.named or uses[lay.model_name] > 1)}
 
 
 def objective_time(result) -> dict[str, Any]:

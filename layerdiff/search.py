@@ -122,15 +122,15 @@ class Search:
         except OutOfEvaluations:
             return None
 
-    def best(self) -> Outcome | None:
-        """The passing outcome with the fewest pins (then, with `cost`, the cheapest; then the best
-        metric); else the best metric."""
+    def best(self, by_cost: bool = True) -> Outcome | None:
+        """The passing outcome with the fewest pins (then, with `cost` and `by_cost`, the cheapest; then
+        the best metric); else the best metric."""
         outcomes = list(self.cache.values())
         pool = [o for o in outcomes if o.passed]
         if pool:
             fewest = min(len(o.pins) for o in pool)
             pool = [o for o in pool if len(o.pins) == fewest]
-            if self.cost is not None:
+            if self.cost is not None and by_cost:
                 cheapest = min(self.cost(o.pins) for o in pool)
                 pool = [o for o in pool if self.cost(o.pins) <= cheapest]
         else:
@@ -310,10 +310,11 @@ class Search:
                 found = self.test(self.prune(best))
         except OutOfEvaluations:
             complete = False
-        best = self.best()
+        best = self.best(by_cost=False)  # objective pins' choice, also where the budget ended
         assert best is not None
         if found is None or (not complete and best.passed and len(best.pins) < len(found.pins)):
             found = best
+        best = self.best()
         if strategy == "auto" and found.passed:
             self.unswapped = found.pins
             if self.cost is not None:  # also where the search ran out: the reserve is the swaps' own

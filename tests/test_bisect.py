@@ -531,6 +531,14 @@ def test_exports_refuse_a_node_whose_name_another_node_shares(renamed_cnn, cli, 
         code, out, err = cli("export", path, "--format", fmt)
         assert code == 2 and out == "" and "shares its name 'conv3' with another node" in err, (fmt, err)
         assert len(err.strip().splitlines()) == 1
+    # the node that kept the shared name is refused too: TensorRT and the quantizers cannot tell it apart
+    first = tmp_path / "first.json"
+    conv3_out = next(n.output[0] for n in second if n.name == "conv3" and "conv3" in n.input[1])
+    (kept,) = [p.node for p in _fake_recipe(model, [conv3_out], first, error=0.5).pins]
+    assert kept == "conv3"
+    for fmt in ("trtexec", "polygraphy", "modelopt", "ort"):
+        code, out, err = cli("export", first, "--format", fmt)
+        assert code == 2 and out == "" and "node conv3 shares its name 'conv3' with another node" in err, (fmt, err)
     # the recipe in the model itself is still there to take
     code, _, err = cli("export", path, "--format", "onnx", "--model", model, "-o", tmp_path / "m.onnx")
     assert code == 0, err

@@ -182,10 +182,11 @@ def test_bad_cost_flags_give_one_line_and_exit_2(cli, tmp_path, args, message):
 def test_imported_results_refuse_bounds_on_what_only_a_run_here_measures(cli, tmp_path, bound):
     results = tmp_path / "results.json"
     results.write_text("{}")
-    code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", FIXTURES / "cnn_inputs",
-                       "--bench", "3", bound, "0.5", "-o", tmp_path / "r.json")
-    assert code == 2 and err.startswith(f"layerdiff: error: {bound}: imported results have no candidate")
-    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+    for bench in (["--bench", "3"], []):  # said first: adding --bench would not help
+        code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs",
+                           FIXTURES / "cnn_inputs", *bench, bound, "0.5", "-o", tmp_path / "r.json")
+        assert code == 2 and err.startswith(f"layerdiff: error: {bound}: imported results have no candidate")
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
 
 
 def test_the_tui_shows_and_sorts_by_kernel_time(cli, tmp_path):
@@ -544,10 +545,10 @@ def test_ctrl_c_while_timing_the_answer_ends_interrupted_with_the_answer_checked
     assert result.holdout is not None and result.holdout.holds  # what finished before is kept
 
 
-def _plan(median, p90, turns=()):
+def _plan(median, p90, turns=(), runs=30):
     from layerdiff.cost import PlanCost
 
-    return PlanCost(median, p90, 30, 5, None, 1, None, None, None, "CPUExecutionProvider", "m",
+    return PlanCost(median, p90, runs, 5, None, 1, None, None, None, "CPUExecutionProvider", "m",
                     round_medians_ms=turns)
 
 
@@ -559,6 +560,7 @@ def test_unsteady_timings_are_said_and_steady_ones_are_not():
     moved = dict(steady, candidate=_plan(2.0, 2.2, (1.5, 2.0, 2.4)))  # one turn 60% slower than another
     said = unsteady(moved)
     assert said.startswith("unsteady timings (candidate: medians of 1.5 to 2.4 ms in its turns)")
+    assert unsteady(dict(steady, candidate=_plan(2.0, 2.2, (1.5, 2.0, 2.4), runs=6))) == ""  # 2 runs a turn
     tail = dict(steady, **{"FP32 model": _plan(1.0, 9.8)})  # untimed in turns, a p90 far from the median
     assert "FP32 model: p90 9.8x its median" in unsteady(tail)
     lines = RecipeCost("int8", _plan(1.0, 1.1, (1.0, 1.0)), _plan(2.0, 2.1, (1.0, 3.0)), _plan(1.5, 1.6)).lines()
