@@ -69,27 +69,32 @@ def _nearest(nodes: Sequence[onnx.NodeProto], owner: dict[str, str]) -> dict[str
         for t in n.output:
             producer[t] = n.name
     by_name = {n.name: n for n in nodes}
+    steps = (lambda m: [c for t in m.output for c in consumers.get(t, ())],
+             lambda m: [producer[t] for t in m.input if t in producer])
     out = dict(owner)
     for n in nodes:
-        if n.name in out:
-            continue
-        for step in (lambda m: [c for t in m.output for c in consumers.get(t, ())],
-                     lambda m: [producer[t] for t in m.input if t in producer]):
-            seen, queue = {n.name}, deque(step(n))
-            found = None
-            while queue and found is None:
-                name = queue.popleft()
-                if name in seen:
-                    continue
-                seen.add(name)
-                if name in owner:
-                    found = owner[name]
-                elif name in by_name:
-                    queue.extend(step(by_name[name]))
+        if n.name not in out:
+            found = _walk(n, steps, owner, by_name)
             if found is not None:
                 out[n.name] = found
-                break
     return out
+
+
+def _walk(start, steps, owner: Mapping[str, str], by_name: Mapping[str, object]) -> str | None:
+    """The owner of the nearest item from `start` (an ONNX node or an engine layer, by `.name`) that
+    has one, breadth first along each of `steps` in turn (what it feeds, then what feeds it)."""
+    for step in steps:
+        seen, queue = {start.name}, deque(step(start))
+        while queue:
+            name = queue.popleft()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in owner:
+                return owner[name]
+            if name in by_name:
+                queue.extend(step(by_name[name]))
+    return None
 
 
 def attribute(node_ms: Mapping[str, float], optimized: onnx.ModelProto | None, model: onnx.ModelProto,
@@ -251,21 +256,11 @@ def engine_layer_rows(rows, info) -> dict[str, str]:
         row = direct.get(lay.serves or "") or next((by_node[n] for n in lay.onnx_nodes if n in by_node), None)
         if row is not None:
             owner[lay.name] = row
+    steps = (lambda m: [r for t in m.outputs for r in readers.get(t.name, ())],
+             lambda m: [writer[t.name] for t in m.inputs if t.name in writer])
     for lay in layers:
-        if lay.name in owner:
-            continue
-        for step in (lambda m: [r for t in m.outputs for r in readers.get(t.name, ())],
-                     lambda m: [writer[t.name] for t in m.inputs if t.name in writer]):
-            seen, queue, found = {lay.name}, deque(step(lay)), None
-            while queue and found is None:
-                name = queue.popleft()
-                if name in seen or name not in by_name:
-                    continue
-                seen.add(name)
-                found = owner.get(name)
-                if found is None:
-                    queue.extend(step(by_name[name]))
+        if lay.name not in owner:
+            found = _walk(lay, steps, owner, by_name)
             if found is not None:
                 owner[lay.name] = found
-                break
     return owner
