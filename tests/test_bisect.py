@@ -402,6 +402,40 @@ def test_fp16_nodes_pinned_side_by_side_exchange_fp32_values():
     assert big.input[0] == "x"  # the graph input, not a round trip through FP16
 
 
+def test_fp16_keeps_an_integer_cast_to_float_before_a_node_left_in_fp32(tmp_path):
+    """YOLOv8's head: Shape -> Gather -> Cast(to FLOAT) -> Range. The converter turns the model's Cast
+    into one to FP16 and casts back up before Range (which it leaves in FP32): that is no round trip of
+    an FP32 tensor, and Range must keep reading a float (it read the int64 and the candidate did not
+    load: a new user's crash on NudeNet's YOLOv8)."""
+    import layerdiff
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    r = helper.make_tensor_value_info("r", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(np.full((4, 3, 1, 1), 0.1, np.float32), "w")
+    inits = [w, numpy_helper.from_array(np.array([2], np.int64), "axis_idx"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "start"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "delta")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("Shape", ["y"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "axis_idx"], ["h"], name="gather", axis=0),
+             helper.make_node("Squeeze", ["h"], ["h0"], name="squeeze"),
+             helper.make_node("Cast", ["h0"], ["hf"], name="cast", to=TensorProto.FLOAT),
+             helper.make_node("Range", ["start", "hf", "delta"], ["r"], name="range")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, r], inits),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "range.onnx"
+    onnx.save(model, path)
+    session = layerdiff.prepare(path)
+    cand = session.candidate("ort-fp16")
+    range_node = next(n for n in cand.model.graph.node if n.name == "range")
+    assert range_node.input[1] != "h0"  # it reads a float, not the int64
+    feed = session.samples.feeds[0]
+    got, want = run_plain(cand.model.SerializeToString(), feed), run_plain(str(path), feed)
+    np.testing.assert_array_equal(got["r"], want["r"])
+
+
 def test_fp16_pinned_layers_read_their_constant_weights_unrounded(tmp_path):
     # weights as Constant nodes (PaddlePaddle's exports): a pinned layer must not read them rounded to
     # FP16 and cast back up; with every compute node pinned the candidate is the FP32 model bit for bit

@@ -56,7 +56,9 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     del candidate.graph.output[:]
     candidate.graph.output.extend(converted.get(o.name, o) for o in outputs)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
-    _drop_round_trips(candidate)
+    # the element types of the converted graph (the converter renames tensors, such as a graph output's
+    # producer's), the FP32 model's where inference could not tell
+    _drop_round_trips(candidate, {**model.tensor_types, **proto_tensor_types(candidate)})
     return candidate
 
 
@@ -81,13 +83,16 @@ def _keep_fp32(model: LoadedModel, plan: PrecisionPlan) -> list[str]:
     return [layer.name for layer in model.layers if layer.name in keep]
 
 
-def _drop_round_trips(model: onnx.ModelProto) -> None:
+def _drop_round_trips(model: onnx.ModelProto, types: dict[str, int]) -> None:
     """The converter casts every tensor between two nodes it left in FP32 (and a graph input read by one)
     down to FP16 and back up: a rounding, and an overflow to inf beyond 65504, that no FP16 kernel asked
-    for. Readers of such a round trip read the FP32 tensor itself; casts nothing reads any more go."""
+    for. Readers of such a round trip read the FP32 tensor itself; casts nothing reads any more go.
+    `types` are the converted graph's element types: only a tensor that is FP32 there is such a round trip
+    (the converter also turns a model's own Cast to FP32 of an integer, Shape -> Cast -> Range in a
+    YOLOv8 head, into a Cast to FP16, which a Cast back up before an FP32 node follows: that integer
+    is no FP32 tensor, and a tensor of unknown type is left alone)."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output if o}
-    types = {t.name: t.data_type for t in graph.initializer}
 
     def to(node) -> int | None:
         return next((a.i for a in node.attribute if a.name == "to"), None)
@@ -98,7 +103,7 @@ def _drop_round_trips(model: onnx.ModelProto) -> None:
             continue
         down = producer.get(node.input[0])
         if down is not None and down.op_type == "Cast" and to(down) == TensorProto.FLOAT16 \
-                and types.get(down.input[0], TensorProto.FLOAT) == TensorProto.FLOAT:
+                and types.get(down.input[0]) == TensorProto.FLOAT:
             back[node.output[0]] = down.input[0]
     if not back:
         return
