@@ -14,6 +14,7 @@ from layerdiff.backends.fake import FakeBackend
 from layerdiff.bisect import bisect, prepare_split, split_samples
 from layerdiff.errors import BadInput
 from layerdiff.export import ort_quantize_settings
+from layerdiff.plan import PrecisionPlan
 from layerdiff.recipe import load_recipe, recipe_dict, write_recipe
 from layerdiff.target import Target
 from tests.conftest import FIXTURES, cosine64, run_plain
@@ -434,6 +435,35 @@ def test_fp16_keeps_an_integer_cast_to_float_before_a_node_left_in_fp32(tmp_path
     feed = session.samples.feeds[0]
     got, want = run_plain(cand.model.SerializeToString(), feed), run_plain(str(path), feed)
     np.testing.assert_array_equal(got["r"], want["r"])
+
+
+def test_fp16_two_pinned_readers_of_one_fp16_tensor_load(tmp_path):
+    """Two nodes kept in FP32 reading one FP16 tensor: the converter gives each a Cast up of the same
+    name and output, which ONNX Runtime refuses to load; layerdiff keeps one (the pinned nodes then
+    compute exactly what the FP32 model does on the FP16-rounded tensor)."""
+    import layerdiff
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16]) for n in ("a", "b")]
+    inits = [numpy_helper.from_array(np.full((1, 16), 1.5, np.float32), "k")]
+    nodes = [helper.make_node("Relu", ["x"], ["t"], name="relu"),
+             helper.make_node("Add", ["t", "k"], ["a"], name="add"),
+             helper.make_node("Mul", ["t", "t"], ["b"], name="mul")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "two_readers.onnx"
+    onnx.save(model, path)
+    session = layerdiff.prepare(path)
+    cand = session.candidate("ort-fp16", PrecisionPlan.uniform("fp16", ["add", "mul"]))
+    names = [n.name for n in cand.model.graph.node]
+    assert len(names) == len(set(names))
+    feed = session.samples.feeds[0]
+    t16 = np.maximum(feed["x"], 0).astype(np.float16).astype(np.float32)
+    # the model layerdiff runs (the CPU has no FP16 Relu: emulated, its output rounded to FP16)
+    got = run_plain(cand.executed.SerializeToString(), feed)
+    np.testing.assert_array_equal(got["a"], t16 + np.float32(1.5))
+    np.testing.assert_array_equal(got["b"], t16 * t16)
 
 
 def test_fp16_pinned_layers_read_their_constant_weights_unrounded(tmp_path):

@@ -56,6 +56,7 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     del candidate.graph.output[:]
     candidate.graph.output.extend(converted.get(o.name, o) for o in outputs)
     candidate.ir_version = min(candidate.ir_version, max_ir_version())
+    _drop_duplicate_casts(candidate)
     # the element types of the converted graph (the converter renames tensors, such as a graph output's
     # producer's), the FP32 model's where inference could not tell
     _drop_round_trips(candidate, {**model.tensor_types, **proto_tensor_types(candidate)})
@@ -81,6 +82,26 @@ def _keep_fp32(model: LoadedModel, plan: PrecisionPlan) -> list[str]:
                 r in keep for t in layer.outputs for r in readers.get(t, ())):
             keep.add(layer.name)
     return [layer.name for layer in model.layers if layer.name in keep]
+
+
+def _drop_duplicate_casts(model: onnx.ModelProto) -> None:
+    """The converter (onnxruntime 1.31's float16.py) gives each node it leaves in FP32 its own Cast up
+    of every FP16 input, named after the input alone: two such nodes reading one FP16 tensor (or one
+    node reading it twice) get two Casts of one name writing one tensor, which ONNX Runtime refuses to
+    load ("two nodes with same node name": a new user's FP16 bisect of Magika's model). The copies
+    compute the same value: the first stays."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            key = node.SerializeToString(deterministic=True)
+            if key in seen:
+                continue
+            seen.add(key)
+        keep.append(node)
+    if len(keep) < len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
 
 
 def _drop_round_trips(model: onnx.ModelProto, types: dict[str, int]) -> None:
