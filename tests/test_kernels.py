@@ -130,3 +130,66 @@ def test_real_models_rows_are_kernels():
         indices = [lay.index for lay in report.layers]
         assert indices == sorted(indices)  # weights computed in the graph never lead a row out of order
         assert report.counts.unpaired == 0
+
+
+def _conv_slice(tmp_path):
+    """x -> Conv -> Slice -> Q/DQ -> Add (k) -> out, and its FP32 model. ONNX Runtime's QDQ propagation
+    moves the QuantizeLinear up across the Slice to the Conv's output, which it renames y_pre_q; the
+    Slice then runs on INT8 values and the Conv, a float NCHWc kernel, writes y_pre_q."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", T.FLOAT, [1, 4, 8, 8])
+    out = helper.make_tensor_value_info("out", T.FLOAT, [1, 2, 8, 8])
+    common = [numpy_helper.from_array((rng.normal(size=(4, 4, 3, 3)) * 0.2).astype(np.float32), "w"),
+              numpy_helper.from_array(np.array([0], np.int64), "starts"),
+              numpy_helper.from_array(np.array([2], np.int64), "ends"),
+              numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    conv = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Slice", ["y", "starts", "ends", "axes"], ["s"], name="slice")]
+    fp32 = helper.make_graph(conv + [helper.make_node("Add", ["s", "k"], ["out"], name="add")], "g", [x], [out],
+                             common + [numpy_helper.from_array(np.full((1, 2, 8, 8), 0.15, np.float32), "k")])
+    qdq = helper.make_graph(conv + [
+        helper.make_node("QuantizeLinear", ["s", "s_scale", "s_zp"], ["s_q"], name="s_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", ["s_q", "s_scale", "s_zp"], ["s_dq"], name="s_DequantizeLinear"),
+        helper.make_node("DequantizeLinear", ["k_q", "k_scale", "k_zp"], ["k"], name="k_DequantizeLinear"),
+        helper.make_node("Add", ["s_dq", "k"], ["out"], name="add")], "g", [x], [out], common + [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "s_zp"),
+        numpy_helper.from_array(np.full((1, 2, 8, 8), 3, np.int8), "k_q"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "k_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "k_zp")])
+    paths = []
+    for name, graph in (("fp32", fp32), ("qdq", qdq)):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        paths.append(tmp_path / f"conv_slice_{name}.onnx")
+        onnx.save(model, paths[-1])
+    return paths
+
+
+def test_a_value_renamed_by_qdq_propagation_keeps_its_kernel_and_its_row(tmp_path):
+    """A new user's Magika recipe: the pinned Conv was reported 'ran int8' because ONNX Runtime's QDQ
+    propagation renamed its output NAME_pre_q, so the Conv and the INT8 Slice after it became one row
+    labelled by the Slice. The Conv is its own row, its float kernel named; the Slice runs on INT8."""
+    fp32, qdq = _conv_slice(tmp_path)
+    session = layerdiff.prepare(fp32, seed=3, reference_provider="cpu")
+    cand = session.candidate(str(qdq))
+    view = cand.deployment()
+    assert "y_pre_q" in {o for n in view.graph.node for o in n.output}  # the renaming this is about
+    report = session.compare(cand)
+    conv = report.layer("conv")
+    assert conv.onnx_nodes == ("conv",) and conv.kernels == ("Conv",) and conv.precision == "fp32"
+    assert conv.outputs[0].paired and conv.outputs[0].view == ""
+    assert report.layer("slice").precision == "int8"
+    assert report.capture.exposed_vs_plain_max_abs == 0.0
+    # the value read is the Conv's output as ONNX Runtime computed it (y_pre_q): the FP32 Conv, which
+    # onnx.reference computes here on its own
+    from onnx.reference import ReferenceEvaluator
+    from onnx.utils import Extractor
+
+    only_conv = Extractor(onnx.shape_inference.infer_shapes(onnx.load(fp32))).extract_model(["x"], ["y"])
+    feed = session.samples.feeds[0]
+    with view.open(["y"]) as source:
+        got = source.infer(feed)["y"]
+    np.testing.assert_allclose(got, ReferenceEvaluator(only_conv).run(None, feed)[0], rtol=1e-4, atol=1e-5)

@@ -65,6 +65,7 @@ _OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 
 _DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice", "Gather",
                             "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
 _TOKEN = re.compile(r"_token_\d+$")
+_PRE_Q = "_pre_q"  # the QDQ propagation's new name of the output of the node a QuantizeLinear moved up to
 _LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
         "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
 
@@ -117,9 +118,14 @@ class OrtKernels:
     def _surviving(self, tensor: str) -> bool:
         """A tensor of the optimized graph holding the candidate tensor's value as it is: same name, same
         type, and a shape that agrees (ONNX Runtime's layout passes can keep a name for a transposed value)."""
-        if tensor not in self.kproducer and tensor not in self.kinputs:
+        return self._holds(tensor, tensor)
+
+    def _holds(self, tensor: str, ktensor: str) -> bool:
+        """Whether the optimized graph's `ktensor` holds the candidate's `tensor` as it is: same type, and
+        a shape that agrees."""
+        if ktensor not in self.kproducer and ktensor not in self.kinputs:
             return False
-        ktype, kshape = self._kinfo.get(tensor, (None, None))
+        ktype, kshape = self._kinfo.get(ktensor, (None, None))
         want = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
         if want is not None and ktype not in (None, want):
             return False
@@ -147,6 +153,15 @@ class OrtKernels:
                 kconsumers.setdefault(t, []).append(node)
         out: dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]] = {}
         held: dict[str, str] = {}  # candidate tensor -> the optimized-graph tensor holding it (maybe INT8)
+        # ONNX Runtime's QDQ propagation moves a QuantizeLinear up across data movement (a Slice, a Squeeze)
+        # to right after the node computing the value, whose output it renames NAME_pre_q: the same value
+        for tensor in self.cproducer:
+            renamed = tensor + _PRE_Q
+            if renamed in self.kproducer and not self._surviving(tensor) and self._holds(tensor, renamed):
+                side = SIDE + tensor
+                out[tensor] = (self._behind(self.kproducer[renamed]),
+                               onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
+                held[tensor] = renamed
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
@@ -279,14 +294,16 @@ class OrtKernels:
             first = next((i for s in steps for i in s.input if i and i not in self.cinits and self.available(i)
                           and not i.startswith(SIDE)), None)
             return self.kernel(first) if first else None
-        node = self.kproducer.get(tensor)
-        for _ in range(32):
-            if node is None:
-                return None
-            if not self._inserted(node):
-                break
-            node = self.kproducer.get(node.input[0]) if node.input else None
+        node = self._behind(self.kproducer.get(tensor))
         return self._describe(node) if node is not None else None
+
+    def _behind(self, node: onnx.NodeProto | None) -> onnx.NodeProto | None:
+        """The kernel behind `node`, looking back through the nodes that only carry its value (_inserted)."""
+        for _ in range(32):
+            if node is None or not self._inserted(node):
+                return node
+            node = self.kproducer.get(node.input[0]) if node.input else None
+        return None
 
     def _inserted(self, node: onnx.NodeProto) -> bool:
         """A node that only carries a value to the kernel behind it: Q/DQ, ONNX Runtime's layout changes
