@@ -579,3 +579,25 @@ def test_plans_are_timed_in_turns_and_pooled(int8):
         assert min(t.cost.round_medians_ms) <= t.cost.latency_ms_median <= max(t.cost.round_medians_ms)
         assert t.node_ms and t.optimized is not None  # profiled once, in the first turn
         assert t.cost.size_bytes == CNN.stat().st_size
+
+
+def test_a_kernel_named_after_a_renamed_value_counts_in_its_nodes_row(tmp_path):
+    """ONNX Runtime names the NCHWc Conv after the tensor it writes, which QDQ propagation renamed
+    y_pre_q: "y_pre_q_nchwc" is the Conv's time, not the Slice's."""
+    from layerdiff.bench import time_model
+    from layerdiff.layertimes import attribute, row_of_nodes
+    from tests.test_kernels import _conv_slice
+
+    fp32, qdq = _conv_slice(tmp_path)
+    session = layerdiff.prepare(fp32, seed=3, reference_provider="cpu")
+    cand = session.candidate(str(qdq))
+    report = session.compare(cand)
+    t = time_model(qdq, session.samples, providers=["CPUExecutionProvider"], runs=2, warmup=1, profile_runs=3)
+    named = [n for n in t.node_ms if n.startswith("y_pre_q")]
+    if not named:
+        pytest.skip("this CPU's ONNX Runtime did not rename the Conv's output")
+    times, lost = attribute(t.node_ms, t.optimized, cand.model, row_of_nodes(report.layers, cand.model))
+    assert lost == 0.0
+    assert times["conv"] >= sum(t.node_ms[n] for n in named)
+    assert times["slice"] >= t.node_ms["slice"]  # and the moved QuantizeLinear that feeds it
+    assert sum(times.values()) == pytest.approx(sum(t.node_ms.values()))
