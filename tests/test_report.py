@@ -130,3 +130,16 @@ def test_a_pipe_is_written_through_not_replaced(tmp_path):
     reader.join(10)
     assert got == [b"through the pipe"] and stat.S_ISFIFO(fifo.stat().st_mode)
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def test_dev_stdout_into_a_pipe_is_written_through(tmp_path):
+    """A new user's `layerdiff export R --format trtexec -o /dev/stdout | cat` was refused: /dev/stdout
+    of a process whose standard output is a pipe resolves to /proc/PID/fd/pipe:[N], which is no path."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from layerdiff.files import write_atomic, check_writable; "
+            "check_writable('/dev/stdout'); write_atomic('/dev/stdout', b'through the pipe')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"through the pipe"
