@@ -332,3 +332,16 @@ def test_objective_time_searches_within_objective_pins_budget_and_swaps_in_its_r
     assert set(calls[:budget]) == set(plain.search.cache)  # the same plans searched
     assert budget < timed.evaluations <= budget + 10  # the reserve went to swaps
     assert costed(costs)(timed.outcome.pins) < costed(costs)(plain.outcome.pins)
+
+
+def test_auto_answers_the_best_of_the_equally_small_plans_it_met():
+    """Two single pins pass, one by a wider margin: auto's answer is that one, whichever its search
+    pruned to first (the margin is what held-out inputs need)."""
+    def test(pins):
+        value = 0.99 + 0.006 * ("n5" in pins) + 0.009 * ("n30" in pins)
+        return Outcome(pins, value, (value,), value >= 0.995)
+
+    result = Search(NODES, test, lambda a, b: a > b, max_evals=1000).run("auto")
+    assert result.status == "found" and result.outcome.pins == {"n30"}
+    passing = [o for o in result.search.cache.values() if o.passed and len(o.pins) == 1]
+    assert {o.pins for o in passing} >= {frozenset({"n30"})}
