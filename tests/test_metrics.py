@@ -77,6 +77,22 @@ def test_all_zero_tensors():
     assert one.cosine == 0.0 and one.rel_rms == math.inf and one.sqnr_db == -math.inf and one.max_abs == 1.0
 
 
+def test_one_element_cosine_is_what_its_relative_error_allows():
+    """A [1, 1] tensor 21.6% off had cosine 1 (the sign of one number agrees), shown green in a new
+    user's Magika report beside local rel 0.216; its cosine is now the one a vector with that relative
+    error has, 1 - rel^2 / 2, as the tolerance judges one-element outputs."""
+    m = diff_metrics(np.array([[2.0]]), np.array([[2.432]]))
+    rel = (2.432 - 2.0) / 2.0
+    assert m.rel_rms == pytest.approx(rel, rel=1e-6) and m.cosine == pytest.approx(1 - rel * rel / 2, rel=1e-9)
+    assert diff_metrics(np.array([3.0]), np.array([3.0])).cosine == 1.0
+    assert diff_metrics(np.array([1.0]), np.array([-1.0])).cosine == -1.0  # rel 2: the floor
+    assert diff_metrics(np.array([0.0]), np.array([0.5])).cosine == 0.0  # a zero reference: as before
+    # two elements: the ordinary cosine
+    two = diff_metrics(np.array([2.0, 1.0]), np.array([2.432, 1.0]))
+    r, c = np.array([2.0, 1.0]), np.array([2.432, 1.0])
+    assert two.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c), rel=1e-12)
+
+
 def test_nonfinite_counted_and_excluded():
     ref = np.array([1.0, 2.0, np.nan, 4.0], np.float32)
     cand = np.array([1.0, np.inf, 3.0, 4.5], np.float32)
