@@ -101,13 +101,8 @@ _ASCII_HEAD = box.Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=
 
 
 def precision_label(layer: LayerDiff) -> str:
-    """The precision column: `int8`, `fp16*` (emulated by rounding), `fp32q` (a float kernel on INT8
-    values read through DequantizeLinear), `fp32`, ..."""
-    if layer.precision_emulated:
-        return layer.precision + "*"
-    if layer.dequantized_inputs and layer.precision == "fp32":
-        return "fp32q"
-    return layer.precision
+    """The precision column (LayerDiff.precision_label)."""
+    return layer.precision_label
 
 
 def _line(console: Console, *parts: str | Text) -> None:

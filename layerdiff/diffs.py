@@ -108,6 +108,16 @@ class LayerDiff:
         return max(vals) if vals else None
 
     @property
+    def precision_label(self) -> str:
+        """The precision as tables show it: `int8`, `fp16*` (emulated by rounding), `fp32q` (a float
+        kernel on INT8 values read through DequantizeLinear), `fp32`, ..."""
+        if self.precision_emulated:
+            return self.precision + "*"
+        if self.dequantized_inputs and self.precision == "fp32":
+            return "fp32q"
+        return self.precision
+
+    @property
     def request_realised(self) -> bool | None:
         """None when nothing was requested for this row; else whether the request was realised."""
         if self.requested_precision is None:

@@ -412,3 +412,19 @@ def test_snapshot_detail_of_the_worst_layer_wide(snap_compare):
     from layerdiff.tui.app import LayerdiffApp
 
     assert snap_compare(LayerdiffApp(bench.synthetic_report(60)), press=["w"], terminal_size=(160, 40))
+
+
+def test_the_precision_column_says_what_the_console_says(cnn_report):
+    """A new user saw `fp32` in the TUI where the console said `fp32q` for the same row (a float kernel
+    reading INT8 through DequantizeLinear): both show LayerDiff.precision_label."""
+    from layerdiff.console import precision_label
+    from layerdiff.tui.state import row_view
+
+    from layerdiff.report import load_report
+
+    report = load_report(cnn_report)
+    for layer in report.layers:
+        text = row_view(layer).precision_text
+        assert text.split(">")[-1] == precision_label(layer), layer.name
+    if any(lay.dequantized_inputs and lay.precision == "fp32" for lay in report.layers):
+        assert any(row_view(lay).precision_text.endswith("fp32q") for lay in report.layers)

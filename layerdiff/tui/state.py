@@ -47,13 +47,16 @@ class RowView:
     time_ms: float | None = None  # the candidate's kernel time (compare --bench, --trt-profile)
     time_share: float | None = None
     ref_time_ms: float | None = None
+    label: str = ""  # the realised precision as the console's table shows it (fp32q, fp16*): LayerDiff.precision_label
 
     @property
     def precision_text(self) -> str:
-        """The realised precision, with the requested one where they differ ('fp32>fp16')."""
+        """The realised precision as the console shows it, with the requested one where they differ
+        ('fp32>fp16')."""
+        shown = self.label or self.precision
         if self.requested and self.requested != self.precision and self.precision != "unknown":
-            return f"{self.requested}>{self.precision}"
-        return self.precision
+            return f"{self.requested}>{shown}"
+        return shown
 
     @property
     def flags(self) -> str:
@@ -81,7 +84,7 @@ def row_view(layer: LayerDiff) -> RowView:
         local_rel_rms=_finite(layer.local_rel_rms),
         pinnable=layer.onnx_nodes if layer.kind == "layer" else (),
         time_ms=getattr(layer, "time_ms", None), time_share=getattr(layer, "time_share", None),
-        ref_time_ms=getattr(layer, "ref_time_ms", None))
+        ref_time_ms=getattr(layer, "ref_time_ms", None), label=layer.precision_label)
 
 
 @dataclass(frozen=True)
