@@ -63,7 +63,7 @@ def trt_layer_names(recipe: Recipe, fmt: str) -> tuple[tuple[str, ...], list[str
             out.append(node)
         elif g["name"] == "" and g["output"]:
             out.append("node_of_" + g["output"])
-            notes.append(f"# {out[-1]}: the layer TensorRT's ONNX parser makes of the unnamed node layerdiff "
+            notes.append(f"{out[-1]}: the layer TensorRT's ONNX parser makes of the unnamed node layerdiff "
                          f"calls {node}")
         else:
             raise BadInput(f"node {node} shares its name '{g['name']}' with another node of the model, and TensorRT "
@@ -93,12 +93,21 @@ def trtexec(recipe: Recipe) -> str:
     if nodes:
         flags += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in nodes),
                   "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in nodes)]
-    lines = [f"# layerdiff recipe: {len(nodes)} node(s) kept in FP32 for TensorRT 10 and earlier",
-             "# (TensorRT 11 removed --layerPrecisions, --precisionConstraints and --int8/--fp16: its networks",
-             "#  are strongly typed; build the model from `layerdiff export --format onnx` instead)"]
+    text = (f"layerdiff recipe: {len(nodes)} node(s) kept in FP32 for TensorRT 10 and earlier. TensorRT 11 "
+            "removed --layerPrecisions, --precisionConstraints and --int8/--fp16 (its networks are strongly "
+            "typed): build the model from `layerdiff export --format onnx` instead.")
     if recipe.precision == "int8":
-        lines.append("# INT8 needs a calibration cache (--calib=FILE), or build the Q/DQ model from --format onnx")
-    return "\n".join(lines + notes + ["trtexec " + " ".join(shlex.quote(f) for f in flags)]) + "\n"
+        text += " INT8 needs a calibration cache (--calib=FILE), or build the Q/DQ model from --format onnx."
+    return _comment(text, *notes) + "trtexec " + " ".join(shlex.quote(f) for f in flags) + "\n"
+
+
+def _comment(*paragraphs: str) -> str:
+    """Comment lines ('# ...') of at most 80 columns (a word longer than that, a node name, stays whole)."""
+    import textwrap
+
+    return "".join(f"{line}\n" for p in paragraphs
+                   for line in textwrap.wrap(p, 78, initial_indent="# ", subsequent_indent="# ",
+                                             break_long_words=False, break_on_hyphens=False))
 
 
 def polygraphy(recipe: Recipe) -> str:
@@ -107,11 +116,11 @@ def polygraphy(recipe: Recipe) -> str:
     if nodes:
         args += ["--precision-constraints", "obey", "--layer-precisions", *(f"{n}:float32" for n in nodes)]
     args += ["-o", "model.engine"]
-    note = f"# layerdiff recipe: {len(nodes)} node(s) kept in FP32 (TensorRT 10 and earlier)"
+    text = f"layerdiff recipe: {len(nodes)} node(s) kept in FP32 (TensorRT 10 and earlier)."
     if recipe.precision == "int8":
-        note += "\n# INT8 calibration: add --data-loader-script or --calibration-cache, or convert the --format onnx model"
-    note += "".join("\n" + n for n in notes)
-    return note + "\n" + " ".join(shlex.quote(a) for a in args) + "\n"
+        text += (" INT8 calibration: add --data-loader-script or --calibration-cache, or convert the --format onnx "
+                 "model.")
+    return _comment(text, *notes) + " ".join(shlex.quote(a) for a in args) + "\n"
 
 
 def modelopt(recipe: Recipe) -> str:
@@ -123,10 +132,11 @@ def modelopt(recipe: Recipe) -> str:
             "--calibration_data_path=CALIB.npz", "--high_precision_dtype", "fp32", "--output_path=model.quant.onnx"]
     if patterns:
         args += ["--nodes_to_exclude", *patterns]
-    return ("# layerdiff recipe: ModelOpt's ONNX quantizer with the pinned nodes excluded (their names as anchored "
-            "patterns);\n# --high_precision_dtype fp32 keeps the model in FP32 outside Q/DQ (ModelOpt's default "
-            "converts all of it,\n# the excluded nodes too, to FP16). ModelOpt places Q/DQ by its own rules, not the "
-            "searched\n# candidate's: check its output with layerdiff compare MODEL --candidate model.quant.onnx\n"
+    return (_comment("layerdiff recipe: ModelOpt's ONNX quantizer with the pinned nodes excluded (their names as "
+                     "anchored patterns); --high_precision_dtype fp32 keeps the model in FP32 outside Q/DQ "
+                     "(ModelOpt's default converts all of it, the excluded nodes too, to FP16). ModelOpt places Q/DQ "
+                     "by its own rules, not the searched candidate's: check its output with layerdiff compare MODEL "
+                     "--candidate model.quant.onnx")
             + " ".join(shlex.quote(a) for a in args) + "\n")
 
 

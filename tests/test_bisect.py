@@ -232,6 +232,9 @@ def test_export_trtexec_and_modelopt_strings(int8_recipe, cli):
     assert flags[at + 1:] == [f"^{n}$" for n in nodes]
     assert flags[flags.index("--high_precision_dtype") + 1] == "fp32"
     assert "--calibration_data_path=CALIB.npz" in flags  # ModelOpt 0.47's flag (run by hand, see README)
+    for fmt in ("trtexec", "polygraphy", "modelopt"):  # the comments fit an 80-column terminal
+        text = cli("export", path, "--format", fmt)[1]
+        assert all(len(line) <= 80 for line in text.splitlines() if line.startswith("#")), text
 
 
 def test_max_pins_gives_the_best_plan_within_it_and_fails(split, cli, tmp_path):
