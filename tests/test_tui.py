@@ -428,3 +428,31 @@ def test_the_precision_column_says_what_the_console_says(cnn_report):
         assert text.split(">")[-1] == precision_label(layer), layer.name
     if any(lay.dequantized_inputs and lay.precision == "fp32" for lay in report.layers):
         assert any(row_view(lay).precision_text.endswith("fp32q") for lay in report.layers)
+
+
+def test_help_scrolls_where_the_terminal_is_short(cnn_report):
+    """At 80x24 the help did not fit (b, x and q were cut off, and any key closed it): arrows and
+    PgUp/PgDn scroll it, its last key can be brought into view, and another key closes it."""
+    from textual.containers import VerticalScroll
+
+    from layerdiff.tui.app import LayerdiffApp
+    from layerdiff.tui.screens import HelpScreen
+
+    app = LayerdiffApp(load_report(cnn_report), cnn_report)
+
+    async def go():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
+            view = app.screen.query_one(VerticalScroll)
+            assert view.max_scroll_y > 0  # it does not fit at 24 rows
+            await pilot.press("pagedown", "end")
+            await pilot.pause()
+            scrolled = (isinstance(app.screen, HelpScreen), view.scroll_y)
+            await pilot.press("x")
+            await pilot.pause()
+            return scrolled, isinstance(app.screen, HelpScreen)
+
+    (still_open, y), open_after = asyncio.run(go())
+    assert still_open and y > 0 and not open_after

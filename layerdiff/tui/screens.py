@@ -3,10 +3,11 @@ name, bisect's cosine)."""
 
 from __future__ import annotations
 
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
@@ -30,21 +31,28 @@ KEYS = (
 
 
 class HelpScreen(ModalScreen[None]):
+    """Every key, in a grid whose descriptions wrap beside their keys; it scrolls where the terminal is
+    too short for all of it (arrows, PgUp/PgDn), and any other key closes it."""
+
     BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
+    SCROLL_KEYS = frozenset({"up", "down", "pageup", "pagedown", "home", "end"})
 
     def compose(self) -> ComposeResult:
-        text = Text()
-        text.append("layerdiff tui\n\n", style="bold")
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(justify="right", style="bold", no_wrap=True)
+        grid.add_column()
         for key, what in KEYS:
-            text.append(f"{key:>18}  ", style="bold")
-            text.append(what + "\n")
-        text.append("\nflags: N new NaN/Inf, R beyond FP16's range, D diverges; prec a>b: asked a, ran b\n",
-                    style="dim")
-        text.append("any of Esc, q, ? closes", style="dim")
-        with Vertical(id="dialog"):
-            yield Static(text)
+            grid.add_row(key, what)
+        foot = Text("\nflags: N new NaN/Inf, R beyond FP16's range, D diverges; prec a>b: asked a, ran b; "
+                    "fp32q a float kernel on INT8 values\narrows scroll; any of Esc, q, ? closes", style="dim")
+        with VerticalScroll(id="dialog"):
+            yield Static(Text("layerdiff tui", style="bold"))
+            yield Static(grid)
+            yield Static(foot)
 
     def on_key(self, event) -> None:
+        if event.key in self.SCROLL_KEYS:
+            return  # the scroll view's own bindings move it
         if event.key not in ("escape", "q", "question_mark"):
             self.dismiss(None)
 
