@@ -167,12 +167,13 @@ class LayerdiffApp(App[None]):
         at, series = error_series(self.rows)
         hi = max(at.values(), default=0)
         bins = max(8, 2 * (plot.size.width - 12))  # braille: two points per cell, less the y axis
-        for label, attr, color in (("accumulated", "cosine", "blue"), ("local (worst)", "local_cosine", "red")):
+        # no legend box (plotext draws it over the data): the title says which is which
+        for attr, color in (("cosine", "blue"), ("local_cosine", "red")):
             pts = envelope(series[attr], 0, hi, bins) if len(series[attr]) > bins else series[attr]
             if not pts:
                 continue
             draw = plt.plot if attr == "cosine" else plt.scatter  # a path; one dot per layer
-            draw([p[0] for p in pts], [p[1] for p in pts], label=label, color=color, marker="braille")
+            draw([p[0] for p in pts], [p[1] for p in pts], color=color, marker="braille")
         plt.yscale("log")
         if hi:
             plt.xticks(sorted({round(hi * k / 4) for k in range(5)}))
@@ -184,7 +185,7 @@ class LayerdiffApp(App[None]):
             ticks = [10.0 ** k for k in range(low, high + 1, step)]
             plt.yticks(ticks, [f"1e{round(math.log10(t))}" for t in ticks])
         where = f", selected #{self.by_key[self.selected].index}" if self.selected in at else ""
-        plt.title(f"1 - cosine along the network{where}")
+        plt.title(f"1 - cosine: accumulated (blue line), local (red dots){where}")
         plt.xlabel("layer (topological order, Constants left out)")
         if self.selected in at:
             plt.vline(at[self.selected], "magenta")
