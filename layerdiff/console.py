@@ -268,7 +268,8 @@ def worst_table(ranked: list[LayerDiff], width: int) -> Table:
         name = layer.converts if layer.kind == "conversion" else layer.name  # the tensor it rounds
         table.add_row(
             str(layer.index), Text(shorten(name, name_width)), Text(shorten(op, 10)), precision_label(layer),
-            fmt(layer.local_cosine, ".6f"), local, fmt(min((m.cosine for m in acc), default=None), ".6f"),
+            # with new NaN/Inf, the cosine of the finite values alone would read as agreement
+            "-" if layer.local_nonfinite else fmt(layer.local_cosine, ".6f"), local, fmt(min((m.cosine for m in acc), default=None), ".6f"),
             fmt(max((m.max_abs for m in acc), default=None), ".3g"),
             style="red" if layer.diverges else None,
         )

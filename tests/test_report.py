@@ -143,3 +143,24 @@ def test_dev_stdout_into_a_pipe_is_written_through(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"through the pipe"
+
+
+def test_a_row_with_new_nan_or_inf_shows_no_local_cosine():
+    """The cosine of a row's finite values alone read as agreement (1.000000) beside its NaN/Inf in a new
+    user's Magika FP16 report: the console leaves that cell empty and says NaN/Inf in the next one."""
+    from dataclasses import replace
+
+    from layerdiff.console import worst_table
+    from layerdiff.metrics import Aggregate
+    from rich.console import Console
+    from tests.conftest import load_script
+
+    row = load_script("bench_tui").synthetic_report(3).layers[1]
+    out = row.outputs[0]
+    worst = replace(out.local.worst, cosine=1.0, cand_nonfinite=5, ref_nonfinite=0)
+    bad = replace(row, outputs=(replace(out, local=Aggregate(worst, out.local.mean, out.local.samples)),))
+    assert bad.local_nonfinite and bad.local_cosine == 1.0
+    console = Console(width=80, record=True)
+    console.print(worst_table([bad], 80))
+    line = next(ln for ln in console.export_text().splitlines() if bad.name[:6] in ln)
+    assert "NaN/Inf" in line and "1.000000" not in line.split("NaN/Inf")[0]
