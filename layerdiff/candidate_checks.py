@@ -60,5 +60,6 @@ def candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows) 
             if any(types.get(pairing.candidate(t) or "") == TensorProto.FLOAT16 for t in lay.outputs)}
     if fp16:
         warnings.append(f"{len(fp16)} FP16 layer(s) of this candidate ran in FP32 on ONNX Runtime's CPU provider (no "
-                        "FP16 kernel): their FP16 rounding is not in these numbers; --candidate ort-fp16 emulates it")
+                        "FP16 kernel): their outputs are not rounded to FP16 in these numbers (their FP16 weights are); "
+                        "--candidate ort-fp16 emulates the rounding")
     return tuple(warnings)

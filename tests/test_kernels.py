@@ -193,3 +193,32 @@ def test_a_value_renamed_by_qdq_propagation_keeps_its_kernel_and_its_row(tmp_pat
     with view.open(["y"]) as source:
         got = source.infer(feed)["y"]
     np.testing.assert_allclose(got, ReferenceEvaluator(only_conv).run(None, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_an_fp16_model_run_in_fp32_by_the_cpu_is_read_layer_by_layer(tmp_path):
+    """A new user's FP16 model file compared as CANDIDATE.onnx: 2 of 112 tensors were compared, the rest
+    'fused away', because ONNX Runtime's CPU provider (no FP16 kernels for them) holds each FP16 tensor
+    only as its FP32 copy, InsertedPrecisionFreeCast_NAME. That copy is the value the deployed session
+    has: each layer is its own row, labelled with the FP32 kernel that ran it."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    fp16 = convert_float_to_float16(onnx.load(FIXTURES / "cnn.onnx"), keep_io_types=True)
+    fp16.ir_version = 8
+    path = tmp_path / "cnn16.onnx"
+    onnx.save(fp16, path)
+    session = layerdiff.prepare(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs", reference_provider="cpu",
+                                optimization="basic")
+    cand = session.candidate(str(path))
+    view = cand.deployment()
+    upcast = [o for n in view.graph.node for o in n.output if o.startswith("InsertedPrecisionFreeCast_")]
+    if not upcast:
+        pytest.skip("this CPU's ONNX Runtime has FP16 kernels for these layers")
+    report = session.compare(cand)
+    # only the tensors a BatchNormalization folded into its Conv are missing (4 of 18)
+    assert report.counts.fused_away == 4 and report.counts.compared == 14
+    relu1 = report.layer("relu1")
+    assert relu1.onnx_nodes == ("relu1",) and relu1.precision == "fp32" and relu1.outputs[0].paired
+    assert report.capture.exposed_vs_plain_max_abs == 0.0
+    # the value read is the deployed session's own: a plain session of the FP16 model at the same level
+    # gives the same final output, and relu1 is within FP16 weight rounding of the FP32 model's
+    assert relu1.cosine > 0.9999

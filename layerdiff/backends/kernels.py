@@ -65,6 +65,7 @@ _OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 
 _DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice", "Gather",
                             "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
 _TOKEN = re.compile(r"_token_\d+$")
+_UPCAST = "InsertedPrecisionFreeCast_"  # the CPU provider's FP32 copy of an FP16 tensor
 _PRE_Q = "_pre_q"  # the QDQ propagation's new name of the output of the node a QuantizeLinear moved up to
 _LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
         "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
@@ -120,13 +121,15 @@ class OrtKernels:
         type, and a shape that agrees (ONNX Runtime's layout passes can keep a name for a transposed value)."""
         return self._holds(tensor, tensor)
 
-    def _holds(self, tensor: str, ktensor: str) -> bool:
-        """Whether the optimized graph's `ktensor` holds the candidate's `tensor` as it is: same type, and
-        a shape that agrees."""
+    def _holds(self, tensor: str, ktensor: str, upcast: bool = False) -> bool:
+        """Whether the optimized graph's `ktensor` holds the candidate's `tensor` as it is: same type (or,
+        `upcast`, an FP32 copy of an FP16 or BF16 tensor), and a shape that agrees."""
         if ktensor not in self.kproducer and ktensor not in self.kinputs:
             return False
         ktype, kshape = self._kinfo.get(ktensor, (None, None))
         want = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
+        if upcast and want in ("tensor(float16)", "tensor(bfloat16)") and ktype == "tensor(float)":
+            want = ktype
         if want is not None and ktype not in (None, want):
             return False
         return _same_shape(self.cshapes.get(tensor), kshape)
@@ -155,13 +158,18 @@ class OrtKernels:
         held: dict[str, str] = {}  # candidate tensor -> the optimized-graph tensor holding it (maybe INT8)
         # ONNX Runtime's QDQ propagation moves a QuantizeLinear up across data movement (a Slice, a Squeeze)
         # to right after the node computing the value, whose output it renames NAME_pre_q: the same value
+        # and an FP16 tensor the CPU provider computes in FP32 (no FP16 kernel for the nodes around it)
+        # exists only as its FP32 copy, InsertedPrecisionFreeCast_NAME: the value the deployed session has
         for tensor in self.cproducer:
-            renamed = tensor + _PRE_Q
-            if renamed in self.kproducer and not self._surviving(tensor) and self._holds(tensor, renamed):
-                side = SIDE + tensor
-                out[tensor] = (self._behind(self.kproducer[renamed]),
-                               onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
-                held[tensor] = renamed
+            if self._surviving(tensor):
+                continue
+            for renamed, upcast in ((tensor + _PRE_Q, False), (_UPCAST + tensor, True)):
+                if renamed in self.kproducer and self._holds(tensor, renamed, upcast):
+                    side = SIDE + tensor
+                    out[tensor] = (self._behind(self.kproducer[renamed]),
+                                   onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
+                    held[tensor] = renamed
+                    break
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
