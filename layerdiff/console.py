@@ -152,7 +152,9 @@ def print_summary(report: Report, console: Console, top: int) -> None:
         _line(console, f"first divergent layer: none (every local cosine >= {report.thresholds.divergence_cosine})")
     c = report.counts
     consts = f" and {c.constants} Constant" if c.constants else ""
-    fused = f", {c.fused_away} fused away inside kernels" if c.fused_away else ""
+    imported = report.capture.mode == "imported"
+    gone = ("not in the imported results (fused, or not saved)" if imported else "fused away inside kernels")
+    fused = f", {c.fused_away} {gone}" if c.fused_away else ""
     conv = f", {c.conversions} conversion rows (Q/DQ, casts)" if c.conversions else ""
     _line(console, f"{c.layers} layers{consts} in {c.rows} rows{conv}")
     _line(console, f"{c.compared} of {c.float_tensors} float tensors compared ({c.unpaired} unpaired{fused}); "
@@ -177,7 +179,9 @@ def print_summary(report: Report, console: Console, top: int) -> None:
             legend.append("Q/DQ, Cast rows: the named tensor's rounding for its readers (# of its "
                           "producer)")
         if any(lay.precision == "unknown" for lay in ranked):
-            legend.append("unknown: no kernel computed it at run time (folded into a constant by the runtime)")
+            legend.append("unknown: no engine layer information to say what ran it (give --engine-info)"
+                          if report.capture.mode == "imported" else
+                          "unknown: no kernel computed it at run time (folded into a constant by the runtime)")
         for note in legend:
             console.print(Text(note, style="dim"))
     print_cost(report, console)

@@ -338,3 +338,18 @@ def test_a_profile_of_another_engine_is_refused(saved_run, engine_run, tmp_path,
     code, _, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
                        "--trt-profile", other)
     assert code == 2 and "--engine-info" in err
+
+
+def test_imported_results_without_engine_info_say_what_is_missing(saved_run, engine_run, cli):
+    """A new user's Polygraphy import without --engine-info read '13 fused away inside kernels' and
+    'unknown: ... folded into a constant by the runtime', words about ONNX Runtime: the results simply
+    hold fewer tensors, and without the engine's layer information nothing says what ran a row."""
+    tmp, _, _ = saved_run
+    results, _ = engine_run
+    code, stdout, err = cli("compare", CNN, "--candidate", f"polygraphy:{results}", "--inputs", tmp / "inputs.json",
+                            "--top", "30")
+    assert code == 0, err
+    assert "not in the imported results (fused, or not saved)" in stdout and "inside kernels" not in stdout
+    assert "folded into a constant by the runtime" not in stdout
+    if "unknown" in stdout.split("worst", 1)[-1]:
+        assert "unknown: no engine layer information to say what ran it (give --engine-info)" in stdout
