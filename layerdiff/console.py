@@ -256,27 +256,32 @@ def print_cost(report: Report, console: Console) -> None:
 
 
 def worst_table(ranked: list[LayerDiff], width: int) -> Table:
-    fixed = [("#", 4), ("op", 10), ("prec", 6), ("local cos", 9), ("local rel", 9), ("cosine", 9), ("max_abs", 9)]
-    name_width = max(12, width - sum(w for _, w in fixed) - 2 * len(fixed) - 1)
-    table = Table(title=f"worst {len(ranked)} rows by local error (the error each one introduces)",
-                  box=_ASCII_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
-    table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("layer", no_wrap=True, max_width=name_width)
-    for col, w in fixed[1:]:
-        table.add_column(col, justify="left" if col in ("op", "prec") else "right", no_wrap=True,
-                         max_width=w if col == "op" else None)
+    """The worst rows, one line each; the layer column takes the width the others leave (at least 12)."""
+    header = ("#", "layer", "op", "prec", "local cos", "local rel", "cosine", "max_abs")
+    cells = []
     for layer in ranked:
         acc = [o.accumulated.worst for o in layer.outputs if o.accumulated is not None]
         op = "Q/DQ" if layer.op == "QuantizeLinear" else layer.op
         local = "NaN/Inf" if layer.local_nonfinite else fmt(layer.local_rel_rms, ".3g")
-        name = layer.converts if layer.kind == "conversion" else layer.name  # the tensor it rounds
-        table.add_row(
-            str(layer.index), Text(shorten(name, name_width)), Text(shorten(op, 10)), precision_label(layer),
+        cells.append((
+            str(layer.index), layer.converts if layer.kind == "conversion" else layer.name,  # the tensor it rounds
+            shorten(op, 10), precision_label(layer),
             # with new NaN/Inf, the cosine of the finite values alone would read as agreement
-            "-" if layer.local_nonfinite else fmt(layer.local_cosine, ".6f"), local, fmt(min((m.cosine for m in acc), default=None), ".6f"),
-            fmt(max((m.max_abs for m in acc), default=None), ".3g"),
-            style="red" if layer.diverges else None,
-        )
+            "-" if layer.local_nonfinite else fmt(layer.local_cosine, ".6f"), local,
+            fmt(min((m.cosine for m in acc), default=None), ".6f"),
+            fmt(max((m.max_abs for m in acc), default=None), ".3g")))
+    others = sum(max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+                 for i, h in enumerate(header) if i != 1)
+    name_width = max(12, width - others - 2 * (len(header) - 1) - 3)
+    table = Table(title=f"worst {len(ranked)} rows by local error (the error each one introduces)",
+                  box=_ASCII_HEAD, pad_edge=False, collapse_padding=True, title_justify="left")
+    for i, col in enumerate(header):
+        table.add_column(col, justify="left" if col in ("layer", "op", "prec") else "right", no_wrap=True,
+                         max_width=name_width if col == "layer" else None)
+    for layer, row in zip(ranked, cells, strict=True):
+        table.add_row(row[0], Text(shorten(row[1], name_width)), *(Text(c) if i < 2 else c for i, c in
+                                                                      enumerate(row[2:])),
+                      style="red" if layer.diverges else None)
     return table
 
 
