@@ -164,3 +164,22 @@ def test_a_row_with_new_nan_or_inf_shows_no_local_cosine():
     console.print(worst_table([bad], 80))
     line = next(ln for ln in console.export_text().splitlines() if bad.name[:6] in ln)
     assert "NaN/Inf" in line and "1.000000" not in line.split("NaN/Inf")[0]
+
+
+def test_the_worst_table_gives_names_the_room_the_other_columns_leave():
+    """Names were cut to 12 characters although the table used 73 of 80 columns (a new user's YOLOv8
+    report: eight rows read `hards..tmp_0`)."""
+    from dataclasses import replace
+
+    from layerdiff.console import worst_table
+    from rich.console import Console
+    from tests.conftest import load_script
+
+    rows = load_script("bench_tui").synthetic_report(4).layers[:3]
+    rows = [replace(r, name=f"/model.{i}/backbone/stage{i}/conv/Conv_output_0") for i, r in enumerate(rows)]
+    console = Console(width=80, record=True)
+    console.print(worst_table(rows, 80))
+    lines = console.export_text().splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    shown = [line for line in lines if "/model." in line]
+    assert len(shown) == 3 and all(len(line.split()[1]) >= 20 for line in shown)
