@@ -289,10 +289,15 @@ def print_engine_info(info, console: Console) -> None:
     counts = Counter(layer.precision for layer in info.layers)
     _line(console, (str(info.path), "bold"), f" ({info.kind}): {len(info.layers)} engine layers; precisions: ",
           ", ".join(f"{p} {n}" for p, n in counts.most_common()))
-    table = Table(box=_ASCII_HEAD)
-    for col, just in [("#", "right"), ("layer", "left"), ("type", "left"), ("precision", "left"),
-                      ("ONNX nodes", "left"), ("from", "left")]:
-        table.add_column(col, justify=just, overflow="fold")
+    table = Table(box=_ASCII_HEAD, pad_edge=False, collapse_padding=True)
+    # the short columns keep to one line; the names wrap at their separators and take the room left
+    # (folded inside a word only where one word is wider than its column)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("layer", overflow="fold", ratio=3)
+    table.add_column("type", no_wrap=True, max_width=16, overflow="ellipsis")
+    table.add_column("precision", no_wrap=True)
+    table.add_column("ONNX nodes", overflow="fold", ratio=2)
+    table.add_column("from", no_wrap=True)
     for layer in info.layers:
         nodes = ", ".join(layer.onnx_nodes[:4]) + (f" (+{len(layer.onnx_nodes) - 4})" if len(layer.onnx_nodes) > 4 else "")
         if layer.serves:
