@@ -449,6 +449,18 @@ def test_inspect_table(info_dir, cli):
     assert code == 0 and "14 engine layers; precisions: fp16 13, unknown 1" in out
 
 
+def test_inspect_table_at_80_columns_keeps_names_whole(info_dir, cli, monkeypatch):
+    """A new user read `QuantizeLinear_` and `2` on two lines of the 80-column table: short names stay
+    whole, and the one-word columns keep to one line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = cli("inspect", info_dir / "trex_mobilenet_qat_int8_trt84.graph.json")
+    assert code == 0
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines)
+    first = next(line for line in lines if line.strip().startswith("0 "))
+    assert first.split()[1:] == ["QuantizeLinear_2", "Reformat", "int8", "QuantizeLinear_2", "name"]
+
+
 def test_missing_and_empty_engine_info(cli, tmp_path):
     code, _, err = cli("inspect", tmp_path / "none.json")
     assert (code, err) == (2, f"layerdiff: error: engine info not found: {tmp_path / 'none.json'}\n")
