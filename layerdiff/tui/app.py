@@ -96,7 +96,9 @@ class LayerdiffApp(App[None]):
         r = self.report
         worst = [o.accumulated.worst.cosine for o in r.outputs if o.accumulated is not None]
         out = f"output cos {min(worst):.6f}" if worst and not any(math.isnan(w) for w in worst) else "output -"
-        return (f"{Path(r.model.path).name} · {r.candidate.spec} · {len(r.layers)} rows · {out} · "
+        consts = sum(1 for lay in r.layers if lay.kind == "constant")
+        rows = f"{len(r.layers) - consts} rows" + (f" +{consts} const" if consts else "")  # as compare counts them
+        return (f"{Path(r.model.path).name} · {r.candidate.spec} · {rows} · {out} · "
                 f"{r.inputs.samples} sample(s){' (random)' if r.inputs.random else ''}")
 
     def on_mount(self) -> None:
