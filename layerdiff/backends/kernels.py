@@ -164,12 +164,18 @@ class OrtKernels:
             if self._surviving(tensor):
                 continue
             for renamed, upcast in ((tensor + _PRE_Q, False), (_UPCAST + tensor, True)):
-                if renamed in self.kproducer and self._holds(tensor, renamed, upcast):
-                    side = SIDE + tensor
-                    out[tensor] = (self._behind(self.kproducer[renamed]),
-                                   onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
-                    held[tensor] = renamed
-                    break
+                if renamed not in self.kproducer or not self._holds(tensor, renamed, upcast):
+                    continue
+                # the model's own node writing it is its kernel; a node ONNX Runtime inserted (a reorder
+                # back from NCHWc) carries the value of the kernel behind it
+                knode = self.kproducer[renamed]
+                kernel = knode if knode.name in self.cnames else self._behind(knode)
+                if kernel is None or self._reads_inserted_rounding(kernel):
+                    continue  # computed from values the propagation rounded: not the candidate's value
+                side = SIDE + tensor
+                out[tensor] = (kernel, onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
+                held[tensor] = renamed
+                break
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
@@ -188,6 +194,24 @@ class OrtKernels:
                 return out
         return out
 
+    def _reads_inserted_rounding(self, node: onnx.NodeProto) -> bool:
+        """Whether `node` reads, through ONNX Runtime's layout nodes, a DequantizeLinear that is not the
+        candidate's own: a value its QDQ propagation rounded (moved across two layout ops at level basic,
+        `Reshape(A_post_dq) -> B_pre_q` is B computed from A rounded to INT8, not the candidate's B)."""
+        for t in node.input:
+            at = self.kproducer.get(t)
+            for _ in range(16):
+                if at is None:
+                    break
+                if at.op_type == "DequantizeLinear":
+                    if at.name.split("/duplicated", 1)[0] not in self.cnames:
+                        return True
+                    break
+                if at.name in self.cnames or not self._inserted(at) or not at.input:
+                    break
+                at = self.kproducer.get(at.input[0])
+        return False
+
     def _alias_of(self, cnode, knode, i, tensor, info, kconsumers, held):
         """(knode, the node beside the graph giving `tensor`, view) when knode's output i holds `tensor`."""
         kout, (ktype, kshape) = knode.output[i], info.get(knode.output[i], (None, None))
@@ -198,6 +222,8 @@ class OrtKernels:
         same_inputs = self._reads_same(cnode, knode, held)
         side = SIDE + tensor
         if knode.op_type == cnode.op_type and ktype == ctype:
+            if self._reads_inserted_rounding(knode) and not same_inputs:
+                return None  # it computes from a value ONNX Runtime's QDQ propagation rounded
             if (same_inputs and _same_shape(cshape, kshape)) or (cshape is not None and kshape is not None
                                                                  and _same_shape(cshape, kshape)):
                 return knode, onnx.helper.make_node("Identity", [kout], [side], name=side), ""
