@@ -293,10 +293,10 @@ def print_engine_info(info, console: Console) -> None:
     # the short columns keep to one line; the names wrap at their separators and take the room left
     # (folded inside a word only where one word is wider than its column)
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("layer", overflow="fold", ratio=3)
+    table.add_column("layer", overflow="fold")
     table.add_column("type", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("precision", no_wrap=True)
-    table.add_column("ONNX nodes", overflow="fold", ratio=2)
+    table.add_column("ONNX nodes", overflow="fold")
     table.add_column("from", no_wrap=True)
     for layer in info.layers:
         nodes = ", ".join(layer.onnx_nodes[:4]) + (f" (+{len(layer.onnx_nodes) - 4})" if len(layer.onnx_nodes) > 4 else "")

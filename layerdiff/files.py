@@ -33,11 +33,12 @@ def check_writable(path: str | Path, protect: tuple[str | Path | None, ...] = ()
     """Fail before any work is done if `path` cannot be written, or would overwrite one of `protect`
     (the user's own input files, or a file inside an input directory)."""
     given = Path(path)
+    resolved = Path(os.path.realpath(given))
     # /dev/stdout when it is a pipe resolves to "/proc/PID/fd/pipe:[N]", which is no path: a device or
-    # pipe is written through the name given
-    target = given if _special(given) else Path(os.path.realpath(given))
+    # pipe is written through the name given (and checked against the inputs by its resolved path)
+    target = given if _special(given) else resolved
     for p in protect:
-        if p is not None and Path(p).exists() and _inside(target, Path(os.path.realpath(p))):
+        if p is not None and Path(p).exists() and _inside(resolved, Path(os.path.realpath(p))):
             raise OutputPathError(f"refusing to write {given}: it is an input of this run, or inside one; "
                                   "give another file name")
     if target.is_dir():

@@ -156,7 +156,7 @@ def diff_metrics(ref: np.ndarray, cand: np.ndarray) -> TensorMetrics:
         return TensorMetrics(nan, nan, nan, nan, nan, ref_bad, cand_bad, rmax if ref_bad < r_flat.size else nan, 0,
                              cmax if cand_bad < c_flat.size else nan)
     cos = cosine(rr, cc, rc)
-    if n == 1 and rr > 0.0:
+    if n == 1 and rr > 0.0 and cc > 0.0:
         # one element: its cosine is only its sign (1 for any error that keeps it); the cosine a vector
         # with this relative error has instead, as the tolerance judges a one-element output
         cos = max(-1.0, 1.0 - dd / rr / 2.0)

@@ -87,6 +87,7 @@ def test_one_element_cosine_is_what_its_relative_error_allows():
     assert diff_metrics(np.array([3.0]), np.array([3.0])).cosine == 1.0
     assert diff_metrics(np.array([1.0]), np.array([-1.0])).cosine == -1.0  # rel 2: the floor
     assert diff_metrics(np.array([0.0]), np.array([0.5])).cosine == 0.0  # a zero reference: as before
+    assert diff_metrics(np.array([0.5]), np.array([0.0])).cosine == 0.0  # a zero candidate: as before
     # two elements: the ordinary cosine
     two = diff_metrics(np.array([2.0, 1.0]), np.array([2.432, 1.0]))
     r, c = np.array([2.0, 1.0]), np.array([2.432, 1.0])

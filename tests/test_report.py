@@ -183,3 +183,19 @@ def test_the_worst_table_gives_names_the_room_the_other_columns_leave():
     assert all(len(line.rstrip()) <= 80 for line in lines)
     shown = [line for line in lines if "/model." in line]
     assert len(shown) == 3 and all(len(line.split()[1]) >= 20 for line in shown)
+
+
+def test_a_named_pipe_that_is_an_input_is_not_written(tmp_path, monkeypatch):
+    """Devices and pipes are written through, but one that is an input of the run is still refused,
+    also named by a relative path (review of this session's change)."""
+    import os
+
+    from layerdiff.errors import OutputPathError
+    from layerdiff.files import check_writable
+
+    fifo = tmp_path / "samples.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputPathError, match="it is an input of this run"):
+        check_writable("samples.fifo", protect=(str(fifo),))
+    assert str(check_writable("samples.fifo")) == "samples.fifo"  # written through the name given
