@@ -13,16 +13,17 @@ from pathlib import Path
 
 import onnx
 
+from layerdiff.backends.ortnames import NCHWC_SUFFIX, PRE_Q, TOKEN, UPCAST_PREFIX
 from layerdiff.cost import LayerTimes
 from layerdiff.errors import BadInput
 
 # what ONNX Runtime's graph transformers add to the name of a node or tensor they make for one of the
-# model's: "NAME_token_K" (Graph::GenerateNodeName: the NHWC pass's QLinearConv "Conv@3_token_204", which
+# model's (backends/ortnames): "NAME_token_K" (the NHWC pass's QLinearConv "Conv@3_token_204", which
 # writes a tensor renamed "Conv@3"), "TENSOR_nchwc" (the NCHWc pass, after the tensor a kernel writes),
 # "InsertedPrecisionFreeCast_TENSOR" (the FP32 copy of an FP16 tensor that a CPU kernel without FP16
-# computes: the FP16 model's Conv on this CPU), "TENSOR_pre_q" (the QDQ propagation's new name of the
-# output of the node a QuantizeLinear moved up to)
-_DECORATION = re.compile(r"^(?:InsertedPrecisionFreeCast_)+|(?:_token_\d+|_nchwc|_pre_q)+$")
+# computes: the FP16 model's Conv on this CPU), "TENSOR_pre_q" (QDQ propagation: the output of the node
+# a QuantizeLinear moved up to)
+_DECORATION = re.compile(rf"^(?:{UPCAST_PREFIX})+|(?:{TOKEN.pattern.rstrip('$')}|{NCHWC_SUFFIX}|{PRE_Q})+$")
 
 
 # layout conversions ONNX Runtime's NCHWc pass inserts after a kernel, back to the model's layout

@@ -16,11 +16,11 @@ import tempfile
 import onnx
 from onnx import TensorProto, helper
 
+from layerdiff.backends.ortnames import UPCAST_PREFIX
 from layerdiff.graph import FINAL_KEY, LoadedModel, max_ir_version, proto_tensor_types
 from layerdiff.plan import PrecisionPlan
 
 EMULATED_KEY = "layerdiff.fp16_emulated"
-_ORT_UPCAST_PREFIX = "InsertedPrecisionFreeCast_"
 
 
 def build_fp16(model: LoadedModel, plan: PrecisionPlan) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -166,7 +166,7 @@ def nodes_without_fp16_kernel(candidate: onnx.ModelProto, types: dict[str, int] 
     seen, upcast = set(), set()
     for node in placed.graph.node:
         seen.add(node.name)
-        if node.op_type != "Cast" and any(t.startswith(_ORT_UPCAST_PREFIX) for t in list(node.input) + list(node.output)):
+        if node.op_type != "Cast" and any(t.startswith(UPCAST_PREFIX) for t in list(node.input) + list(node.output)):
             upcast.add(node.name)
     return (upcast | (fp16_nodes - seen)) & fp16_nodes
 

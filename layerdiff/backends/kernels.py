@@ -23,54 +23,21 @@ The plain session and the exposed one then give bit-identical final outputs (tes
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 
 import onnx
-from onnx import TensorProto
 
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
+from layerdiff.backends.ortnames import PRE_Q, TOKEN, UPCAST_PREFIX
+from layerdiff.backends.ortops import (DATA_MOVEMENT, EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC,
+                                       ORT_TYPES, OUTPUT_QPARAMS, QLINEAR)
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
 from layerdiff.rewrite import with_nodes, with_outputs
 
 SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
-_EXACT_STEPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
-_LAYOUT = frozenset({"Transpose", "ReorderInput", "ReorderOutput", "Reshape", "Squeeze", "Unsqueeze", "Identity"})
-_INTEGER_KERNELS = frozenset({
-    "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
-    "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
-    "QLinearReduceMean", "QLinearWhere", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul", "MatMulNBits",
-})
-_ORT_TYPES = {
-    TensorProto.FLOAT: "tensor(float)", TensorProto.FLOAT16: "tensor(float16)", TensorProto.DOUBLE: "tensor(double)",
-    TensorProto.BFLOAT16: "tensor(bfloat16)", TensorProto.INT8: "tensor(int8)", TensorProto.UINT8: "tensor(uint8)",
-    TensorProto.INT32: "tensor(int32)", TensorProto.INT64: "tensor(int64)", TensorProto.BOOL: "tensor(bool)",
-}
-_FLOATS = frozenset({"tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"})
-_NCHWC = frozenset({"ReorderInput", "ReorderOutput"})
-# the integer kernel ONNX Runtime puts in place of a float op, and where its output scale and zero point are
-_QLINEAR = {"Conv": "QLinearConv", "MatMul": "QLinearMatMul", "Gemm": "QGemm", "Add": "QLinearAdd", "Mul": "QLinearMul",
-            "GlobalAveragePool": "QLinearGlobalAveragePool", "AveragePool": "QLinearAveragePool",
-            "Concat": "QLinearConcat", "Sigmoid": "QLinearSigmoid", "LeakyRelu": "QLinearLeakyRelu",
-            "Softmax": "QLinearSoftmax", "ReduceMean": "QLinearReduceMean", "Where": "QLinearWhere"}
-_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8), "QLinearAdd": (6, 7),
-                   "QLinearMul": (6, 7), "QLinearGlobalAveragePool": (3, 4), "QLinearAveragePool": (3, 4),
-                   "QLinearConcat": (0, 1), "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4),
-                   "QLinearSoftmax": (3, 4), "QLinearReduceMean": (3, 4), "QuantizeLinear": (1, 2)}
-# ops that move INT8 values without changing them: the scale and zero point are those of their input
-_DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice", "Gather",
-                            "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
-_TOKEN = re.compile(r"_token_\d+$")
-_UPCAST = "InsertedPrecisionFreeCast_"  # the CPU provider's FP32 copy of an FP16 tensor
-_PRE_Q = "_pre_q"  # the QDQ propagation's new name of the output of the node a QuantizeLinear moved up to
-_LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
-        "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
-
-
 class OrtKernels:
     """The deployed ONNX Runtime session of a candidate, seen kernel by kernel (see the module doc)."""
 
@@ -127,7 +94,7 @@ class OrtKernels:
         if ktensor not in self.kproducer and ktensor not in self.kinputs:
             return False
         ktype, kshape = self._kinfo.get(ktensor, (None, None))
-        want = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
+        want = ORT_TYPES.get(self.ctypes.get(tensor, 0))
         if upcast and want in ("tensor(float16)", "tensor(bfloat16)") and ktype == "tensor(float)":
             want = ktype
         if want is not None and ktype not in (None, want):
@@ -149,7 +116,7 @@ class OrtKernels:
         info = self._kinfo
         by_name: dict[str, onnx.NodeProto] = {}
         for node in self.graph.node:
-            by_name.setdefault(_TOKEN.sub("", node.name), node)
+            by_name.setdefault(TOKEN.sub("", node.name), node)
         kconsumers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
             for t in node.input:
@@ -163,7 +130,7 @@ class OrtKernels:
         for tensor in self.cproducer:
             if self._surviving(tensor):
                 continue
-            for renamed, upcast in ((tensor + _PRE_Q, False), (_UPCAST + tensor, True)):
+            for renamed, upcast in ((tensor + PRE_Q, False), (UPCAST_PREFIX + tensor, True)):
                 if renamed not in self.kproducer or not self._holds(tensor, renamed, upcast):
                     continue
                 # the model's own node writing it is its kernel; a node ONNX Runtime inserted (a reorder
@@ -215,7 +182,7 @@ class OrtKernels:
     def _alias_of(self, cnode, knode, i, tensor, info, kconsumers, held):
         """(knode, the node beside the graph giving `tensor`, view) when knode's output i holds `tensor`."""
         kout, (ktype, kshape) = knode.output[i], info.get(knode.output[i], (None, None))
-        ctype = _ORT_TYPES.get(self.ctypes.get(tensor, 0))
+        ctype = ORT_TYPES.get(self.ctypes.get(tensor, 0))
         cshape = self.cshapes.get(tensor)
         # the same inputs, or a shape that says it is the same value: ONNX Runtime may compute a node of the
         # same name in another layout (its transpose optimizer moves Transposes across Slice, Squeeze...)
@@ -228,9 +195,9 @@ class OrtKernels:
                                                                  and _same_shape(cshape, kshape)):
                 return knode, onnx.helper.make_node("Identity", [kout], [side], name=side), ""
             return None
-        quantized = knode.op_type == _QLINEAR.get(cnode.op_type) or (
-            knode.op_type == cnode.op_type and ktype in _LOW and ctype in _FLOATS)
-        if not quantized or ctype not in _FLOATS:
+        quantized = knode.op_type == QLINEAR.get(cnode.op_type) or (
+            knode.op_type == cnode.op_type and ktype in LOW and ctype in FLOATS)
+        if not quantized or ctype not in FLOATS:
             return None
         kout, kshape = self._nchw(kout, kshape, kconsumers)
         params = self._qparams(knode)
@@ -266,11 +233,11 @@ class OrtKernels:
 
     def _qparams(self, node: onnx.NodeProto, depth: int = 0) -> list[str] | None:
         """The (scale, zero point) initializers of `node`'s INT8 output."""
-        if node.op_type in _OUTPUT_QPARAMS:
-            s, z = _OUTPUT_QPARAMS[node.op_type]
+        if node.op_type in OUTPUT_QPARAMS:
+            s, z = OUTPUT_QPARAMS[node.op_type]
             names = [node.input[s], node.input[z]] if len(node.input) > z else []
             return names if names and all(n in self.kinits for n in names) else None
-        if node.op_type in _DATA_MOVEMENT and depth < 16 and node.input and node.input[0] in self.kproducer:
+        if node.op_type in DATA_MOVEMENT and depth < 16 and node.input and node.input[0] in self.kproducer:
             return self._qparams(self.kproducer[node.input[0]], depth + 1)
         return None
 
@@ -293,7 +260,7 @@ class OrtKernels:
             result = []
         elif tensor in self.aliases:
             result = [self.aliases[tensor][1]]  # a node beside the graph, named already
-        elif depth < 8 and tensor in self.cproducer and self.cproducer[tensor].op_type in _EXACT_STEPS:
+        elif depth < 8 and tensor in self.cproducer and self.cproducer[tensor].op_type in EXACT_STEPS:
             node = self.cproducer[tensor]
             steps: list[onnx.NodeProto] = []
             for name in node.input:
@@ -342,22 +309,22 @@ class OrtKernels:
     def _inserted(self, node: onnx.NodeProto) -> bool:
         """A node that only carries a value to the kernel behind it: Q/DQ, ONNX Runtime's layout changes
         (NCHWc reorders, inserted Transposes), and casts between floats that are not the model's own."""
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in _NCHWC:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in NCHWC:
             return True
-        if node.op_type in _LAYOUT:
+        if node.op_type in LAYOUT:
             return not all(o in self.ctypes for o in node.output if o)
         if node.op_type == "Cast":
             own = node.name in self.cnames and "::cast_" not in node.name
-            return self.ktypes.get(node.input[0]) in _FLOATS and not own
+            return self.ktypes.get(node.input[0]) in FLOATS and not own
         return False
 
     def _describe(self, node: onnx.NodeProto) -> Kernel:
         data = [t for t in node.input if t and (t in self.kproducer or t in self.kinputs)]
         types = [self.ktypes.get(t) for t in data]
-        if not any(t in _FLOATS for t in types):  # its float operand is a weight (a Gather's table): its output
+        if not any(t in FLOATS for t in types):  # its float operand is a weight (a Gather's table): its output
             types += [self.ktypes.get(t) for t in node.output if t]
-        low = next((_LOW[t] for t in types if t in _LOW), None)
-        if node.op_type in _INTEGER_KERNELS:
+        low = next((LOW[t] for t in types if t in LOW), None)
+        if node.op_type in INTEGER_KERNELS:
             precision = low or "int8"
         elif low:
             precision = low  # data movement (MaxPool, Flatten, ...) on quantized values
@@ -368,7 +335,7 @@ class OrtKernels:
         else:
             precision = "fp32"
         dq = any(self.kproducer[t].op_type == "DequantizeLinear" for t in data if t in self.kproducer)
-        return Kernel(node.op_type, precision, dequantized_inputs=dq and precision not in _LOW.values())
+        return Kernel(node.op_type, precision, dequantized_inputs=dq and precision not in LOW.values())
 
     def open(self, tensors: Sequence[str], cancel: threading.Event | None = None) -> OrtSource:
         nodes, inits, outputs = self._side_graph(tensors)
