@@ -218,10 +218,16 @@ def time_candidate(session, candidate, *, runs: int, warmup: int, profile_runs: 
         return Timing(unavailable("imported results: there is no candidate here to run"), {}, None)
     if hasattr(runner, "plain_engine"):
         return Timing(_time_trt(runner.plain_engine, session.samples, runs, warmup), {}, None)
-    if candidate.model is None or not hasattr(runner, "providers"):
+    if not _ort_timed(candidate):
         return Timing(unavailable(f"a {candidate.kind} candidate has no model layerdiff can time"), {}, None)
     return time_model(serialize(candidate.model), session.samples, **_ort_settings(candidate), runs=runs,
                       warmup=warmup, profile_runs=profile_runs, what="candidate")
+
+
+def _ort_timed(candidate) -> bool:
+    """Whether the candidate is timed as an ONNX Runtime model (its own, with its runner's settings)."""
+    return (candidate.backend != "imported" and not hasattr(candidate.runner, "plain_engine")
+            and candidate.model is not None and hasattr(candidate.runner, "providers"))
 
 
 def _ort_settings(candidate) -> dict:
@@ -241,8 +247,7 @@ def time_plans(session, candidates, *, runs: int, warmup: int, profile_runs: int
     for i, c in enumerate(candidates):
         if c is None:
             jobs[i] = Job(session.model.path, session.reference_providers, "all", "FP32 model")
-        elif (c.backend != "imported" and not hasattr(c.runner, "plain_engine") and c.model is not None
-              and hasattr(c.runner, "providers")):
+        elif _ort_timed(c):
             jobs[i] = Job(serialize(c.model), **_ort_settings(c), what="candidate")
         else:
             out[i] = time_candidate(session, c, runs=runs, warmup=warmup, profile_runs=profile_runs)
