@@ -213,17 +213,17 @@ def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_inf
 
 
 def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) -> None:
-    from layerdiff.graph import serialize
+    from layerdiff.graph import write_model
 
     if save_candidate:
         if cand.model is None:
             raise BadInput(f"--save-candidate: a {cand.kind} candidate has no ONNX model to save (for TensorRT "
                            "engines use --save-engine-info)")
-        write_atomic(save_candidate, serialize(cand.model))
+        write_model(save_candidate, cand.model)
     if save_emulation:
         if cand.kind != "ort-fp16":
             raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")
-        write_atomic(save_emulation, serialize(cand.executed))
+        write_model(save_emulation, cand.executed)
     if save_engine_info:
         text = cand.artifacts.get("engine_info.json")
         if text is None:

@@ -224,7 +224,7 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     node as Model Explorer node data."""
     from layerdiff.export import TEXT
     from layerdiff.files import check_writable, write_atomic
-    from layerdiff.graph import serialize
+    from layerdiff.graph import write_model
     from layerdiff.recipe import load_recipe
 
     if fmt == "model-explorer":
@@ -245,7 +245,7 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     if not output:
         raise BadInput("--format onnx writes a model: give -o FILE.onnx")
     cand, _ = _realise_recipe(r, recipe, model, calib, None, None)
-    write_atomic(output, serialize(cand.model))
+    write_model(output, cand.model)
     return 0
 
 
@@ -312,8 +312,8 @@ def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
 def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> int:
     """Build MODEL's candidate with RECIPE and check its tolerance again (exit 1 if it fails)."""
     from layerdiff.console import clean, make_console
-    from layerdiff.files import check_writable, write_atomic
-    from layerdiff.graph import serialize
+    from layerdiff.files import check_writable
+    from layerdiff.graph import write_model
     from layerdiff.recipe import load_recipe
     from layerdiff.target import Target
 
@@ -340,7 +340,7 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
     value = target.worst(per)
     passed = target.passes(value)
     if output:
-        write_atomic(output, serialize(cand.model))
+        write_model(output, cand.model)
     out = make_console()
     if not quiet:
         if session.samples.random:

@@ -306,6 +306,14 @@ def value_info(name: str, elem_type: int | None) -> onnx.ValueInfoProto:
     return helper.make_empty_tensor_value_info(name)
 
 
+def write_model(path: str | Path, proto: onnx.ModelProto) -> None:
+    """Write a model layerdiff made for a user (a candidate, an emulation, a recipe's ONNX) to `path`,
+    atomically. Every model layerdiff writes goes through here."""
+    from layerdiff.files import write_atomic
+
+    write_atomic(path, serialize(proto))
+
+
 def serialize(proto: onnx.ModelProto) -> bytes:
     if proto.ByteSize() >= _PROTO_LIMIT:
         raise ModelError("models over 2 GB are not supported yet: protobuf cannot serialise them in memory")
