@@ -3,6 +3,7 @@ along the network as a picture). Registered on the group in layerdiff.cli."""
 
 from __future__ import annotations
 
+import io
 import sys
 
 import click
@@ -15,9 +16,19 @@ def open_tui(report, report_path: str | None = None, inputs: str | None = None) 
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise BadInput("the TUI needs a terminal (stdin and stdout are not one); save the report with -o and run "
                        "layerdiff tui REPORT.json in a terminal")
+    from rich.console import Console
+
     from layerdiff.tui.app import LayerdiffApp
 
-    LayerdiffApp(report, report_path, bisect_inputs=inputs).run()
+    app = LayerdiffApp(report, report_path, bisect_inputs=inputs)
+    # Textual prints what the app died of as a long traceback with locals: it is raised here instead, for
+    # the command's one line and exit 3 (--debug shows the traceback)
+    app.error_console = Console(file=io.StringIO(), stderr=True)
+    app.run()
+    if app.failure is not None:
+        raise app.failure
+    if app.return_code:
+        raise RuntimeError(f"the TUI stopped with exit code {app.return_code}")
     return 0
 
 

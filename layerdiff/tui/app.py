@@ -78,6 +78,15 @@ class LayerdiffApp(App[None]):
         self.bisect_inputs = bisect_inputs
         self._cancel = threading.Event()
         self._bisecting = False
+        self.failure: Exception | None = None  # what the app died of, if it did (see _handle_exception)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for an exception the app dies of (an unreadable stylesheet, a bug in a handler).
+        Textual prints its own traceback and leaves the exit code to the caller: the error is kept so that
+        layerdiff.cli_tui.open_tui raises it once the terminal is restored (one line, exit 3)."""
+        if self.failure is None:
+            self.failure = error
+        super()._handle_exception(error)
 
     # -- layout ------------------------------------------------------------------------------------
 
