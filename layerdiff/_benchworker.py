@@ -1,4 +1,4 @@
-"""The process that times one model: `python -m layerdiff._benchworker JOBDIR`. It runs alone so that
+"""The process that times one model: `python -m layerdiff._benchworker JOBDIR PARENT_PID`. It runs alone so that
 its peak memory is the memory of that one model's session (plus Python and ONNX Runtime themselves,
 measured before the model loads and reported beside it), and imports only numpy, ONNX Runtime and
 layerdiff.backends.ortnames (the session settings every layerdiff session shares).
@@ -7,13 +7,20 @@ JOBDIR holds job.json ({"model": path, "providers": [...], "level": "all", "warm
 "profile_runs": P}) and feeds.npz (sample k's input NAME stored as "k/NAME"). The worker writes
 result.json: the latencies of N plain runs after W warm-up runs (the samples in turn), its peak RSS
 after them, then (P > 0) the per-node kernel times of P more runs of a second, profiled session (ONNX
-Runtime's own profiler), and the graph ONNX Runtime ran (optimized.onnx) to attribute them."""
+Runtime's own profiler), and the graph ONNX Runtime ran (optimized.onnx) to attribute them.
+
+The worker dies with the layerdiff process that started it, however that one ends (kill -9 too: Linux's
+parent-death signal). `python -m layerdiff._benchworker --janitor DIR` is the other half: it waits until
+its standard input closes (its parent ended, however) and then removes DIR, the timing's scratch
+directory, so that no exit path leaves it behind."""
 
 from __future__ import annotations
 
 import json
 import os
 import resource
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,7 +85,31 @@ def _node_times(trace: list[dict]) -> dict[str, list[float]]:
     return per
 
 
-def main(job_dir: str) -> int:
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the process that started this one dies (Linux's PR_SET_PDEATHSIG); end now if it is
+    gone already. Elsewhere a worker outlives a killed parent by its runs at most."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
+def janitor(directory: str) -> int:
+    """Wait for standard input to close (the parent ended, or is done with `directory`), then remove it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C ends the parent; this one still has to clean up
+    while sys.stdin.buffer.read(4096):
+        pass
+    shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def main(job_dir: str, parent: int | None = None) -> int:
+    if parent is not None:
+        _die_with_parent(parent)
     import numpy as np
     import onnxruntime as ort
 
@@ -115,4 +146,6 @@ def main(job_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    if sys.argv[1] == "--janitor":
+        sys.exit(janitor(sys.argv[2]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -5,14 +5,16 @@ profiler on a second session of the same model (put on the report's rows by laye
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +125,7 @@ def time_in_turns(jobs: Sequence[Job], samples: Samples, *, runs: int = DEFAULT_
     provider = ["" for _ in jobs]
     node_ms: list[dict[str, float]] = [{} for _ in jobs]
     optimized: list[onnx.ModelProto | None] = [None for _ in jobs]
-    with tempfile.TemporaryDirectory(prefix="layerdiff-bench-") as tmp:
+    with _scratch() as tmp:
         paths, sizes = [], []
         for i, job in enumerate(jobs):
             if isinstance(job.model, bytes):
@@ -154,12 +156,29 @@ def time_in_turns(jobs: Sequence[Job], samples: Samples, *, runs: int = DEFAULT_
                    node_ms[i], optimized[i]) for i in range(len(jobs))]
 
 
+@contextlib.contextmanager
+def _scratch() -> Iterator[str]:
+    """A scratch directory for the timing workers' files, removed on every exit path: here when the block
+    ends, and by a janitor process (`_benchworker --janitor`) when this process is killed outright."""
+    tmp = tempfile.mkdtemp(prefix="layerdiff-bench-")
+    janitor = subprocess.Popen([sys.executable, "-m", "layerdiff._benchworker", "--janitor", tmp],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        janitor.stdin.close()  # type: ignore[union-attr]
+        janitor.wait()
+
+
 def _run_job(job: Path, samples: Samples, spec: dict, what: str) -> dict:
     """Run the timing worker on `spec` (its job.json) with the samples, in directory `job`."""
     arrays = {f"{k}/{name}": np.asarray(v) for k, feed in enumerate(samples.feeds) for name, v in feed.items()}
     np.savez(job / "feeds.npz", **arrays)
     (job / "job.json").write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, "-m", "layerdiff._benchworker", str(job)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "layerdiff._benchworker", str(job), str(os.getpid())],
+                          capture_output=True, text=True)
     if proc.returncode != 0:
         last = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), f"exit {proc.returncode}")
         raise BackendError(f"timing the {what} failed: {last}")
