@@ -161,7 +161,8 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     if output:
         write_report(report, output)
     if interrupted:
-        print("layerdiff: interrupted while timing: the report has no cost" +
+        print("layerdiff: interrupted while timing or checking the gate: the report has every row, no cost and no "
+              "gate" +
               (f"; it is in {output}" if output else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     if report.capture.interrupted:
@@ -193,7 +194,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
 def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_info, max_abs, min_speedup,
                    max_size_ratio, outputs, progress):
     """The report with its cost (--bench, --trt-profile) and its deployment gate; (report, whether
-    timing was interrupted: then the report is returned as it was, without cost)."""
+    timing or the gate was interrupted: then the report is returned with every row, without cost or gate)."""
     from dataclasses import replace
 
     from layerdiff.bench import measure
@@ -205,10 +206,10 @@ def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_inf
             report = measure(session, cand, report, runs=bench, warmup=warmup, progress=progress)
         if trt_profile:
             report = profile_times(report, trt_profile, engine_info or cand.artifacts.get("engine_info.json"))
+        checks = gate_checks(session, cand, report, max_abs=max_abs, min_speedup=min_speedup,
+                             max_size_ratio=max_size_ratio, outputs=outputs)
     except KeyboardInterrupt:
         return report, True
-    checks = gate_checks(session, cand, report, max_abs=max_abs, min_speedup=min_speedup,
-                         max_size_ratio=max_size_ratio, outputs=outputs)
     return replace(report, gate=checks), False
 
 
@@ -306,14 +307,28 @@ def _main(args: list[str]) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         raise
-    except Exception as e:  # a bug: one line and its own exit code, never the tolerance code
+    except OSError as e:
+        from layerdiff.files import disk_error
+
+        bad = disk_error(e)
+        if bad is None:
+            return _internal(e, debug)
         if debug:
             traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"layerdiff: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
-              "layerdiff: rerun with --debug and report the traceback", file=sys.stderr)
-        return EXIT_INTERNAL
+        print(f"layerdiff: error: {bad}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # a bug: one line and its own exit code, never the tolerance code
+        return _internal(e, debug)
     return code if isinstance(code, int) else 0
+
+
+def _internal(e: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"layerdiff: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
+          "layerdiff: rerun with --debug and report the traceback", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ it cannot be replaced, and renaming over it would destroy it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid
@@ -60,6 +61,26 @@ def check_writable(path: str | Path, protect: tuple[str | Path | None, ...] = ()
     return target
 
 
+# errors of the place written to, not of layerdiff: the user's to fix (free space, another path)
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file too large for the file system", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+def disk_error(err: OSError, path: str | Path | None = None) -> OutputPathError | None:
+    """The one-line error for `err` raised writing `path` (or the file the error names) when it is the
+    disk's doing (full, over quota, read-only, not permitted); None for any other OSError."""
+    if err.errno not in DISK_ERRORS:
+        return None
+    fix = "free some space there or give another path" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) \
+        else "give a path you can write"
+    if path is None and not err.filename:  # standard output, or a temporary file of a library
+        return OutputPathError(f"cannot write standard output or a temporary file (under TMPDIR): "
+                               f"{DISK_ERRORS[err.errno]}; {fix}")
+    return OutputPathError(f"cannot write {path if path is not None else err.filename}: {DISK_ERRORS[err.errno]}; "
+                           f"{fix}")
+
+
 def _new_file(path: Path) -> tuple[int, str]:
     """A new temporary file beside `path`, created with mode 0666 less the umask (as any new file)."""
     tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}")
@@ -70,20 +91,23 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file. A file
     replaced keeps its permissions; a device or pipe is written through."""
     target = check_writable(path)
-    if _special(target):
-        with open(target, "wb") as f:
-            f.write(data)
-        return
-    fd, tmp = _new_file(target)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if target.exists():
-            os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if _special(target):
+            with open(target, "wb") as f:
+                f.write(data)
+            return
+        fd, tmp = _new_file(target)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if target.exists():
+                os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:  # a full or read-only disk: the file as it was is kept (or none is left)
+        raise (disk_error(err, path) or err) from None
 
 
 def read_text(path: Path, what: str, error: type[Exception], missing: str = "", empty: str = "") -> str:
