@@ -456,3 +456,177 @@ def test_help_scrolls_where_the_terminal_is_short(cnn_report):
 
     (still_open, y), open_after = asyncio.run(go())
     assert still_open and y > 0 and not open_after
+
+
+# -- at 80x24, as a new user saw it (issue 17) ---------------------------------------------------------
+
+
+def _rendered(widget) -> str:
+    """What `widget` shows on screen, its lines joined (whitespace left out: see _flat)."""
+    from textual.geometry import Region
+
+    lines = widget.render_lines(Region(0, 0, widget.outer_size.width, widget.outer_size.height))
+    return _flat(" ".join(s.text for s in lines))
+
+
+def _flat(text: str) -> str:
+    """Text without its whitespace: a path too long for a line is folded inside a word."""
+    return "".join(text.split())
+
+
+def test_messages_wrap_rather_than_being_cut_at_80_columns(cnn_report, tmp_path):
+    """The pin refusal and "recipe written to ..." were cut mid-sentence on the one status line."""
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = load_report(cnn_report)
+    copy = tmp_path / "a-report-saved-under-a-rather-long-directory-name" / "report.json"
+    copy.parent.mkdir()
+    copy.write_text(cnn_report.read_text())
+    conversion = next(lay.name for lay in report.layers if lay.kind == "conversion")
+    said: list[str] = []
+
+    def status(app):
+        return _rendered(app.query_one("#status"))
+
+    app = LayerdiffApp(report, copy)
+    original = app._say
+    app._say = lambda message: (said.append(message), original(message))
+    refusal = run(app, lambda a: a._select(conversion), "p", check=status, size=(80, 24))
+    assert len(said[-1]) > 80 and refusal == _flat(said[-1])
+    app = LayerdiffApp(report, copy)
+    original2 = app._say
+    app._say = lambda message: (said.append(message), original2(message))
+    written = run(app, lambda a: a._select("conv2"), "p", "e", "enter", check=status, size=(80, 24))
+    assert said[-1].startswith("recipe written to ") and len(said[-1]) > 80 and written == _flat(said[-1])
+
+
+@pytest.mark.parametrize("width", [40, 80, 120])
+def test_the_bisect_question_is_shown_whole_at_any_width(cnn_report, width):
+    from textual.widgets import Static
+
+    from layerdiff.tui.app import LayerdiffApp
+    from layerdiff.tui.screens import AskScreen
+
+    app = LayerdiffApp(load_report(cnn_report), cnn_report)
+
+    def dialog(app):
+        assert isinstance(app.screen, AskScreen)
+        room = app.screen.query_one("#dialog").content_region
+        texts = list(app.screen.query(Static))
+        assert all(room.contains_region(s.region) for s in texts)  # a Label wider than the dialog was cut
+        return [_rendered(s) for s in texts]
+
+    shown = run(app, "b", check=dialog, size=(width, 30))
+    assert shown[0] == _flat("Bisect: the lowest cosine of the final outputs to accept (worst sample)")
+    assert shown[-1].endswith(_flat("Enter: yes Esc: cancel")) and _flat("x cancels") in shown[-1]
+
+
+def test_the_footer_shows_every_key_it_names_within_80_columns(cnn_report):
+    """The footer was cut after "e exp" (no g, no b) with the command palette's ^p beside it: it now
+    names "? keys" first, and every key it shows fits."""
+    from layerdiff.tui.app import LayerdiffApp
+
+    app = LayerdiffApp(load_report(cnn_report), cnn_report)
+
+    def keys(app):
+        return [(k.key_display or k.key, k.description, k.region) for k in app.screen.query("FooterKey")]
+
+    shown = run(app, check=keys, size=(80, 24))
+    assert shown[0][:2] == ("?", "keys")
+    assert all(region.width and region.right <= 80 for _, _, region in shown), shown
+    footer_actions = {b.action for b in LayerdiffApp.BINDINGS if b.show}
+    assert {"help", "chart", "bisect", "export", "filter"} <= footer_actions
+    assert len(shown) == len(footer_actions)
+
+
+def test_w_and_d_keep_the_filter_and_other_jumps_say_what_they_cleared(cnn_report, diverging_report):
+    """w and d cleared an active filter without a word: they now take the worst (first divergent) row of
+    those the filter keeps; [ and ] still show a row the filter hides, and say they cleared it."""
+    from layerdiff.tui.app import LayerdiffApp
+    from layerdiff.tui.state import row_view
+
+    report = load_report(cnn_report)
+    said: list[str] = []
+
+    def filtered(text):
+        def set_filter(app):
+            app._say = lambda message: (said.append(message), type(app)._say(app, message))
+            app.view = ViewState(filter_text=text)
+        return set_filter
+
+    app = LayerdiffApp(report, cnn_report)
+    selected, kept = run(app, filtered("op:Conv"), "w", check=lambda a: (a.selected, a.view.filter_text))
+    assert kept == "op:Conv"
+    assert selected == next(lay.name for lay in rank_layers(report) if lay.op == "Conv")
+    assert selected != rank_layers(report)[0].name  # the report's worst row is no Conv: w used to leave the filter
+
+    div = load_report(diverging_report)
+    relu_divergent = [lay.name for lay in div.layers if lay.diverges and lay.op == "Relu"]
+    app = LayerdiffApp(div, diverging_report)
+    said.clear()
+    selected, kept = run(app, filtered("op:Relu"), "d", check=lambda a: (a.selected, a.view.filter_text))
+    assert kept == "op:Relu" and div.first_divergence.layer not in relu_divergent
+    if relu_divergent:
+        assert selected == relu_divergent[0]
+    else:
+        assert said[-1] == "no divergent layer among the rows the filter 'op:Relu' keeps (Esc clears it)"
+
+    graph = Graph.of(report.layers)
+    rows = {lay.name: row_view(lay) for lay in report.layers}
+    up = follow(graph, rows, "conv2", upstream=True)
+    assert report.layer(up).op != "Conv"
+    app = LayerdiffApp(report, cnn_report)
+    said.clear()
+    selected, kept = run(app, filtered("conv2"), lambda a: a._select("conv2"), "left_square_bracket",
+                         check=lambda a: (a.selected, a.view.filter_text))
+    assert selected == up and kept == ""
+    assert said[-1] == f"filter 'conv2' cleared to show {up}"
+
+
+def _with_output_cosine(report, cosine, min_cosine=None):
+    from dataclasses import replace
+
+    from layerdiff.report import Tolerance
+
+    outputs = tuple(replace(o, accumulated=replace(o.accumulated, worst=replace(o.accumulated.worst, cosine=cosine)))
+                    for o in report.outputs)
+    tol = Tolerance(min_cosine, True, ()) if min_cosine is not None else None
+    return replace(report, outputs=outputs, tolerance=tol)
+
+
+@pytest.mark.parametrize("cosine, min_cosine", [
+    (0.9999999, None),  # halfway is 0.99999995: 6 digits printed it as 1, which bisect found unreachable
+    (0.999999999, None),
+    (0.99, None),
+    (0.9999999, 0.999),  # the report's --min-cosine is below the candidate's: met with no pin, not proposed
+    (0.9999999, 1.0),
+])
+def test_bisect_proposes_a_tolerance_it_can_reach(cnn_report, cosine, min_cosine):
+    from textual.widgets import Input
+
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = _with_output_cosine(load_report(cnn_report), cosine, min_cosine)
+    app = LayerdiffApp(report, cnn_report)
+    proposed = run(app, "b", check=lambda a: a.screen.query_one(Input).value)
+    assert cosine < float(proposed) < 1.0, proposed
+    assert math.isclose(float(proposed), (cosine + 1) / 2, rel_tol=0, abs_tol=(1 - cosine) / 20)
+
+
+def test_bisect_proposes_the_reports_tolerance_where_pins_can_reach_it(cnn_report):
+    from textual.widgets import Input
+
+    from layerdiff.tui.app import LayerdiffApp
+
+    report = _with_output_cosine(load_report(cnn_report), 0.9999, 0.99999987)
+    app = LayerdiffApp(report, cnn_report)
+    assert float(run(app, "b", check=lambda a: a.screen.query_one(Input).value)) == 0.99999987
+
+
+def test_a_cosine_under_1_is_never_printed_as_1():
+    from layerdiff.tui.state import cosine_text
+
+    assert cosine_text(0.999922074413636) == "0.999922"
+    for v in (0.99999995, 0.9999999996, 1 - 2 ** -52):
+        assert float(cosine_text(v)) < 1.0 and cosine_text(v).startswith("0.99999")
+    assert cosine_text(1.0) == "1.000000"

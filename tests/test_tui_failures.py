@@ -142,7 +142,7 @@ def _status(app) -> str:
     from textual.geometry import Region
 
     status = app.query_one("#status")
-    lines = status.render_lines(Region(0, 0, status.size.width, status.size.height))
+    lines = status.render_lines(Region(0, 0, status.outer_size.width, status.outer_size.height))
     return " ".join(" ".join(s.text for s in lines).split())
 
 
@@ -151,8 +151,11 @@ def test_the_chart_of_a_report_with_no_layers():
 
     report = replace(bench.synthetic_report(5), layers=())
     app = LayerdiffApp(report)
-    shown, said = _run(app, "g", "w", "d", "p", check=lambda a: (a.has_class("chart"), _status(a)))
-    assert shown and "no layer" in said  # d: no divergent layer in this report
+    shown, said = _run(app, "g", check=lambda a: (a.has_class("chart"), _status(a)))
+    assert shown and "nothing to chart" in said
+    app = LayerdiffApp(report)
+    said = _run(app, "p", "s", "w", "d", check=_status)
+    assert said.startswith("no divergent layer in this report")
 
 
 def test_the_chart_of_a_report_whose_every_metric_is_null():
@@ -185,14 +188,14 @@ def test_names_that_look_like_console_markup_are_shown_as_they_are():
     first = replace(report.layers[0], name=MARKUP, onnx_nodes=(MARKUP,), kernels=("[red]k",),
                     outputs=tuple(replace(o, tensor="[/]t") for o in report.layers[0].outputs))
     report = replace(report, layers=(first, *report.layers[1:]),
-                     model=replace(report.model, path="/m/[/bold]model.onnx"))
+                     model=replace(report.model, path="/m/[b]model.onnx"))
     app = LayerdiffApp(report)
 
     def seen(app):
         detail = app.query_one("#detail-body")
-        text = " ".join(s.text for s in detail.render_lines(Region(0, 0, detail.size.width, detail.size.height)))
+        text = " ".join(s.text for s in detail.render_lines(Region(0, 0, *detail.outer_size)))
         summary = app.query_one("#summary")
-        head = summary.render_lines(Region(0, 0, summary.size.width, 1))[0].text
+        head = summary.render_lines(Region(0, 0, summary.outer_size.width, 1))[0].text
         return text, head, _status(app)
 
     async def go():
@@ -207,7 +210,7 @@ def test_names_that_look_like_console_markup_are_shown_as_they_are():
 
     (detail, head, _), (_, _, status) = asyncio.run(go())
     assert MARKUP in detail and "[red]k" in detail and "[/]t" in detail
-    assert "[/bold]model.onnx" in head
+    assert "[b]model.onnx" in head
     assert "filter: [/b" in status
 
 

@@ -29,8 +29,10 @@ from layerdiff.tui.state import (
     Graph,
     RowView,
     ViewState,
+    cosine_text,
     first_divergent,
     follow,
+    proposed_cosine,
     row_view,
     visible,
     worst_row,
@@ -45,21 +47,23 @@ class LayerdiffApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "layerdiff"
+    # the footer shows these in this order, "? keys" first: at 80 columns every shown one fits (the
+    # command palette's ^p is left out of it); ? lists all of them
     BINDINGS = [
+        Binding("question_mark", "help", "keys"),
         Binding("q", "quit", "quit"),
-        Binding("question_mark", "help", "help"),
         Binding("slash", "filter", "filter"),
         Binding("s", "sort_next", "sort"),
         Binding("w", "worst", "worst"),
         Binding("d", "divergent", "diverges"),
+        Binding("g", "chart", "chart"),
         Binding("p,space", "pin", "pin"),
         Binding("e", "export", "export"),
-        Binding("g", "chart", "chart"),
+        Binding("b", "bisect", "bisect"),
         Binding("r", "reverse", "reverse", show=False),
         Binding("c", "constants", "constants", show=False),
         Binding("left_square_bracket", "producer", "producer", show=False),
         Binding("right_square_bracket", "consumer", "consumer", show=False),
-        Binding("b", "bisect", "bisect", show=False),
         Binding("x", "cancel_bisect", "cancel", show=False),
         Binding("escape", "clear_filter", "clear filter", show=False),
     ]
@@ -99,16 +103,21 @@ class LayerdiffApp(App[None]):
                 yield Static(id="detail-body")
             yield PlotextPlot(id="chart")
         yield Static("", id="status")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
-    def _summary(self) -> str:
+    def _worst_output(self) -> float | None:
+        """The candidate's worst-sample cosine over the final outputs (None where none has one)."""
+        worst = [o.accumulated.worst.cosine for o in self.report.outputs if o.accumulated is not None]
+        return None if not worst or any(math.isnan(w) for w in worst) else min(worst)
+
+    def _summary(self) -> Text:
         r = self.report
-        worst = [o.accumulated.worst.cosine for o in r.outputs if o.accumulated is not None]
-        out = f"output cos {min(worst):.6f}" if worst and not any(math.isnan(w) for w in worst) else "output -"
+        worst = self._worst_output()
+        out = f"output cos {cosine_text(worst)}" if worst is not None else "output -"
         consts = sum(1 for lay in r.layers if lay.kind == "constant")
         rows = f"{len(r.layers) - consts} rows" + (f" +{consts} const" if consts else "")  # as compare counts them
-        return (f"{Path(r.model.path).name} · {r.candidate.spec} · {rows} · {out} · "
-                f"{r.inputs.samples} sample(s){' (random)' if r.inputs.random else ''}")
+        return Text(f"{Path(r.model.path).name} · {r.candidate.spec} · {rows} · {out} · "  # text: a name is not markup
+                    f"{r.inputs.samples} sample(s){' (random)' if r.inputs.random else ''}")
 
     def on_mount(self) -> None:
         self._fill()
@@ -130,7 +139,7 @@ class LayerdiffApp(App[None]):
         table.set_rows(self.shown, self.view.pins, keep)
         self.query_one("#status", Static).update(self._status_line())
 
-    def _status_line(self, extra: str = "") -> str:
+    def _status_line(self, extra: str = "") -> Text:
         v = self.view
         parts = [f"{len(self.shown)} of {len(self.rows)} rows", f"sorted by {v.sort}{' (reversed)' if v.reverse else ''}"]
         if v.filter_text:
@@ -139,7 +148,7 @@ class LayerdiffApp(App[None]):
             parts.append("constants hidden (c)")
         if v.pins:
             parts.append(f"{len(v.pins)} pinned (e exports)")
-        return " · ".join(parts + ([extra] if extra else []))
+        return Text(" · ".join(parts + ([extra] if extra else [])))  # the filter as typed, not markup
 
     def watch_view(self, old: ViewState, new: ViewState) -> None:
         table = self.query_one(LayerTable)
@@ -170,12 +179,17 @@ class LayerdiffApp(App[None]):
 
     # -- the chart ---------------------------------------------------------------------------------
 
-    def _draw_chart(self) -> None:
+    def _draw_chart(self) -> bool:
+        """Draw the chart; False where no row has a cosine to draw (the chart says so)."""
         plot = self.query_one(PlotextPlot)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
         at, series = error_series(self.rows)
+        if not any(series.values()):  # plotext fails on a log scale with no data
+            plt.title("nothing to chart: no row of this report has a cosine")
+            plot.refresh()
+            return False
         hi = max(at.values(), default=0)
         bins = max(8, 2 * (plot.size.width - 12))  # braille: two points per cell, less the y axis
         # no legend box (plotext draws it over the data): the title says which is which
@@ -201,28 +215,53 @@ class LayerdiffApp(App[None]):
         if self.selected in at:
             plt.vline(at[self.selected], "magenta")
         plot.refresh()
+        return True
 
     def action_chart(self) -> None:
         self.toggle_class("chart")
         if self.has_class("chart"):
-            self.call_after_refresh(self._draw_chart)  # once laid out: the chart fits its size
+            self.call_after_refresh(self._draw_chart_or_say)  # once laid out: the chart fits its size
+
+    def _draw_chart_or_say(self) -> None:
+        if not self._draw_chart():
+            self._say("nothing to chart: no row of this report has a cosine (g goes back to the detail)")
 
     # -- moving ------------------------------------------------------------------------------------
 
-    def _jump(self, key: str | None, what: str) -> None:
-        if key is None:
-            self._say(f"no {what} in this report")
-            return
-        if key not in {r.key for r in self.shown}:
-            self.view = ViewState(sort=self.view.sort, reverse=self.view.reverse, show_constants=True,
-                                  pins=self.view.pins)
-        self._select(key)
+    def _kept(self) -> set[str] | None:
+        """The rows the filter keeps (Constants too, whatever c says); None without a filter."""
+        if not self.view.filter_text:
+            return None
+        filt = Filter.parse(self.view.filter_text)
+        return {r.key for r in self.rows if filt.keeps(r)}
 
-    def action_worst(self) -> None:
-        self._jump(worst_row(self.report), "layer with a local error")
+    def _jump(self, key: str | None, what: str) -> None:
+        """Select `key`. A row the view hides is shown, and the status line says what was changed for it
+        (the filter cleared, the Constants shown)."""
+        if key is None:
+            where = (f"among the rows the filter '{self.view.filter_text}' keeps (Esc clears it)"
+                     if self.view.filter_text else "in this report")
+            self._say(f"no {what} {where}")
+            return
+        if key in {r.key for r in self.shown}:
+            self._select(key)
+            return
+        row, view, changed = self.by_key[key], self.view, []
+        if not Filter.parse(view.filter_text).keeps(row):
+            changed.append(f"filter '{view.filter_text}' cleared")
+            view = replace(view, filter_text="")
+        if row.kind == "constant" and not view.show_constants:
+            changed.append("Constants shown (c hides them)")
+            view = replace(view, show_constants=True)
+        self.view = view
+        self._select(key)
+        self._say(f"{' and '.join(changed)} to show {row.name}")
+
+    def action_worst(self) -> None:  # the worst of the rows the filter keeps: the filter stays
+        self._jump(worst_row(self.report, self._kept()), "layer with a local error")
 
     def action_divergent(self) -> None:
-        self._jump(first_divergent(self.report), "divergent layer")
+        self._jump(first_divergent(self.report, self._kept()), "divergent layer")
 
     def action_producer(self) -> None:
         if self.selected:
@@ -312,7 +351,10 @@ class LayerdiffApp(App[None]):
         except (LayerdiffError, OSError) as err:
             self._say(f"not written: {err}")
             return
-        self._say(f"recipe written to {path} ({len(self.view.pins)} row(s)); layerdiff apply {path} MODEL checks it")
+        except Exception as err:  # a bug must not take the user's session (and pins) down with it
+            self._say(f"not written: internal error, please report it: {type(err).__name__}: {err}")
+            return
+        self._say(f"recipe written to {path} ({len(self.view.pins)} row(s)); layerdiff apply RECIPE MODEL measures it")
 
     def action_bisect(self) -> None:
         if self._bisecting:
@@ -323,10 +365,19 @@ class LayerdiffApp(App[None]):
             self._say(f"bisect runs the model, and {model} is not here (run the TUI where the report was made)")
             return
         tol = self.report.tolerance
-        worst = [o.accumulated.worst.cosine for o in self.report.outputs if o.accumulated is not None]
-        suggest = tol.min_cosine if tol else ((min(worst) + 1.0) / 2 if worst else 0.999)
+        worst = self._worst_output()
+        suggest = proposed_cosine(worst, tol.min_cosine if tol else None)
+        if suggest is None:
+            self._say(f"nothing to bisect: the final outputs already agree (cosine {cosine_text(worst)})")
+            return
+        if worst is None:
+            why = ""
+        elif tol and suggest == repr(tol.min_cosine):
+            why = "proposed: the report's --min-cosine\n"
+        else:
+            why = f"proposed: halfway between the candidate's output cosine {cosine_text(worst)} and 1\n"
         self.push_screen(AskScreen("Bisect: the lowest cosine of the final outputs to accept (worst sample)",
-                                   f"{suggest:.6g}", "runs the FP32 model and the candidate many times; x cancels"),
+                                   suggest, why + "runs the FP32 model and the candidate many times; x cancels"),
                          self._bisect_with)
 
     def _bisect_with(self, answer: str | None) -> None:
@@ -360,7 +411,7 @@ class LayerdiffApp(App[None]):
             def each(outcome, n, bound, cached):
                 verdict = "pass" if outcome.passed else "fail"
                 self.call_from_thread(self._say, f"bisect {n}/{bound}: {len(outcome.pins)} pins, cosine "
-                                                 f"{outcome.value:.6f} {verdict}   (x cancels)")
+                                                 f"{cosine_text(outcome.value)} {verdict}   (x cancels)")
 
             result = bisect(session, r.candidate.spec, target, holdout=held, on_outcome=each, cancel=self._cancel,
                             evidence=False)
@@ -382,8 +433,8 @@ class LayerdiffApp(App[None]):
         pins = frozenset(lay.name for lay in self.report.layers if lay.kind == "layer" and nodes & set(lay.onnx_nodes))
         self.view = replace(self.view, pins=pins)
         held = "" if result.holdout is None else f"; held-out {'holds' if result.holdout.holds else 'FAILS'}"
-        self._say(f"bisect {result.status}: {len(result.pins)} pin(s), cosine {result.outcome.value:.6f} "
-                  f"({result.evaluations} evaluations{held}); e exports them")
+        self._say(f"bisect {result.status}: {len(result.pins)} pin(s), cosine {cosine_text(result.outcome.value)} "
+                  f"({result.evaluations} evaluations{held}){'; e exports them' if pins else ''}")
 
     def action_cancel_bisect(self) -> None:
         if self._bisecting:

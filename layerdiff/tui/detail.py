@@ -27,20 +27,21 @@ def cos_text(v: float | None) -> Text:
     return Text(num(v, ".6f"), style=STYLE[severity(v)])
 
 
-def _names(items, limit: int = 6) -> str:
+def _names(items, limit: int = 6) -> Text:
+    """Names as text, never as console markup (a layer may be named `[/bold]x`)."""
     items = list(items)
     shown = ", ".join(items[:limit])
-    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "") if items else "-"
+    return Text(shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "") if items else "-")
 
 
 def _tensor_table(out: TensorDiff) -> Table:
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold", expand=False)
-    table.add_column(out.tensor + (f" {list(out.shape)}" if out.shape is not None else ""), no_wrap=True)
+    table.add_column(Text(out.tensor + (f" {list(out.shape)}" if out.shape is not None else "")), no_wrap=True)
     table.add_column("reference", justify="right")
     table.add_column("candidate", justify="right")
     acc = out.accumulated.worst if out.accumulated is not None else None
     if acc is None:
-        table.add_row(Text("not compared", style="yellow"), out.unpaired_reason or "-", "")
+        table.add_row(Text("not compared", style="yellow"), Text(out.unpaired_reason or "-"), "")
         return table
     table.add_row("max |x|", num(acc.ref_absmax), num(acc.cand_absmax))
     table.add_row("RMS", num(acc.ref_rms), num(acc.cand_rms))
@@ -76,16 +77,16 @@ def render_detail(layer: LayerDiff, graph: Graph) -> Group:
     if layer.requested_precision and layer.request_realised is False:
         facts.add_row("precision", Text(f"requested {layer.requested_precision}, ran {realised}", style="bold yellow"))
     else:
-        facts.add_row("precision", realised + (" (reads dequantized INT8)" if layer.dequantized_inputs else ""))
+        facts.add_row("precision", Text(realised + (" (reads dequantized INT8)" if layer.dequantized_inputs else "")))
     facts.add_row("ONNX nodes", _names(layer.onnx_nodes) if layer.kind != "conversion"
-                  else f"none (rounds {layer.converts or '?'})")
+                  else Text(f"none (rounds {layer.converts or '?'})"))
     if layer.engine_layers:
         facts.add_row("engine layers", _names(layer.engine_layers))
     if layer.kernels:
         facts.add_row("kernels", _names(layer.kernels))
     facts.add_row("reads", _names(layer.inputs))
-    facts.add_row("from", _names(graph.producers.get(layer.name, ())) + "   ([ goes up the worst)")
-    facts.add_row("to", _names(graph.consumers.get(layer.name, ())) + "   (] goes down the worst)")
+    facts.add_row("from", _names(graph.producers.get(layer.name, ())) + Text("   ([ goes up the worst)"))
+    facts.add_row("to", _names(graph.consumers.get(layer.name, ())) + Text("   (] goes down the worst)"))
     if layer.time_ms is not None:
         share = f" ({layer.time_share:.0%} of the candidate's kernel time)" if layer.time_share is not None else ""
         ref = f"; FP32 {layer.ref_time_ms:.3g} ms" if layer.ref_time_ms is not None else ""

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Static
 
 KEYS = (
     ("arrows, PgUp/PgDn", "move through the layers"),
@@ -71,9 +71,9 @@ class AskScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(self.question)
+            yield Static(Text(self.question))  # a Static wraps at any width (a Label was cut); text, not markup
             yield Input(self.value, id="answer")
-            yield Label(Text(self.note + ("\n" if self.note else "") + "Enter: yes   Esc: cancel", style="dim"))
+            yield Static(Text(self.note + ("\n" if self.note else "") + "Enter: yes   Esc: cancel", style="dim"))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)

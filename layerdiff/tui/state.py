@@ -9,7 +9,7 @@ precisions, any other word is a case-insensitive part of the row's name (all wor
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from layerdiff.diffs import LayerDiff
@@ -192,16 +192,18 @@ def visible(rows: Sequence[RowView], state: ViewState) -> list[RowView]:
     return known + unknown
 
 
-def worst_row(report: Report) -> str | None:
-    """The row that introduces the most error (layerdiff.report.rank_layers' first)."""
-    ranked = rank_layers(report)
-    return ranked[0].name if ranked else None
+def worst_row(report: Report, keep: Collection[str] | None = None) -> str | None:
+    """The row that introduces the most error (layerdiff.report.rank_layers' first); with `keep`, the
+    worst of the rows it names (those a filter keeps)."""
+    return next((lay.name for lay in rank_layers(report) if keep is None or lay.name in keep), None)
 
 
-def first_divergent(report: Report) -> str | None:
-    if report.first_divergence is not None:
-        return report.first_divergence.layer
-    return next((lay.name for lay in report.layers if lay.diverges), None)
+def first_divergent(report: Report, keep: Collection[str] | None = None) -> str | None:
+    """The first divergent row; with `keep`, the first of the rows it names."""
+    fd = report.first_divergence
+    if fd is not None and (keep is None or fd.layer in keep):
+        return fd.layer
+    return next((lay.name for lay in report.layers if lay.diverges and (keep is None or lay.name in keep)), None)
 
 
 def follow(graph: Graph, rows: dict[str, RowView], key: str, upstream: bool) -> str | None:
@@ -222,3 +224,31 @@ def severity(cosine: float | None) -> str:
     return "ok" if gap < 1e-4 else "warn" if gap < 1e-2 else "bad"
 
 
+def cosine_text(v: float) -> str:
+    """A cosine with 6 decimals, or as many more as it takes not to print a cosine under 1 as 1.000000
+    (a bisect's threshold and its outcomes differ in the 7th decimal on a good INT8 model)."""
+    for digits in range(6, 17):
+        text = f"{v:.{digits}f}"
+        if v >= 1.0 or float(text) < 1.0:
+            return text
+    return repr(v)
+
+
+def proposed_cosine(worst: float | None, tolerance: float | None = None) -> str | None:
+    """The threshold the TUI's bisect proposes, as text: the report's tolerance (`--min-cosine`) where it
+    lies strictly between the candidate's worst output cosine and 1, else halfway between the two (the
+    README's rule), with as few significant digits as keep it strictly between them (0.999999952 is
+    not 1, which the whole FP32 model alone may reach). None: the outputs already agree (cosine 1),
+    so there is nothing to bisect."""
+    if worst is None or math.isnan(worst):
+        return f"{tolerance:.6g}" if tolerance is not None and tolerance < 1.0 else "0.999"
+    if tolerance is not None and worst < tolerance < 1.0:
+        return repr(tolerance)
+    half = (worst + 1.0) / 2
+    if not worst < half < 1.0:
+        return None
+    for digits in range(6, 18):
+        text = f"{half:.{digits}g}"
+        if worst < float(text) < 1.0:
+            return text
+    return repr(half)
