@@ -98,6 +98,9 @@ class BisectResult:
     cost: RecipeCost | None = None  # --bench: the answer timed beside FP32 and the all-reduced plan
     finalists: tuple[Finalist, ...] = ()  # --objective time: the plans timed to choose the answer
     race_runs: int = 0
+    # the step after the search that Ctrl-C stopped ("held-out check", "evidence", "timing"); the steps after
+    # it did not run either. The search's answer stands; the recipe says what was not done.
+    interrupted_at: str = ""
 
     @property
     def passed(self) -> bool:
@@ -277,23 +280,33 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
             warnings.append("timing the finalists was interrupted: the answer is the search's, not timed")
         except BackendError as err:
             warnings.append(f"the finalists could not be timed ({err}): the answer is the search's")
-    held = None
+    held, stopped = None, ""
     if holdout is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
-        cand = make(outcome.pins | frozenset(forced))
-        got = session.outputs_on(cand, holdout, cancel)
-        ref = session.outputs_on(None, holdout, cancel)
-        per = tuple(target.score(r, g) for r, g in zip(ref, got, strict=True))
-        value = target.worst(per)
-        held = Holdout(len(holdout), holdout.source, value, per, target.passes(value))
-        if not held.holds:
+        try:
+            held = _held_out(session, make(outcome.pins | frozenset(forced)), holdout, target, cancel)
+        except (KeyboardInterrupt, Cancelled):
+            stopped = "held-out check"
+            warnings.append(f"interrupted during the held-out check: the answer was NOT checked on the "
+                            f"{len(holdout)} held-out sample(s)")
+        if held is not None and not held.holds:
             warnings.append(f"the answer fails on the {len(holdout)} held-out sample(s): {target.metric} "
-                            f"{value:.6g} against {target.threshold:g}; search on more samples (--inputs) before "
-                            "trusting it")
+                            f"{held.value:.6g} against {target.threshold:g}; search on more samples (--inputs) "
+                            "before trusting it")
     elif holdout is None and status in ("met", "found", "budget"):
         warnings.append("no held-out samples (one sample given): the answer was not checked on inputs it was not "
                         "found on; give --inputs with several samples or --holdout DIR")
-    pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins),
-                      evidence and status not in ("interrupted",), progress, cancel)
+    gather = evidence and status != "interrupted" and not stopped
+    try:
+        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), gather,
+                         progress, cancel)
+    except (KeyboardInterrupt, Cancelled):
+        if stopped:  # a second Ctrl-C: stop at once
+            raise
+        stopped = "evidence"
+        warnings.append("interrupted while the pins' evidence was gathered: the recipe has its pins, without "
+                        "their local errors")
+        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False,
+                         None, None)
     calibration = {}
     if precision == "int8" and backend is None and candidate.startswith("ort"):
         from layerdiff.backends.calibrate import ranges_to_json
@@ -301,19 +314,29 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         calibration = {"method": session.calibration, "source": session.calib.source, "samples": len(session.calib),
                        "random": session.calib.random, "ranges": ranges_to_json(session.quantizer.ranges)}
     timed = None
-    if bench is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
+    if bench is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed and not stopped:
         from layerdiff.bench import time_recipe
 
         try:
             timed = time_recipe(session, make(outcome.pins | frozenset(forced)), base_candidate, bench, warmup)
         except KeyboardInterrupt:
-            status = "interrupted"
+            stopped = "timing"
             warnings.append("timing was interrupted: the recipe has no measured cost")
         except BackendError as err:
             warnings.append(f"the recipe could not be timed ({err})")
     return BisectResult(status, strategy, target, candidate, precision, outcome, baseline, every, pins, forced,
                         len(pinnable), search.evaluations, bound, len(session.samples), held, tuple(warnings),
-                        calibration, objective, costs, timed, finalists, race_runs if len(finalists) > 1 else 0)
+                        calibration, objective, costs, timed, finalists, race_runs if len(finalists) > 1 else 0,
+                        stopped)
+
+
+def _held_out(session: Session, cand: Candidate, holdout: Samples, target: Target, cancel) -> Holdout:
+    """The answer's metric on the held-out samples (never searched on)."""
+    got = session.outputs_on(cand, holdout, cancel)
+    ref = session.outputs_on(None, holdout, cancel)
+    per = tuple(target.score(r, g) for r, g in zip(ref, got, strict=True))
+    value = target.worst(per)
+    return Holdout(len(holdout), holdout.source, value, per, target.passes(value))
 
 
 def _fastest(search: Search, outcome: Outcome, costs: PinCosts, make, forced, session, runs: int, warmup: int,

@@ -96,7 +96,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             trt_profile, outputs, divergence_cosine, reference_provider, capture_mode, ort_optimization, cache_dir,
             open_ui, quiet, debug) -> int:
     """Diff a reduced-precision candidate against MODEL in FP32, layer by layer."""
-    from layerdiff.console import make_console, print_summary, progress_bar
+    from layerdiff.console import clean, make_console, print_summary, progress_bar
     from layerdiff.files import check_writable, write_atomic
     from layerdiff.report import write_report
     from layerdiff.session import prepare
@@ -177,7 +177,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
             out.print(f"report written to {output}", markup=False, highlight=False)
     else:
         for w in report.warnings:
-            err.print(f"warning: {w}", markup=False, highlight=False)
+            err.print(f"warning: {clean(w)}", markup=False, highlight=False)
     failed = report.tolerance is not None and not report.tolerance.passed
     if failed and quiet:
         err.print(f"tolerance failed: final output outside cosine {report.tolerance.min_cosine} for "
@@ -263,11 +263,30 @@ def _quiet_libraries(debug: bool) -> None:
     """Once, before any work: the libraries' own log lines (ONNX Runtime's provider probes, the quantizer's
     advice) are shown only with --debug. The library never changes these; the command may, at start."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(name)s: %(message)s")
-    import onnxruntime
+    logging.captureWarnings(True)  # the libraries' Python warnings (matplotlib's...) go to that log too
+    if debug or "onnxruntime" in sys.modules:
+        import onnxruntime
+    else:  # ONNX Runtime's import logs in C++ before its severity can be set (telemetry, with HOME read-only)
+        with _stderr_muted():
+            import onnxruntime
     from polygraphy.logger import G_LOGGER
 
     onnxruntime.set_default_logger_severity(0 if debug else 3)
     G_LOGGER.module_severity = G_LOGGER.VERBOSE if debug else G_LOGGER.ERROR  # its loaders print to stdout
+
+
+@contextlib.contextmanager
+def _stderr_muted():
+    """File descriptor 2 (where C++ libraries write) to /dev/null while the block runs."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,12 +314,12 @@ def _main(args: list[str]) -> int:
     except click.exceptions.Exit as e:  # --help, --version
         return e.exit_code
     except click.ClickException as e:
-        print(f"layerdiff: error: {e.format_message()}", file=sys.stderr)
+        print(f"layerdiff: error: {_one_line(e.format_message())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LayerdiffError as e:
         if debug:
             traceback.print_exc()
-        print(f"layerdiff: error: {e}", file=sys.stderr)
+        print(f"layerdiff: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, click.exceptions.Abort):
         print("layerdiff: interrupted", file=sys.stderr)
@@ -315,17 +334,25 @@ def _main(args: list[str]) -> int:
             return _internal(e, debug)
         if debug:
             traceback.print_exc()
-        print(f"layerdiff: error: {bad}", file=sys.stderr)
+        print(f"layerdiff: error: {_one_line(str(bad))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:  # a bug: one line and its own exit code, never the tolerance code
         return _internal(e, debug)
     return code if isinstance(code, int) else 0
 
 
+def _one_line(message: str) -> str:
+    """A message as one line: what a model or a user named in it (a node name holding a newline) is shown
+    with visible escapes, so that no line of it passes for one of layerdiff's own."""
+    from layerdiff.console import clean
+
+    return clean(message)
+
+
 def _internal(e: Exception, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    first = _one_line(str(e).strip().splitlines()[0]) if str(e).strip() else ""
     print(f"layerdiff: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
           "layerdiff: rerun with --debug and report the traceback", file=sys.stderr)
     return EXIT_INTERNAL

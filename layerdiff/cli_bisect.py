@@ -123,8 +123,9 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
             result = run_bisect(session, candidate, target, strategy=strategy, holdout=held, max_pins=max_pins,
                                 max_evals=max_evals, jobs=jobs, state=resume, on_start=started, on_outcome=each,
                                 progress=progress, objective=objective, bench=bench, warmup=warmup)
-        except KeyboardInterrupt:
-            print("layerdiff: interrupted before any evaluation finished", file=sys.stderr)
+        except KeyboardInterrupt:  # before any evaluation finished, or a second Ctrl-C after the search
+            print("layerdiff: interrupted; no recipe written" + (f"; the evaluations that finished are in {resume}"
+                                                                  if resume else ""), file=sys.stderr)
             return EXIT_INTERRUPTED
     if result.status == "unreachable":
         print(f"layerdiff: even with all {result.pinnable} pinnable nodes in FP32 the candidate fails: "
@@ -137,6 +138,10 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
     if result.status == "interrupted":
         if resume:
             print(f"layerdiff: interrupted; resume with --resume {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if result.interrupted_at:
+        print(f"layerdiff: interrupted during the {result.interrupted_at}: the search's answer is "
+              + (f"in {output}, marked unfinished" if output else "above") , file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.status == "max-pins" or not result.outcome.passed or (result.holdout and not result.holdout.holds):
         return EXIT_TOLERANCE
@@ -164,7 +169,7 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
     if quiet:
         print(f"{result.status}: {pins}; {target.metric} {o.value:.7g}" + (f"; {held}" if held else ""))
         for w in result.warnings:
-            err.print(f"warning: {w}", markup=False, highlight=False)
+            err.print(f"warning: {clean(w)}", markup=False, highlight=False)
         return
     p = lambda text="": out.print(text, markup=False, highlight=False)  # noqa: E731
     p(line)
@@ -200,7 +205,7 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         for line in result.cost.lines():
             p(line)
     for w in result.warnings:
-        p(f"warning: {w}")
+        p(f"warning: {clean(w)}")
     if output:
         p(f"recipe written to {output}")
         hint = f"  export it: layerdiff export {shlex.quote(str(output))} --format FORMAT (see --help)"
@@ -222,6 +227,7 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
 def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     """Write a recipe in the form a build tool takes, or (--format model-explorer) a report's error per
     node as Model Explorer node data."""
+    from layerdiff.console import clean
     from layerdiff.export import TEXT
     from layerdiff.files import check_writable, write_atomic
     from layerdiff.graph import write_model
@@ -234,13 +240,17 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
         check_writable(output, protect=(recipe, model or r.model_path, calib))
     doubt = r.doubt()
     if doubt:
-        print(f"layerdiff: warning: {doubt}", file=sys.stderr)
+        print(f"layerdiff: warning: {clean(doubt)}", file=sys.stderr)
     if fmt != "onnx":
         text = TEXT[fmt](r)
         if output:
             write_atomic(output, text.encode())
         else:
-            click.echo(text, nl=False)
+            # the bytes -o would write: click.echo drops escape sequences when the output is not a terminal,
+            # and a node name may hold them
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode())
+            sys.stdout.buffer.flush()
         return 0
     if not output:
         raise BadInput("--format onnx writes a model: give -o FILE.onnx")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerdiff.backends.base import Candidate
+from layerdiff.errors import Cancelled
 from layerdiff.metrics import FP16_MAX
 from layerdiff.session import Session
 
@@ -52,6 +53,8 @@ def pin_infos(session: Session, base: Candidate, make, pins: frozenset[str], ord
     rows: dict[str, Any] = {}
     if evidence:
         report = session.compare(base, progress=progress, cancel=cancel)
+        if report.capture.interrupted:  # compare keeps what finished; evidence is all of it or none
+            raise Cancelled("the pins' evidence was interrupted")
         for row in report.layers:
             for node in row.onnx_nodes or (row.name,):
                 if node in pins and row.kind == "layer":

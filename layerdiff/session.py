@@ -373,8 +373,15 @@ class Session:
             evaluation = Evaluation(tuple(OutputDiff(o, reason="not captured (run interrupted)")
                                           for o in self.model.outputs), (), "")
         exposed = exposed_vs_plain(result.kept, evaluation.values, held)
-        kernel_note = () if result.interrupted else kernel_check(candidate, evaluation, held, self.samples.feeds,
-                                                                 self.reference_outputs(), self.optimization, cancel)
+        kernel_note: tuple[str, ...] = ()
+        if not result.interrupted:
+            try:
+                kernel_note = kernel_check(candidate, evaluation, held, self.samples.feeds, self.reference_outputs(),
+                                           self.optimization, cancel)
+            except (Cancelled, KeyboardInterrupt):  # every row is in: the report keeps them
+                result.interrupted = True
+                kernel_note = ("interrupted before the deployed INT8 kernels were checked against the candidate's "
+                               "Q/DQ arithmetic: every row is in the report, that check alone did not run",)
         if progress:
             progress("final outputs", 1, 1)
         info = CandidateInfo(candidate.spec, candidate.kind, candidate.runtime,

@@ -128,7 +128,7 @@ def load_metric_fn(spec: str) -> Callable[[dict, dict], float]:
             raise ImportError("not a Python file")
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
-    except Exception as err:  # the user's code: any failure is said in one line
+    except (Exception, SystemExit) as err:  # the user's code: any failure is said in one line
         raise BadInput(f"--metric-fn: importing {path} failed ({type(err).__name__}: {err})") from None
     fn = getattr(module, name, None)
     if not callable(fn):
@@ -184,6 +184,9 @@ class Target:
             try:
                 value = self.fn(dict(reference), dict(candidate))
                 value = float(value)
+            except SystemExit as err:  # sys.exit() in the user's code would end layerdiff with no result
+                raise BadInput(f"--metric-fn {self.metric} called sys.exit({err.code!r}); it takes (reference, "
+                               "candidate) dicts of output arrays and returns a number") from None
             except Exception as err:  # the user's code
                 raise BadInput(f"--metric-fn {self.metric} failed ({type(err).__name__}: {err}); it takes "
                                "(reference, candidate) dicts of output arrays and returns a number") from None
