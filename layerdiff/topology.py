@@ -106,3 +106,57 @@ def name_nodes(graph: onnx.GraphProto, layers: tuple[Layer, ...]) -> None:
         outs = [o for o in node.output if o]
         if outs and by_output.get(outs[0], node.name) != node.name:
             node.name = by_output[outs[0]]
+
+
+def node_order(graph: onnx.GraphProto) -> list[int]:
+    """The indices of `graph`'s nodes in a topological order that keeps the file's order wherever it
+    can: each node in file order, preceded by the nodes it reads from (a node a rewrite appended at the
+    end, such as a QuantizeLinear, moves to just before its first reader). A graph already sorted keeps
+    its order. Names no node of `graph` writes (inputs, initializers, an enclosing graph's tensors) are
+    available from the start. Raises ValueError on a cycle."""
+    nodes = list(graph.node)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    deps = []
+    for i, node in enumerate(nodes):
+        names = [n for n in node.input if n]
+        if has_subgraph(node):
+            names += sorted(subgraph_reads(node))
+        deps.append(list(dict.fromkeys(producer[n] for n in names if n in producer and producer[n] != i)))
+    state = [0] * len(nodes)  # 0: not placed, 1: on the stack (its producers being placed), 2: placed
+    order: list[int] = []
+    for root in range(len(nodes)):
+        if state[root]:
+            continue
+        state[root] = 1
+        stack = [(root, iter(deps[root]))]  # iterative depth-first: a long chain needs no deep recursion
+        while stack:
+            i, pending = stack[-1]
+            d = next((d for d in pending if state[d] != 2), None)
+            if d is None:
+                stack.pop()
+                state[i] = 2
+                order.append(i)
+            elif state[d] == 1:
+                raise ValueError(f"the graph '{graph.name}' has a cycle through node '{nodes[d].name}'")
+            else:
+                state[d] = 1
+                stack.append((d, iter(deps[d])))
+    return order
+
+
+def sort_graph(graph: onnx.GraphProto) -> None:
+    """Put `graph`'s nodes, and those of every subgraph body, in topological order (see `node_order`),
+    editing it in place: give it a copy where the graph is shared."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                sort_graph(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    sort_graph(g)
+    order = node_order(graph)
+    if order == list(range(len(order))):
+        return
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)  # extend copies each node in

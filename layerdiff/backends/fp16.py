@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 from layerdiff.backends.ortnames import UPCAST_PREFIX
 from layerdiff.graph import FINAL_KEY, LoadedModel, max_ir_version, proto_tensor_types
 from layerdiff.plan import PrecisionPlan
+from layerdiff.topology import sort_graph
 
 EMULATED_KEY = "layerdiff.fp16_emulated"
 
@@ -60,6 +61,7 @@ def build_fp16_plain(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto
     # the element types of the converted graph (the converter renames tensors, such as a graph output's
     # producer's), the FP32 model's where inference could not tell
     _drop_round_trips(candidate, {**model.tensor_types, **proto_tensor_types(candidate)})
+    sort_graph(candidate.graph)  # the converter appends its Casts after the graph's nodes
     return candidate
 
 

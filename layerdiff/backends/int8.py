@@ -30,6 +30,7 @@ from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
 from layerdiff.lazy import once
 from layerdiff.progress import Progress
+from layerdiff.topology import sort_graph
 
 TRT_QDQ_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "AveragePool", "GlobalAveragePool", "MaxPool", "Add")
 QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -121,6 +122,7 @@ class Int8Quantizer:
                                  sorted(exclude), list(TRT_QDQ_OPS), options)
         out = quantizer.quantize_model()
         out.ir_version = min(out.ir_version, max_ir_version())
+        sort_graph(out.graph)  # the quantizer appends its Q/DQ nodes after the graph's: each goes before its readers
         return out
 
     @once
@@ -147,6 +149,7 @@ class Int8Quantizer:
         pinned = set(pinned) & self.quantized
         if pinned:
             _unquantize(out, self.source, pinned)
+            sort_graph(out.graph)  # a guard: a pinned node reads tensors written before its Q/DQ was, in order
         return out
 
 
