@@ -4,6 +4,7 @@ against the model, or make seeded random ones when the user gives none (and say 
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +128,43 @@ def _read_npz(path: Path, what: str) -> Feed:
         raise InputDataError(f"{what} file {path} is not a readable .npz file ({type(err).__name__}: {err})") from err
 
 
-def _read_polygraphy_json(path: Path, what: str) -> list[Feed]:
-    from polygraphy.json import load_json
+# the Polygraphy types a --save-inputs file holds; any other is refused before Polygraphy decodes it
+# (layerdiff.jsonread, only_polygraphy_types): some run code
+_INPUT_TYPES = frozenset({"ndarray", "LazyNumpyArray", "LazyArray"})
 
+
+def _read_polygraphy_json(path: Path, what: str) -> list[Feed]:
+    from polygraphy.json import from_json
+
+    from layerdiff.jsonread import (
+        ForeignType,
+        JsonLimit,
+        only_polygraphy_types,
+        parse_json,
+    )
+
+    not_inputs = f"{what} file {path} is not a Polygraphy --save-inputs JSON file"
+    try:  # no size limit: the file holds the user's samples
+        text = path.read_bytes().decode("utf-8")
+        parse_json(text, hook=only_polygraphy_types(_INPUT_TYPES), limit=math.inf)
+    except ForeignType as err:
+        raise InputDataError(f"{what} file {path} holds a serialized {str(err)[:60]!r} object, not only arrays: "
+                             "refused, because inputs are data, never code; save them again with polygraphy run "
+                             "--save-inputs") from None
+    except JsonLimit as err:
+        raise InputDataError(f"{not_inputs}: {err}") from None
+    except UnicodeDecodeError as err:
+        raise InputDataError(f"{not_inputs}: not UTF-8 text at byte {err.start}") from None
+    except (OSError, ValueError) as err:
+        raise InputDataError(f"{not_inputs}: {(str(err).splitlines() or [type(err).__name__])[0][:200]}") from err
     try:
-        data = load_json(str(path))
-    except (ValueError, OSError, TypeError, KeyError) as err:
-        raise InputDataError(f"{what} file {path} is not a Polygraphy --save-inputs JSON file: {err}") from err
+        data = from_json(text)
+    except Exception as err:  # third-party code decoding a user's file: any failure means it is unreadable
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        if isinstance(err, ValueError) and "pickle" in first:  # numpy, refusing an object array
+            raise InputDataError(f"{what} file {path} holds pickled Python objects, not only arrays: refused, because "
+                                 "inputs are data, never code; save plain numpy arrays") from err
+        raise InputDataError(f"{not_inputs} ({type(err).__name__}: {first})") from err
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
@@ -141,7 +172,7 @@ def _read_polygraphy_json(path: Path, what: str) -> list[Feed]:
     for feed in data:
         for k, v in feed.items():
             if not isinstance(v, np.ndarray):
-                raise InputDataError(f"{what} file {path}: input '{k}' is not an array")
+                raise InputDataError(f"{what} file {path}: input {str(k)[:60]!r} is not an array")
     return data
 
 

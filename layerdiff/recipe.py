@@ -28,6 +28,15 @@ from typing import Any
 
 from layerdiff.errors import BadInput
 from layerdiff.files import write_atomic
+from layerdiff.jsonread import (
+    CALIBRATION_METHODS,
+    finite_only,
+    is_number,
+    nonfinite_problem,
+    ranges_problem,
+    read_json,
+    short,
+)
 from layerdiff.plan import PRECISIONS, PrecisionPlan
 
 SCHEMA = "layerdiff.recipe/1"
@@ -223,42 +232,85 @@ def _generated_names(model_path: str, sha256: str, nodes) -> dict[str, dict[str,
 
 
 def write_recipe(data: Mapping[str, Any], path: str | Path) -> None:
-    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+    """Write a recipe atomically; a number that is not finite is written as null (JSON has none, and
+    load_recipe refuses NaN and Infinity as damage)."""
+    write_atomic(path, (json.dumps(finite_only(data), indent=1, allow_nan=False) + "\n").encode())
 
 
 def load_recipe(path: str | Path, model_sha256: str | None = None) -> Recipe:
     """Read a recipe; a damaged file, an unknown schema, or (with `model_sha256`) a recipe made for
-    another model: BadInput in one line."""
+    another model: BadInput in one line. Every field a command reads is checked here (its type, and
+    calibration ranges that INT8 can use), so that no command fails later on a damaged recipe."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"recipe not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise BadInput(f"{path} is not a layerdiff recipe (not JSON: {err})") from None
+    # NaN and Infinity are read, then refused naming their field (calibration ranges first)
+    data = read_json(path, "layerdiff recipe", BadInput, top=None, missing="recipe not found: {path}",
+                     damaged="{path} is a damaged layerdiff recipe ({reason})", nonfinite=True)
     if not isinstance(data, dict):
         raise BadInput(f"{path} is not a layerdiff recipe (a JSON {type(data).__name__}, not an object)")
     schema = data.get("schema")
     if schema != SCHEMA:
-        raise BadInput(f"{path} has recipe schema {schema!r}; this layerdiff reads {SCHEMA!r}")
-    try:
-        model, cand, tol = data["model"], data["candidate"], data["tolerance"]
-        pins = tuple(data["pins"])
-        if not (isinstance(model, dict) and isinstance(model["sha256"], str) and isinstance(model["path"], str)):
-            raise TypeError("model is {path, sha256}")
-        if cand.get("precision") not in PRECISIONS or not isinstance(cand.get("spec"), str):
-            raise TypeError("candidate is {spec, precision}")
-        if not isinstance(tol, dict):
-            raise TypeError("tolerance is an object")
-        for p in pins:
-            if not (isinstance(p, dict) and isinstance(p.get("node"), str) and p["node"] and p.get("precision") == "fp32"):
-                raise TypeError("each pin is {node, precision: fp32}")
-        forced = tuple(data.get("forced", ()))
-        if not all(isinstance(n, str) and n for n in forced):
-            raise TypeError("forced is a list of node names")
-    except (KeyError, TypeError, AttributeError) as err:
-        raise BadInput(f"{path} is a damaged layerdiff recipe ({type(err).__name__}: {err})") from None
+        raise BadInput(f"{path} has recipe schema {repr(schema)[:80]}; this layerdiff reads {SCHEMA!r}")
+    problem = _recipe_problem(data)
+    problem = problem or nonfinite_problem(data)
+    if problem:
+        raise BadInput(f"{path} is a damaged layerdiff recipe ({problem})")
+    model, cand, tol = data["model"], data["candidate"], data["tolerance"]
     if model_sha256 is not None and model["sha256"] != model_sha256:
         raise BadInput(f"{path} was made for another model ({model['path']}, sha256 {model['sha256'][:12]}...; this "
                        f"one is {model_sha256[:12]}...): run bisect on this model")
-    return Recipe(model["path"], model["sha256"], cand, tol, pins, forced, data)
+    return Recipe(model["path"], model["sha256"], cand, tol, tuple(data["pins"]), tuple(data.get("forced", ())), data)
+
+
+_ORT_LEVELS = ("all", "extended", "basic", "disabled")  # backends/ortnames.LEVELS, without importing onnxruntime
+_STRINGS = "a list of strings"
+
+
+def _recipe_problem(data: Mapping[str, Any]) -> str | None:
+    """The first field of a recipe a command cannot use, in words; None when there is none."""
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    missing = [k for k in ("model", "candidate", "tolerance", "pins") if k not in data]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    model, cand, tol, pins = data["model"], data["candidate"], data["tolerance"], data["pins"]
+    if not (isinstance(model, dict) and isinstance(model.get("sha256"), str) and isinstance(model.get("path"), str)):
+        return "model is not {path, sha256} of two strings"
+    if not (isinstance(cand, dict) and isinstance(cand.get("spec"), str) and cand.get("precision") in PRECISIONS):
+        return f"candidate is not {{spec, precision}} with a precision of {', '.join(PRECISIONS)}"
+    if "ort_optimization" in cand and cand["ort_optimization"] not in _ORT_LEVELS:
+        return f"candidate.ort_optimization is {short(cand['ort_optimization'])}, not one of {', '.join(_ORT_LEVELS)}"
+    if "ort_quantize" in cand and not isinstance(cand["ort_quantize"], dict):
+        return "candidate.ort_quantize is not an object"
+    calibration = cand.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict):
+            return "candidate.calibration is not an object"
+        if calibration.get("method", "minmax") not in CALIBRATION_METHODS:
+            return (f"candidate.calibration.method is {short(calibration['method'])}, not one of "
+                    f"{', '.join(CALIBRATION_METHODS)}")
+        if "ranges" in calibration and (problem := ranges_problem(calibration["ranges"])):
+            return f"candidate.calibration.ranges: {problem}"
+    if not isinstance(tol, dict):
+        return "tolerance is not an object"
+    if tol:  # {} in a recipe pinned by hand: nothing to check
+        function = tol.get("metric") == "function"
+        if not isinstance(tol.get("metric"), str) or function and not isinstance(tol.get("metric_fn"), str):
+            return "tolerance.metric is not a metric name (or \"function\" with metric_fn FILE.py:FUNCTION)"
+        if not is_number(tol.get("threshold")):
+            return f"tolerance.threshold is {short(tol.get('threshold'))}, not a finite number"
+        if not strings(tol.get("outputs", [])):
+            return f"tolerance.outputs is not {_STRINGS}"
+        if tol.get("direction", "min") not in ("min", "max"):
+            return f"tolerance.direction is {short(tol['direction'])}, not \"min\" or \"max\""
+    if not isinstance(pins, list):
+        return "pins is not a list"
+    for i, p in enumerate(pins):
+        if not (isinstance(p, dict) and isinstance(p.get("node"), str) and p["node"] and p.get("precision") == "fp32"):
+            return f"pins[{i}] is not {{node, precision: fp32}} with a node name"
+        if not strings(p.get("engine_layers", [])) or not strings(p.get("covers", [])):
+            return f"pins[{i}]: engine_layers and covers are not {_STRINGS}"
+    forced = data.get("forced", [])
+    if not (strings(forced) and all(forced)):
+        return "forced is not a list of node names"
+    return None

@@ -20,15 +20,7 @@ from layerdiff.cost import Cost, GateCheck
 from layerdiff.diffs import LayerDiff, OutputDiff, TensorDiff, precision_audit  # noqa: F401  (the report's rows)
 from layerdiff.errors import ReportError
 from layerdiff.files import write_atomic
-from layerdiff.jsonread import (
-    BadNumber,
-    as_object,
-    finite_float,
-    get_field,
-    pick,
-    refuse_number,
-    short_int,
-)
+from layerdiff.jsonread import as_object, get_field, pick, read_json
 from layerdiff.metrics import TensorMetrics
 
 SCHEMA = "layerdiff.report/1"
@@ -266,15 +258,10 @@ def load_report(path: str | Path) -> Report:
     if not path.is_file():
         raise ReportError(f"report not found: {path} (write one with layerdiff compare ... -o {path.name})")
     damaged = f"{path} is a damaged layerdiff report ({{}}); re-run layerdiff compare"
-    try:  # write_report writes finite numbers only (others are null): NaN, Infinity or 1e999 is damage
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse_number, parse_float=finite_float,
-                          parse_int=short_int)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{path} is not a layerdiff report (not readable JSON: {str(err).splitlines()[0]})") from err
-    except BadNumber as err:
-        raise ReportError(damaged.format(err)) from None
-    except RecursionError:
-        raise ReportError(damaged.format("it nests arrays or objects thousands deep")) from None
+    # write_report writes finite numbers only (others are null): NaN, Infinity or 1e999 is damage
+    data = read_json(path, "layerdiff report", ReportError, top=None,
+                     not_json="{path} is not a layerdiff report (not readable JSON: {reason})",
+                     damaged="{path} is a damaged layerdiff report ({reason}); re-run layerdiff compare")
     if not isinstance(data, dict) or "schema" not in data:
         raise ReportError(f"{path} is not a layerdiff report (no \"schema\" field)")
     schema = data["schema"]

@@ -30,10 +30,12 @@ from layerdiff.errors import Cancelled, InputDataError
 from layerdiff.files import write_atomic
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
+from layerdiff.jsonread import CALIBRATION_METHODS as _METHOD_NAMES
+from layerdiff.jsonread import ranges_problem, read_json
 from layerdiff.progress import Progress
 from layerdiff.rewrite import fixed_shape_types, with_nodes, with_outputs
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_METHODS = tuple(_METHOD_NAMES)  # ("minmax", "entropy", "percentile")
 
 
 def activations(model: LoadedModel) -> list[str]:
@@ -182,10 +184,22 @@ def ranges_to_json(data) -> dict:
             "tensors": {t: [float(td.range_value[0]), float(td.range_value[1])] for t, td in data.items()}}
 
 
-def ranges_from_json(obj: dict):
+def ranges_from_json(obj: dict, tensors: list[str] | None = None):
+    """TensorsData of ranges as ranges_to_json writes them (a recipe's, a cache's). Ranges INT8 cannot
+    use (not two finite float32 numbers, lowest <= highest; a method that is not ONNX Runtime's) and,
+    given `tensors` (the model's float activations, `activations(model)`), ranges that leave one out
+    are a ValueError saying which."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
+    problem = ranges_problem(obj)
+    if problem is None and tensors is not None:
+        lacking = [t for t in tensors if t not in obj["tensors"]]
+        if lacking:
+            problem = (f"they lack the range of {len(lacking)} of the model's {len(tensors)} float tensors "
+                       f"({', '.join(repr(t) for t in lacking[:2])}{', ...' if len(lacking) > 2 else ''})")
+    if problem is not None:
+        raise ValueError(problem)
     method = getattr(CalibrationMethod, obj["method"])
     return TensorsData(method, {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                                 for t, (lo, hi) in obj["tensors"].items()})
@@ -201,14 +215,17 @@ class RangesCache:
             key = hashlib.sha256(f"{model_sha256}{method}{calib.digest()}".encode()).hexdigest()[:16]
             self.path = cache_dir / f"calibration-{key}.json"
 
-    def load(self):
-        """The cached ranges, or None."""
+    def load(self, tensors: list[str] | None = None):
+        """The cached ranges, or None; given `tensors` (the model's float activations), a range for
+        each. A damaged file is an InputDataError saying to delete it."""
         if self.path is None or not self.path.is_file():
             return None
+        damaged = "calibration cache {path} is damaged ({reason}); delete it"
+        obj = read_json(self.path, "calibration cache", InputDataError, not_json=damaged, damaged=damaged)
         try:
-            return ranges_from_json(json.loads(self.path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise InputDataError(f"calibration cache {self.path} is damaged ({err}); delete it") from err
+            return ranges_from_json(obj, tensors)
+        except ValueError as err:
+            raise InputDataError(damaged.format(path=self.path, reason=err)) from None
 
     def save(self, ranges) -> None:
         if self.path is not None and not self.path.exists():

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
+import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from layerdiff.backends.engine import EngineView
 from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
+from layerdiff.jsonread import ForeignType, JsonLimit, only_polygraphy_types, parse_json
 
 
 def feed_key(feed: dict[str, np.ndarray]) -> str:
@@ -36,37 +36,25 @@ def feed_key(feed: dict[str, np.ndarray]) -> str:
 
 
 # The Polygraphy types a results file holds (FormattedArray: TensorRT outputs in a vectorized format,
-# refused below as not an array). Polygraphy's decoder knows more, and some run code: Polygraphy 0.49
-# (which pyproject allows) decodes a serialized torch tensor with torch.load, an unpickler unless torch is
-# 2.6 or newer, wherever torch is installed. So each file is first parsed as plain JSON, and refused if it
-# names any other type, before Polygraphy decodes it.
+# refused below as not an array); any other is refused before Polygraphy decodes the file (some run
+# code: layerdiff.jsonread, only_polygraphy_types).
 _RESULT_TYPES = frozenset({"RunResults", "IterationResult", "LazyArray", "LazyNumpyArray", "ndarray",
                            "FormattedArray"})
-_TYPE_MARKER, _LEGACY_TYPE_MARKER = "polygraphy_class", "polygraphy_serialized_json_type"
 _SAVE_AGAIN = "save them again with polygraphy run --save-outputs"
 
 
-class _ForeignType(Exception):
-    pass
-
-
-def _refuse_foreign_types(pairs: list[tuple[str, Any]]) -> None:
-    """A json object hook: raise _ForeignType for an object Polygraphy would decode as another type."""
-    for key, value in pairs:
-        name = value if key == _TYPE_MARKER else key if value == _LEGACY_TYPE_MARKER else None
-        name = name.removeprefix("__polygraphy_encoded_") if isinstance(name, str) else None
-        if name is not None and name not in _RESULT_TYPES:
-            raise _ForeignType(name)
-
-
 def _check_results_file(file: str) -> None:
-    """`file` is JSON and names no Polygraphy type but those of results (before Polygraphy decodes it)."""
+    """`file` is JSON within layerdiff's limits and names no Polygraphy type but those of results
+    (before Polygraphy decodes it). No size limit: the file holds the user's tensors."""
     try:
-        json.loads(Path(file).read_bytes(), object_pairs_hook=_refuse_foreign_types)
-    except _ForeignType as err:
+        parse_json(Path(file).read_bytes().decode("utf-8"), hook=only_polygraphy_types(_RESULT_TYPES), limit=math.inf)
+    except ForeignType as err:
         raise BadInput(f"{file} holds a serialized {_short(err.args[0])} object, not only arrays: refused, because "
                        f"results files are data, never code; {_SAVE_AGAIN}") from None
-    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8, a 5000-digit number
+    except JsonLimit as err:  # too deep: Python's own words too, as before
+        why = f"{err}: {str(err.__cause__).splitlines()[0]}" if isinstance(err.__cause__, RecursionError) else err
+        raise BadInput(f"{file} is not a Polygraphy --save-outputs results file ({why}); {_SAVE_AGAIN}") from None
+    except (OSError, ValueError) as err:  # ValueError: not JSON, not UTF-8
         raise _unreadable(file, err) from err
 
 

@@ -13,7 +13,6 @@ Profile timings (--exportProfile) and TREx metadata side files are recognised an
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from layerdiff.errors import EngineInfoError
 from layerdiff.files import read_text
+from layerdiff.jsonread import MAX_DEPTH, JsonLimit, decoder, parse_json, too_deep
 
 _LAYER_SPLIT = re.compile(r"^\s*-+\s*Layer\s+\d+\s*-+\s*$", re.MULTILINE)
 _LOG_DIM = re.compile(r"-?[0-9]{1,18}")  # longer numbers are no dimension (and int() refuses > 4300 digits)
@@ -62,19 +62,16 @@ _NOT_JSON = object()
 def _json(text: str, path: Path) -> Any:
     """The parsed document, or _NOT_JSON."""
     try:
-        return json.loads(text)
-    except RecursionError:
+        return parse_json(text)
+    except JsonLimit as err:
+        what = {"depth": f"nests JSON arrays or objects {'thousands' if 'thousands' in str(err) else f'more than {MAX_DEPTH}'} deep",
+                "digits": "holds a number with thousands of digits"}.get(err.limit, str(err).removeprefix("it "))
         raise EngineInfoError(
-            f"{path} nests JSON arrays or objects thousands deep, which TensorRT never writes: it is not layer "
-            "information; export it with trtexec --exportLayerInfo=FILE --profilingVerbosity=detailed"
+            f"{path} {what}: TensorRT never writes that, so it is not layer information; export it with trtexec "
+            "--exportLayerInfo=FILE --profilingVerbosity=detailed"
         ) from None
-    except json.JSONDecodeError:
+    except ValueError:  # json.JSONDecodeError: another of the formats, or nothing
         return _NOT_JSON
-    except ValueError:  # an integer literal longer than int() converts (4300 digits)
-        raise EngineInfoError(
-            f"{path} holds a number with thousands of digits, which TensorRT never writes: it is not layer "
-            "information; export it with trtexec --exportLayerInfo=FILE --profilingVerbosity=detailed"
-        ) from None
 
 
 def _from_json(data: Any, path: Path) -> RawInfo:
@@ -110,16 +107,16 @@ def _from_json(data: Any, path: Path) -> RawInfo:
 
 def _concatenated_objects(text: str) -> list[dict[str, Any]]:
     """Layer objects one after another, with or without `--- Layer N ---` separator lines."""
-    decoder = json.JSONDecoder()
+    decoding = decoder()  # parse_json's limits, for each object
     out = []
     for chunk in _LAYER_SPLIT.split(text):
         pos, chunk = 0, chunk.strip()
         while pos < len(chunk):
             try:
-                obj, end = decoder.raw_decode(chunk, pos)
-            except (ValueError, RecursionError):
+                obj, end = decoding.raw_decode(chunk, pos)
+            except (ValueError, RecursionError):  # ValueError: not JSON, or beyond parse_json's limits
                 return []
-            if not isinstance(obj, dict) or "Name" not in obj:
+            if not isinstance(obj, dict) or "Name" not in obj or too_deep(obj):
                 return []
             out.append(obj)
             pos = end

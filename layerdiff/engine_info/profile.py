@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerdiff.errors import BadInput
 from layerdiff.files import read_text
+from layerdiff.jsonread import MAX_DEPTH, JsonLimit, nonfinite_problem, parse_json
 
 if TYPE_CHECKING:  # at run time only the layers' names are read; no import cycle with the package
     from layerdiff.engine_info import EngineInfo
@@ -85,6 +86,9 @@ def read_trt_profile(path: str | Path) -> TrtProfile:
             if key in entry:
                 _time(entry[key], key, start + i, name, path)
     statistic, key = _statistic(entries, names, runs, start, path)
+    problem = nonfinite_problem(data)  # the times are checked above, with their entry: this is any other field
+    if problem:
+        raise BadInput(f"{path}: {problem}, and trtexec writes none there; {_REEXPORT}")
     scale = 1.0 / runs if statistic == "total/count" and runs else 1.0
     layers = tuple((name, float(entry[key]) * scale) for entry, name in zip(entries, names, strict=True))
     return TrtProfile(str(path), runs, statistic, layers)
@@ -121,20 +125,18 @@ def match_profile(profile: TrtProfile, info: EngineInfo) -> dict[str, float]:
 def _load(path: Path) -> Any:
     text = read_text(path, "TensorRT profile", BadInput, "; write one with trtexec --exportProfile=FILE",
                      f"; {_REEXPORT}")
-    try:
-        return json.loads(text, strict=False)  # strict=False: trtexec writes names unescaped (module doc)
+    try:  # NaN and Infinity are read, and refused with the entry they are in (_time)
+        return parse_json(text, strict=False, nonfinite=True)  # strict=False: trtexec writes names unescaped
+    except JsonLimit as err:
+        what = {"depth": f"nests JSON {'thousands' if 'thousands' in str(err) else f'more than {MAX_DEPTH}'} deep",
+                "digits": "holds a number with thousands of digits"}.get(err.limit, str(err).removeprefix("it "))
+        raise BadInput(f"{path} {what}: trtexec never writes that, so it is not a TensorRT profile; {_REEXPORT}") from None
     except json.JSONDecodeError as err:
         if _NAN_INF.search(text):
             raise BadInput(f"{path} holds nan or inf times, which trtexec writes when a layer could not be "
                            f"timed and which are not JSON; {_REEXPORT}") from None
         raise BadInput(f"{path} is not JSON ({err.msg} at line {err.lineno}): it may be truncated, or not a "
                        f"TensorRT profile; {_REEXPORT}") from None
-    except RecursionError:
-        raise BadInput(f"{path} nests JSON thousands deep, which trtexec never writes: it is not a TensorRT "
-                       f"profile; {_REEXPORT}") from None
-    except ValueError:  # an integer literal longer than int() converts
-        raise BadInput(f"{path} holds a number with thousands of digits, which trtexec never writes: it is not "
-                       f"a TensorRT profile; {_REEXPORT}") from None
 
 
 def _not_a_list(data: Any, path: Path) -> str:
