@@ -5,6 +5,11 @@ local error) annotated."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import warnings
 from pathlib import Path
 
 from layerdiff.errors import BadInput
@@ -49,17 +54,50 @@ def plot_report(report: Report, path: str | Path, *, title: str | None = None):
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise BadInput(f"plot writes {', '.join(FORMATS)} files (by the suffix of -o), not '{path.suffix or path.name}'")
-    try:
-        import matplotlib
-    except ImportError:
-        raise BadInput("layerdiff plot needs matplotlib: pip install 'layerdiff[plot]'") from None
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
+    Figure = _figure_class()
     at, series = error_series(report.layers)
     if not at:
         raise BadInput("the report has no layer rows to plot")
-    fig, ax = plt.subplots(figsize=(11, 4.8), layout="constrained")
+    with warnings.catch_warnings():  # matplotlib's own (a glyph no font has) are not the user's business
+        warnings.simplefilter("ignore")
+        fig, data = _draw(Figure, report, at, series, path.suffix.lower()[1:], title)
+    from layerdiff.files import write_atomic
+
+    write_atomic(path, data)
+    return fig
+
+
+def _figure_class():
+    """matplotlib's Figure, used without pyplot: no window, no backend chosen for the whole process (a
+    notebook's stays as it was), and savefig draws with the file format's own (Agg for PNG). MPLBACKEND
+    names a backend for windows, which a file does not need: a name matplotlib does not know made its
+    import fail (exit 3), so matplotlib is imported without it, and then given it as its own import
+    would have where it names a backend."""
+    try:
+        if "matplotlib" not in sys.modules and os.environ.get("MPLBACKEND"):
+            wanted = os.environ.pop("MPLBACKEND")
+            try:
+                import matplotlib
+            finally:
+                os.environ["MPLBACKEND"] = wanted
+            with contextlib.suppress(ValueError):  # "'bogus' is not a valid value for backend"
+                matplotlib.rcParams["backend"] = wanted
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise BadInput("layerdiff plot needs matplotlib: pip install 'layerdiff[plot]'") from None
+    return Figure
+
+
+def _plain(text: str) -> str:
+    """`text` shown as it is: matplotlib reads $...$ as mathematics (a layer named `a$\\b$` made savefig
+    raise), and an escaped dollar is a dollar (Text(parse_math=False) is lost where text wraps)."""
+    return text.replace("$", r"\$")
+
+
+def _draw(Figure, report: Report, at, series, fmt: str, title: str | None):
+    """(the figure, its file as `fmt`: png, svg, pdf)."""
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    ax = fig.subplots()
     acc, local = series["cosine"], series["local_cosine"]
     if acc:  # the error each tensor carries: a path through the network, drawn as a line
         ax.plot([p[0] for p in acc], [p[1] for p in acc], label="accumulated (vs FP32 model)", color="#1f77b4",
@@ -85,23 +123,17 @@ def plot_report(report: Report, path: str | Path, *, title: str | None = None):
         ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, weight="bold")
         lines.append(f"{k} {r.name} (#{r.index}, local cos {r.local_cosine:.6g})")
     if lines:
-        fig.text(0.01, 0.005, "most local error: " + "   ".join(lines), fontsize=7, va="bottom", wrap=True)
+        fig.text(0.01, 0.005, _plain("most local error: " + "   ".join(lines)), fontsize=7, va="bottom", wrap=True)
         fig.get_layout_engine().set(h_pad=0.25)
     fd = report.first_divergence
     if fd is not None and fd.layer in at:
         ax.axvline(at[fd.layer], color="#9467bd", ls="--", lw=1)
-        ax.annotate(f"first divergent: {fd.layer}", (at[fd.layer], 1.0), xycoords=("data", "axes fraction"),
+        ax.annotate(_plain(f"first divergent: {fd.layer}"), (at[fd.layer], 1.0), xycoords=("data", "axes fraction"),
                     xytext=(4, -12), textcoords="offset points", fontsize=8, color="#9467bd")
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8, frameon=False)
-    ax.set_title(title or f"{Path(report.model.path).name}: {report.candidate.spec} against FP32 "
-                          f"({report.inputs.samples} sample(s){', random' if report.inputs.random else ''})",
+    ax.set_title(_plain(title or f"{Path(report.model.path).name}: {report.candidate.spec} against FP32 "
+                               f"({report.inputs.samples} sample(s){', random' if report.inputs.random else ''})"),
                  fontsize=10, loc="left")
-    import io
-
-    from layerdiff.files import write_atomic
-
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lower()[1:], dpi=150)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return fig
+    fig.savefig(buf, format=fmt, dpi=150)
+    return fig, buf.getvalue()
