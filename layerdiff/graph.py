@@ -218,7 +218,7 @@ def max_ir_version() -> int:
 
 
 def from_proto(proto: onnx.ModelProto, path: Path | str = "<memory>", sha256: str = "") -> LoadedModel:
-    proto = _infer_shapes(proto)
+    proto = _infer_shapes(_sorted(proto))
     graph = proto.graph
     initializers = frozenset(t.name for t in graph.initializer)
     types = proto_tensor_types(proto, infer=False)
@@ -233,6 +233,33 @@ def from_proto(proto: onnx.ModelProto, path: Path | str = "<memory>", sha256: st
         path=Path(path), sha256=sha256, proto=proto, layers=layers, tensor_types=types,
         initializers=initializers, inputs=inputs, outputs=tuple(o.name for o in graph.output),
     )
+
+
+def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """`proto`, or a copy with its nodes in topological order where they are not: ONNX Runtime loads a
+    model whose nodes are out of order, but shape inference then misses types, the quantizer cannot
+    quantize it, and every model built from it would be out of order too (a cycle is left for
+    `topological_layers` to report)."""
+    try:
+        if _is_sorted(proto.graph):
+            return proto
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
+        sort_graph(out.graph)
+        return out
+    except ValueError:
+        return proto
+
+
+def _is_sorted(graph: onnx.GraphProto) -> bool:
+    return node_order(graph) == list(range(len(graph.node))) and all(
+        _is_sorted(g) for g in _subgraphs(graph))
+
+
+def _subgraphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The bodies of `graph`'s nodes' graph attributes (one level down)."""
+    return [g for node in graph.node for attr in node.attribute
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
 def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -358,8 +385,7 @@ def _sorted_and_named(graph: onnx.GraphProto) -> bool:
             return False
     except ValueError:  # a cycle: reported by sort_graph
         return False
-    return all(_sorted_and_named(g) for node in graph.node for attr in node.attribute
-               for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs))
+    return all(_sorted_and_named(g) for g in _subgraphs(graph))
 
 
 def _name_graphs(graph: onnx.GraphProto, name: str) -> None:

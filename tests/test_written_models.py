@@ -253,3 +253,32 @@ def test_cli_reports_an_invalid_candidate_as_an_internal_error(cli, tmp_path, mo
     assert code == 3 and "internal error" in err and "not valid ONNX" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not saved.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("spec", ["ort-int8", "ort-fp16", "user-file"])
+def test_a_users_unsorted_model_gives_sorted_models(cli, tmp_path, spec):
+    """ONNX Runtime loads a model whose nodes are out of order (here the CNN's, reversed); what
+    layerdiff writes from it, a candidate built from it or that model saved back as the candidate, is
+    sorted and computes the same."""
+    model = onnx.load(str(CNN))
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    unsorted = tmp_path / "reversed.onnx"
+    onnx.save(model, str(unsorted))
+    saved = tmp_path / "cand.onnx"
+    if spec == "user-file":
+        code, _, err = cli("compare", CNN, "--candidate", unsorted, "--inputs", INPUTS, "-q", "--save-candidate", saved)
+    else:
+        code, _, err = cli("compare", unsorted, "--candidate", spec, "--inputs", INPUTS, "-q",
+                           "--save-candidate", saved)
+    assert code == 0, err
+    written = assert_valid_and_sorted(saved)
+    assert len(written.graph.node) >= len(nodes)
+    feeds = prepare(CNN, inputs=INPUTS).samples.feeds
+    if spec == "user-file":
+        assert_same_outputs(saved, model, feeds)
+    else:
+        cand = prepare(unsorted, inputs=INPUTS).candidate(spec)
+        assert node_multiset(written) == node_multiset(cand.model)
+        assert_same_outputs(saved, cand.model, feeds)
