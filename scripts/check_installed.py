@@ -51,6 +51,20 @@ def _say(name: str, problems: list[str], seconds: float, stderr: str = "") -> No
         print("    stderr: " + stderr.strip().replace("\n", "\n    stderr: "), flush=True)
 
 
+def _checked_models(work: Path, names: tuple[str, ...]) -> bool:
+    """Every model the commands wrote passes onnx.checker's full check (external data and shapes too)."""
+    import onnx
+
+    t0, problems = time.monotonic(), []
+    for name in names:
+        try:
+            onnx.checker.check_model(str(work / name), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, OSError) as err:
+            problems.append(f"{name}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}")
+    _say("onnx.checker of the models written", problems, time.monotonic() - t0)
+    return not problems
+
+
 def _tui(report: Path, cwd: Path) -> bool:
     """`layerdiff tui REPORT` in a pseudo-terminal of 80x24: the table must be drawn (the first row's name
     appears on the screen), and `q` must end it with exit 0."""
@@ -86,14 +100,17 @@ def _tui(report: Path, cwd: Path) -> bool:
         if done:
             code = os.waitstatus_to_exitcode(status)
             break
-    if code is None:
+    end = time.monotonic() + 15  # the terminal closed: the process is ending
+    while code is None and time.monotonic() < end:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             code = os.waitstatus_to_exitcode(status)
         else:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            problems.append("did not end within 90 s" + ("" if sent_q else " and drew no table"))
+            time.sleep(0.1)
+    if code is None:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        problems.append("did not end" + ("" if sent_q else " and drew no table"))
     os.close(fd)
     if code is not None:
         if not sent_q:
@@ -152,6 +169,7 @@ def main() -> int:
             steps.append(("inspect", ["inspect", str(args.engine_info.resolve())], (0,), (), ""))
         for name, argv, expect, makes, has in steps:
             ok &= _run(name, argv, work, expect, makes, has)
+        ok &= _checked_models(work, ("int8.onnx", "applied.onnx", "recipe.onnx"))
         ok &= _tui(work / "report.json", work)
     print("installed wheel: every command ran" if ok else "installed wheel: some commands FAILED")
     return 0 if ok else 1
