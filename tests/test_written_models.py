@@ -146,12 +146,16 @@ def test_builders_make_sorted_candidates(model):
 
     session = session_of(model)
     layers = [lay.name for lay in session.model.layers if lay.name not in session.model.weight_layers]
+    own = [n.name for n in onnx.load(str(model)).graph.node]
     for precision in ("int8", "fp16"):
         for plan in (PrecisionPlan.uniform(precision),
                      PrecisionPlan(precision, {layers[0]: "fp32", layers[len(layers) // 2]: "fp32"})):
             cand = session.realise(plan)
             for proto in (cand.model, cand.executed):
                 assert unsorted_read(proto.graph) is None, (precision, plan.overrides, unsorted_read(proto.graph))
+                # the model's own nodes keep their order: the added ones go in before their readers
+                kept = [n.name for n in proto.graph.node if n.name in own]
+                assert kept == [n for n in own if n in kept]
 
 
 @pytest.mark.parametrize("spec", ["ort-int8", "ort-fp16"])
