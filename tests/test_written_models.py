@@ -286,3 +286,20 @@ def test_a_users_unsorted_model_gives_sorted_models(cli, tmp_path, spec):
         cand = prepare(unsorted, inputs=INPUTS).candidate(spec)
         assert node_multiset(written) == node_multiset(cand.model)
         assert_same_outputs(saved, cand.model, feeds)
+
+
+def test_contrib_qdq_candidates_of_opset_12_models_are_valid(cli, tmp_path):
+    """Below opset 13 the Q/DQ are ONNX Runtime's com.microsoft ops: the written model imports that
+    domain and passes the check."""
+    model = onnx.load(str(CNN))
+    model.opset_import[0].version = 12  # the CNN's ops read the same at opset 12
+    old = tmp_path / "cnn12.onnx"
+    onnx.save(model, str(old))
+    saved = tmp_path / "cand.onnx"
+    code, _, err = cli("compare", old, "--candidate", "ort-int8", "--inputs", INPUTS, "-q", "--save-candidate", saved)
+    assert code == 0, err
+    written = assert_valid_and_sorted(saved)
+    assert {n.domain for n in written.graph.node if n.op_type == "QuantizeLinear"} == {"com.microsoft"}
+    assert "com.microsoft" in {o.domain for o in written.opset_import}
+    session = prepare(old, inputs=INPUTS)
+    assert_same_outputs(saved, session.candidate("ort-int8").model, session.samples.feeds)
