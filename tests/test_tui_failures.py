@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from layerdiff.report import write_report
-from tests.conftest import ROOT, load_script
+from layerdiff.report import load_report, write_report
+from tests.conftest import FIXTURES, ROOT, load_script
 
 bench = load_script("bench_tui")
 
@@ -79,6 +79,23 @@ def test_a_tui_that_cannot_load_its_stylesheet_exits_3_in_one_line(cli, report_p
     code, _, err = cli("tui", report_path)
     assert code == 3
     _one_internal_error(err, "StylesheetError")
+
+
+def test_compare_tui_that_cannot_start_exits_3_and_keeps_the_report(cli, tmp_path, monkeypatch):
+    from layerdiff.tui.app import LayerdiffApp
+
+    monkeypatch.setattr(LayerdiffApp, "CSS_PATH", str(tmp_path / "gone.tcss"))
+    import layerdiff.cli as cli_module
+
+    monkeypatch.setattr(cli_module.sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(cli_module.sys.stdout, "isatty", lambda: True, raising=False)
+    _headless(monkeypatch)
+    out = tmp_path / "r.json"
+    code, _, err = cli("compare", FIXTURES / "cnn.onnx", "--candidate", "ort-int8", "--inputs",
+                       FIXTURES / "cnn_inputs", "-o", out, "--tui")
+    assert code == 3
+    _one_internal_error(err, "StylesheetError", "gone.tcss")
+    assert load_report(out).candidate.spec == "ort-int8"
 
 
 def test_an_error_inside_the_running_tui_is_not_exit_0(cli, report_path, monkeypatch):
