@@ -27,7 +27,7 @@ from layerdiff.clitypes import (  # noqa: F401  (parse_size and the codes are pa
     Cosine,
     parse_size,
 )
-from layerdiff.errors import BadInput, LayerdiffError, OutputPathError
+from layerdiff.errors import BadInput, LayerdiffError, ModelError, OutputPathError
 from layerdiff.specs import IMPORTED
 from layerdiff.specs import describe as describe_specs
 
@@ -220,7 +220,14 @@ def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) 
         if cand.model is None:
             raise BadInput(f"--save-candidate: a {cand.kind} candidate has no ONNX model to save (for TensorRT "
                            "engines use --save-engine-info)")
-        write_model(save_candidate, cand.model)
+        try:
+            write_model(save_candidate, cand.model)
+        except RuntimeError as err:  # a user's own candidate file that no sorting makes valid ONNX
+            if cand.kind != "onnx":
+                raise
+            raise ModelError(f"--save-candidate: {cand.spec} is not valid ONNX that layerdiff can write back "
+                             f"({str(err).split(': ', 1)[-1]}); ONNX Runtime runs it, but layerdiff writes only models that "
+                             "pass onnx.checker: fix the file, or leave out --save-candidate") from None
     if save_emulation:
         if cand.kind != "ort-fp16":
             raise BadInput("--save-emulation saves the FP16 emulation model of an ort-fp16 candidate")

@@ -90,3 +90,21 @@ def test_onnxruntime_telemetry_noise_stays_off_stderr_with_a_read_only_home(tmp_
         assert "telemetry" not in proc.stderr
     finally:
         subprocess.run(["umount", "-l", str(home)], capture_output=True)
+
+
+def test_saving_back_a_users_invalid_candidate_is_bad_input(cli, tmp_path):
+    """ONNX Runtime runs a candidate whose value_info contradicts its shapes; onnx.checker refuses it, and
+    layerdiff writes only models that pass it: that is the user's file, not a bug."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(CNN))
+    model.graph.value_info.append(helper.make_tensor_value_info(model.graph.node[0].output[0], TensorProto.FLOAT,
+                                                                [1, 2, 3]))
+    bad = tmp_path / "cand.onnx"
+    onnx.save(model, str(bad))
+    out = tmp_path / "out.onnx"
+    code, _, err = cli("compare", CNN, "--candidate", bad, "--inputs", INPUTS, "-q", "--save-candidate", out)
+    assert code == 2 and err.count("\n") == 1
+    assert "--save-candidate" in err and "onnx.checker" in err
+    assert not out.exists()
