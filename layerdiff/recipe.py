@@ -286,7 +286,7 @@ def _recipe_problem(data: Mapping[str, Any]) -> str | None:
     if calibration is not None:
         if not isinstance(calibration, dict):
             return "candidate.calibration is not an object"
-        if calibration.get("method", "minmax") not in CALIBRATION_METHODS:
+        if calibration.get("method", "minmax") not in tuple(CALIBRATION_METHODS):  # tuple: the method may be a dict
             return (f"candidate.calibration.method is {short(calibration['method'])}, not one of "
                     f"{', '.join(CALIBRATION_METHODS)}")
         if "ranges" in calibration and (problem := ranges_problem(calibration["ranges"])):

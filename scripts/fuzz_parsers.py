@@ -1,11 +1,12 @@
 """Fuzz layerdiff's file parsers with hypothesis: whatever a file holds, a parser returns its result or
 raises its own error (one line), never anything else.
 
-    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report|recipe] [--seed N]
+    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report|recipe|state|cache]
+        [--seed N]
 
 Each entry of TARGETS is one parser: a hypothesis strategy of file contents (or directories) and a check
 that parses one. tests/test_fuzz_engine_info.py and tests/test_fuzz_parsers.py run the same strategies
-with fewer cases. To fuzz another parser (recipes, ...), add its strategy and check and one TARGETS entry.
+with fewer cases. To fuzz another parser, add its strategy and check and one TARGETS entry.
 """
 
 from __future__ import annotations
@@ -644,7 +645,13 @@ def check_report(path: Path) -> None:
 
 RECIPE_KEYS = ["schema", "model", "path", "sha256", "candidate", "spec", "precision", "calibration", "ranges",
                "tensors", "tolerance", "metric", "threshold", "outputs", "pins", "node", "covers", "forced",
-               "achieved", "holdout", "finished"]
+               "achieved", "holdout", "finished", "method", "ort_optimization", "direction", "engine_layers",
+               "per_sample", "value", "input", "conv1_out"]
+# wrong values for the files layerdiff writes itself (recipes, state files, caches): numbers JSON has not
+# (placeholders), ones beyond float32, ranges of every wrong shape, the strings a state file writes
+FILE_WRONG = st.one_of(WRONG, st.sampled_from(PLACEHOLDERS), st.sampled_from(
+    ["nan", "inf", "-inf", -0.0, 1e39, -1e39, 3.4e38, 2 ** 64, [1], [1, 0], [0, 1, 2], ["0", 1], [True, 1], [],
+     {"x": [0, 1]}, "MinMax", "Entropy", "fp32", "all", "min", "function"]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -666,7 +673,7 @@ def real_recipes() -> tuple[str, ...]:
 @st.composite
 def damaged_recipes(draw) -> bytes:
     doc = json.loads(draw(st.sampled_from(real_recipes())))
-    return draw(_json_text(_damaged(draw, doc, RECIPE_KEYS), indent=1))
+    return draw(_json_text(_damaged(draw, doc, RECIPE_KEYS, FILE_WRONG), indent=1))
 
 
 def recipe_inputs() -> st.SearchStrategy[bytes]:
@@ -675,12 +682,33 @@ def recipe_inputs() -> st.SearchStrategy[bytes]:
         lambda d: _json_text({"schema": "layerdiff.recipe/1", **d}))
 
 
+@cache
+def _cnn() -> tuple[tuple[str, ...], list[str]]:
+    """The CNN fixture's outputs and float activations (the tensors its calibration ranges cover)."""
+    from layerdiff.backends.calibrate import activations
+    from layerdiff.graph import load_model
+
+    model = load_model(ROOT / "fixtures" / "cnn.onnx")
+    return model.outputs, activations(model)
+
+
+def _check_ranges(ranges) -> None:
+    import numpy as np
+
+    for name, data in ranges.items():
+        lo, hi = (np.float32(v) for v in data.range_value)
+        assert np.isfinite(lo) and np.isfinite(hi) and lo <= hi, (name, lo, hi)
+
+
 def check_recipe(path: Path) -> None:
-    """load_recipe returns a Recipe or raises a one-line BadInput; the text exports of a recipe it
-    returns give text or a one-line BadInput."""
+    """load_recipe returns a Recipe or raises a one-line BadInput; what the commands read of a recipe it
+    returns can be used: the text exports give text or a one-line BadInput, its calibration ranges are
+    finite with lowest <= highest (apply), its tolerance is a Target or a one-line BadInput (apply)."""
+    from layerdiff.backends.calibrate import ranges_from_json
     from layerdiff.errors import BadInput
     from layerdiff.export import TEXT
     from layerdiff.recipe import Recipe, load_recipe
+    from layerdiff.target import Target as Tolerance
 
     try:
         recipe = load_recipe(path)
@@ -688,12 +716,124 @@ def check_recipe(path: Path) -> None:
         assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
         return
     assert isinstance(recipe, Recipe)
-    assert recipe.plan.default == recipe.precision
+    assert recipe.plan.default == recipe.precision and isinstance(recipe.doubt(), str)
     for fmt, export in TEXT.items():
         try:
             assert isinstance(export(recipe), str)
         except BadInput as err:
             assert "\n" not in str(err), f"{fmt}: not a one-line message"
+    calibration = recipe.candidate.get("calibration") or {}
+    if "ranges" in calibration:
+        _check_ranges(ranges_from_json(calibration["ranges"]))
+    if recipe.tolerance and recipe.tolerance.get("metric") != "function":  # a function is a file to import
+        try:
+            assert isinstance(Tolerance.from_dict(recipe.tolerance, _cnn()[0]), Tolerance)
+        except BadInput as err:
+            assert "\n" not in str(err), "tolerance: not a one-line message"
+
+
+# ---------------------------------------------------------------- bisect state files (SearchState.load)
+
+STATE_KEYS = ["schema", "model", "candidate", "precision", "calibration", "samples", "calib", "target", "forced",
+              "evaluations", "pins", "per_sample", "seconds"]
+
+
+@functools.lru_cache(maxsize=1)
+def real_state() -> tuple[str, dict, int]:
+    """The --resume state file of a bisect run on the CNN fixture (FakeBackend), the identity of that
+    search and its number of samples."""
+    from layerdiff.backends.fake import FakeBackend
+    from layerdiff.bisect import bisect, prepare_split
+    from layerdiff.target import Target as Tolerance
+
+    fixtures = ROOT / "fixtures"
+    session, _ = prepare_split(fixtures / "cnn.onnx", inputs=fixtures / "cnn_inputs", reference_provider="cpu")
+    target = Tolerance.parse("cosine", 0.99999, [], session.model.outputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state.json"
+        bisect(session, "fake", target, backend=FakeBackend(session.model, {"conv2": 0.05, "fc": 0.5}, 0.0),
+               state=state, evidence=False)
+        text = state.read_text()
+    doc = json.loads(text)
+    doc["evaluations"][0]["per_sample"][-1] = "-inf"  # as add() writes a value JSON has no number for
+    return json.dumps(doc), {k: v for k, v in doc.items() if k != "evaluations"}, len(session.samples)
+
+
+@st.composite
+def damaged_states(draw) -> bytes:
+    doc = json.loads(real_state()[0])
+    return draw(_json_text(_damaged(draw, doc, STATE_KEYS, FILE_WRONG), indent=None))
+
+
+def state_inputs() -> st.SearchStrategy[bytes]:
+    from layerdiff.bisect_state import STATE_SCHEMA
+
+    return damaged_states() | st.binary(max_size=300) | json_values.flatmap(_json_text) | st.dictionaries(
+        st.sampled_from(STATE_KEYS), json_values | FILE_WRONG, max_size=8).flatmap(
+        lambda d: _json_text({"schema": STATE_SCHEMA, **real_state()[1], **d}))
+
+
+def check_state(path: Path) -> None:
+    """SearchState.load, as `bisect --resume` calls it, returns outcomes of this search or raises a
+    one-line BadInput: each outcome names nodes and has one number per sample, its value and verdict
+    those of the target."""
+    import math
+
+    from layerdiff.bisect_state import SearchState
+    from layerdiff.errors import BadInput
+    from layerdiff.target import Target as Tolerance
+
+    _, identity, samples = real_state()
+    target = Tolerance.parse("cosine", 0.99999, [], _cnn()[0])
+    try:
+        outcomes = SearchState(path, identity).load(target, samples)
+    except BadInput as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+        return
+    for o in outcomes:
+        assert isinstance(o.pins, frozenset) and all(isinstance(p, str) and p for p in o.pins)
+        assert len(o.per_sample) == samples and all(isinstance(v, float) for v in o.per_sample)
+        assert isinstance(o.seconds, float) and math.isfinite(o.seconds) and o.seconds >= 0
+        assert o.passed == target.passes(target.worst(o.per_sample))
+
+
+# ---------------------------------------------------------------- calibration caches (RangesCache.load)
+
+
+def real_cache() -> dict:
+    """The ranges a --cache-dir file of the CNN fixture holds (those of its ort-int8 recipe)."""
+    return json.loads(real_recipes()[1])["candidate"]["calibration"]["ranges"]
+
+
+@st.composite
+def damaged_caches(draw) -> bytes:
+    return draw(_json_text(_damaged(draw, real_cache(), ["method", "tensors", "input", "conv1_out"], FILE_WRONG),
+                           indent=None))
+
+
+def cache_inputs() -> st.SearchStrategy[bytes]:
+    ranges = st.lists(FILE_WRONG | st.floats(), max_size=3)
+    return damaged_caches() | st.binary(max_size=300) | json_values.flatmap(_json_text) | st.fixed_dictionaries(
+        {"method": st.sampled_from(["MinMax", "Percentile", "Distribution", "minmax"]) | FILE_WRONG,
+         "tensors": st.dictionaries(st.sampled_from(_cnn()[1]) | st.text(max_size=4), ranges, max_size=3)
+         | FILE_WRONG}).flatmap(_json_text)
+
+
+def check_cache(path: Path) -> None:
+    """RangesCache.load, as a session with --cache-dir calls it, returns ranges INT8 can use (finite,
+    lowest <= highest, one for each of the model's float tensors) or raises a one-line InputDataError."""
+    from layerdiff.backends.calibrate import RangesCache
+    from layerdiff.errors import InputDataError
+
+    cache = RangesCache(None, "", "", None)
+    cache.path = path
+    try:
+        ranges = cache.load(_cnn()[1])
+    except InputDataError as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+        return
+    assert set(_cnn()[1]) <= set(ranges)
+    _check_ranges(ranges)
 
 
 # ---------------------------------------------------------------- targets
@@ -713,6 +853,8 @@ TARGETS: dict[str, Target] = {
     "polygraphy-results": Target(results_inputs, check_polygraphy_results, POLYGRAPHY_DIR),
     "report": Target(report_inputs, check_report),
     "recipe": Target(recipe_inputs, check_recipe),
+    "state": Target(state_inputs, check_state),
+    "cache": Target(cache_inputs, check_cache),
 }
 
 

@@ -174,6 +174,8 @@ RECIPE_DAMAGE = {
                   "candidate.calibration.ranges: no tensor has a range"),
     "unknown method": (lambda d: d["candidate"]["calibration"]["ranges"].update(method="Foo"),
                        'the method is "Foo", not one of MinMax, Entropy, Percentile'),
+    "calibration method an object": (lambda d: d["candidate"]["calibration"].update(method={}),
+                                     "candidate.calibration.method is {}, not one of minmax, entropy, percentile"),
     "calibration a list": (lambda d: d["candidate"].update(calibration=[1]), "candidate.calibration is not an object"),
     "threshold a string": (lambda d: d["tolerance"].update(threshold="x"),
                            'tolerance.threshold is "x", not a finite number'),

@@ -268,3 +268,20 @@ def test_a_missing_section_and_a_missing_field_are_named(tmp_path, report_json):
 def test_load_recipe_gives_a_recipe_or_one_line(data, fuzz_path):
     fuzz_path.write_bytes(data)
     fuzz.check_recipe(fuzz_path)
+
+
+# ---------------------------------------------------------------- bisect state files and calibration caches
+
+
+@FIXED
+@given(data=fuzz.state_inputs())
+def test_load_state_gives_this_searchs_outcomes_or_one_line(data, fuzz_path):
+    fuzz_path.write_bytes(data)
+    fuzz.check_state(fuzz_path)
+
+
+@FIXED
+@given(data=fuzz.cache_inputs())
+def test_load_cache_gives_usable_ranges_or_one_line(data, fuzz_path):
+    fuzz_path.write_bytes(data)
+    fuzz.check_cache(fuzz_path)
