@@ -295,3 +295,21 @@ def only_polygraphy_types(allowed: frozenset[str]) -> Callable[[list[tuple[str, 
         return dict(pairs)
 
     return hook
+
+
+def metadata_json(value: str, key: str, valid: Callable[[Any], bool], shape: str) -> Any:
+    """The JSON value of metadata property `key` that layerdiff wrote into a candidate model (which a user
+    hands back as CANDIDATE.onnx), parsed within parse_json's limits and `valid` (it is `shape`, in words);
+    else one-line ModelError."""
+    from layerdiff.errors import ModelError
+
+    try:
+        data = parse_json(value)
+    except ValueError as err:  # JsonLimit, json.JSONDecodeError
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+    else:
+        if valid(data):
+            return data
+        reason = f"it is not {shape}"
+    raise ModelError(f"the candidate model's metadata '{key}' is damaged ({reason}); layerdiff writes it when it "
+                     "saves a candidate: save the candidate again (--save-candidate)")

@@ -447,3 +447,42 @@ def test_pickled_content_in_an_inputs_file_is_refused_not_unpickled(tmp_path, ca
                                              r"refused, because inputs are data, never code"):
         _read_inputs(path)
     assert not fuzz.UNPICKLED.exists()
+
+
+# ---------------------------------------------------------------- JSON in a candidate model's metadata
+
+
+def test_metadata_json_is_read_within_the_limits_and_checked():
+    from layerdiff.errors import ModelError
+
+    def names(v):
+        return isinstance(v, list) and all(isinstance(n, str) for n in v)
+
+    assert jsonread.metadata_json('["a", "b"]', "k", names, "a list of node names") == ["a", "b"]
+    for value, reason in (("5", "it is not a list of node names"), ("[" * 100_000 + "]" * 100_000, "thousands deep"),
+                          ("[NaN]", "it holds NaN"), ("[1", "Expecting")):
+        with pytest.raises(ModelError, match=r"^the candidate model's metadata 'k' is damaged \([^\n]*"
+                                             + reason.replace("(", r"\(") + r"[^\n]*save the candidate again"):
+            jsonread.metadata_json(value, "k", names, "a list of node names")
+
+
+def _candidate_with_metadata(tmp_path, key, value):
+    import onnx
+
+    model = onnx.load(CNN)
+    prop = model.metadata_props.add()
+    prop.key, prop.value = key, value
+    path = tmp_path / "candidate.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.xfail(strict=True, reason="needs match.py and backends/fp16.py to read metadata with metadata_json")
+@pytest.mark.parametrize("key, value", [("layerdiff.final_outputs", "5"),
+                                        ("layerdiff.final_outputs", "[" * 100_000 + "]" * 100_000),
+                                        ("layerdiff.fp16_emulated", "5")])
+def test_a_candidate_with_damaged_layerdiff_metadata_is_exit_2(cli, tmp_path, key, value):
+    """Each was an internal error (AttributeError, RecursionError, TypeError)."""
+    path = _candidate_with_metadata(tmp_path, key, value)
+    code, _, err = cli("compare", CNN, "--candidate", path, "--inputs", INPUTS, "-q")
+    assert code == 2 and err.startswith(f"layerdiff: error: the candidate model's metadata '{key}' is damaged (")
