@@ -135,6 +135,7 @@ _INPUT_TYPES = frozenset({"ndarray", "LazyNumpyArray", "LazyArray"})
 
 def _read_polygraphy_json(path: Path, what: str) -> list[Feed]:
     from polygraphy.json import from_json
+    from polygraphy.logger import G_LOGGER
 
     from layerdiff.jsonread import (
         ForeignType,
@@ -157,8 +158,9 @@ def _read_polygraphy_json(path: Path, what: str) -> list[Feed]:
         raise InputDataError(f"{not_inputs}: not UTF-8 text at byte {err.start}") from None
     except (OSError, ValueError) as err:
         raise InputDataError(f"{not_inputs}: {(str(err).splitlines() or [type(err).__name__])[0][:200]}") from err
-    try:
-        data = from_json(text)
+    try:  # Polygraphy logs its decoding errors too: only ours is shown
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
+            data = from_json(text)
     except Exception as err:  # third-party code decoding a user's file: any failure means it is unreadable
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         if isinstance(err, ValueError) and "pickle" in first:  # numpy, refusing an object array

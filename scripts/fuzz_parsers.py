@@ -1,8 +1,8 @@
 """Fuzz layerdiff's file parsers with hypothesis: whatever a file holds, a parser returns its result or
 raises its own error (one line), never anything else.
 
-    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report|recipe|state|cache]
-        [--seed N]
+    python scripts/fuzz_parsers.py [--cases 10000] [--target engine-info|polygraphy-results|report|recipe|state|cache|
+        polygraphy-inputs] [--seed N]
 
 Each entry of TARGETS is one parser: a hypothesis strategy of file contents (or directories) and a check
 that parses one. tests/test_fuzz_engine_info.py and tests/test_fuzz_parsers.py run the same strategies
@@ -836,6 +836,61 @@ def check_cache(path: Path) -> None:
     _check_ranges(ranges)
 
 
+# ---------------------------------------------------------------- Polygraphy --save-inputs files (load_samples)
+
+INPUT_NAMES = ["tensorX", "input", "x"]
+
+
+@cache
+def real_inputs() -> list[Any]:
+    """The --save-inputs files among the shared Polygraphy fixtures, as JSON."""
+    return [json.loads(p.read_text()) for p in sorted(POLYGRAPHY_DIR.glob("*input*.json"))]
+
+
+feeds_json = st.lists(_sometimes_wrong_result(st.dictionaries(
+    st.sampled_from(INPUT_NAMES) | st.text(max_size=4), _sometimes_wrong_result(arrays_json), max_size=3)),
+    max_size=3)
+
+
+@st.composite
+def damaged_inputs(draw) -> bytes:
+    """A real --save-inputs file with up to 3 fields deleted or replaced (by pickles, other Polygraphy
+    types, arrays that are not numbers...), sometimes truncated."""
+    doc = draw(st.sampled_from(real_inputs()))
+    return draw(_json_text(_damaged(draw, doc, ["array", "polygraphy_class", *INPUT_NAMES], st.deferred(_result_values))))
+
+
+def inputs_inputs() -> st.SearchStrategy[bytes]:
+    generated = st.one_of(st.binary(max_size=300), json_values.flatmap(_json_text), feeds_json.flatmap(_json_text))
+    return generated | damaged_inputs() if real_inputs() else generated
+
+
+def check_inputs(path: Path) -> None:
+    """load_samples of a Polygraphy --save-inputs file returns samples of the model's inputs (arrays of
+    their types) or raises a one-line InputDataError, and never unpickles anything."""
+    from onnx import TensorProto
+
+    from layerdiff.errors import InputDataError
+    from layerdiff.graph import InputSpec
+    from layerdiff.inputs import load_samples
+
+    specs = (InputSpec("tensorX", TensorProto.FLOAT, ("N", 1, 28, 28)),)
+    as_json = path.with_name("inputs.json")
+    shutil.copyfile(path, as_json)
+    try:
+        samples = load_samples(as_json, specs, {})
+    except InputDataError as err:
+        assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
+    else:
+        assert len(samples) >= 1
+        for feed in samples.feeds:
+            assert set(feed) == {"tensorX"} and feed["tensorX"].dtype == specs[0].dtype
+    finally:
+        if UNPICKLED.exists():
+            UNPICKLED.rmdir()
+            raise AssertionError("the loader unpickled an object from the file")
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -855,6 +910,7 @@ TARGETS: dict[str, Target] = {
     "recipe": Target(recipe_inputs, check_recipe),
     "state": Target(state_inputs, check_state),
     "cache": Target(cache_inputs, check_cache),
+    "polygraphy-inputs": Target(inputs_inputs, check_inputs, POLYGRAPHY_DIR),
 }
 
 

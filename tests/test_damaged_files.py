@@ -437,6 +437,15 @@ def test_an_inputs_file_with_an_empty_payload_is_exit_2(cli, tmp_path):
                    "No data left in file)\n")
 
 
+def test_an_inputs_file_polygraphy_cannot_decode_is_one_line_and_nothing_else_on_stderr(tmp_path, capfd):
+    """Polygraphy logs what it cannot decode, then raises its own exception (an internal error before)."""
+    path = _inputs_file(tmp_path, {"array": "AAAA", "polygraphy_class": 5})
+    with pytest.raises(InputDataError, match=r"is not a Polygraphy --save-inputs JSON file \(PolygraphyException: "
+                                             r"Could not decode serialized type: 5"):
+        _read_inputs(path)
+    assert capfd.readouterr() == ("", "")
+
+
 @pytest.mark.skipif(fuzz is None, reason="scripts/fuzz_parsers.py needs hypothesis")
 @pytest.mark.parametrize("case", sorted(fuzz.pickled_payloads()) if fuzz else [])
 def test_pickled_content_in_an_inputs_file_is_refused_not_unpickled(tmp_path, case):

@@ -285,3 +285,13 @@ def test_load_state_gives_this_searchs_outcomes_or_one_line(data, fuzz_path):
 def test_load_cache_gives_usable_ranges_or_one_line(data, fuzz_path):
     fuzz_path.write_bytes(data)
     fuzz.check_cache(fuzz_path)
+
+
+# ---------------------------------------------------------------- Polygraphy --save-inputs files
+
+
+@WITH_SHARED
+@given(data=st.data())
+def test_load_samples_of_polygraphy_inputs_gives_samples_or_one_line(shared_dir, fuzz_path, data):
+    fuzz_path.write_bytes(data.draw(fuzz.inputs_inputs(), label="inputs"))
+    fuzz.check_inputs(fuzz_path)
