@@ -96,6 +96,10 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
     fuse (TensorRT engine layers); `engine_of`: {first layer of a group: (engine layer, type, precision)}."""
     graph = _CandidateGraph(executed) if executed is not None else None
     seen: dict[str, tuple[str | None, str]] = {}
+    # the float inputs of the QuantizeLinears that do an absorbed Relu or Clip: an integer kernel's INT8
+    # output holds them rounded AND clipped, which is the absorbed activation's value, not theirs
+    absorbing = set(pairing.absorbed.values())
+    clipped = {n.input[0] for n in executed.graph.node if n.name in absorbing} if executed is not None else set()
 
     def value(t: str) -> tuple[str | None, str]:
         """(the candidate tensor holding reference tensor t as deployed, view) or (None, reason)."""
@@ -105,6 +109,9 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
                 seen[t] = (None, "folded")
             elif c is None:
                 seen[t] = (None, pairing.tensors[t].reason if t in pairing.tensors else "not matched")
+            elif c in clipped and t not in pairing.absorbed and (not deployment.available(c)
+                                                                 or deployment.view(c) == "quantized"):
+                seen[t] = (None, "fused")
             elif deployment.available(c):
                 seen[t] = (c, "quantized" if t in pairing.absorbed else deployment.view(c))
             else:
@@ -189,7 +196,8 @@ def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulate
         precision = engine[2]
     elif is_emulated:
         precision = "fp16"
-    elif absorbed:  # a Relu or Clip that the candidate's QuantizeLinear does as it rounds
+    elif absorbed and (len(unit) == 1 or not kernels):  # a Relu or Clip that the QuantizeLinear does as it
+        # rounds (in a row with the op before it, the kernel that computes both is that row's)
         precision, kernels = "int8", [Kernel("QuantizeLinear", "int8")]
     asked = next((requested[lay.name] for lay in unit if lay.name in requested), None)
     return Row(first.name, "layer", first.op if len(unit) == 1 else "+".join(dict.fromkeys(lay.op for lay in unit)),

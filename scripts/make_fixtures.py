@@ -272,6 +272,89 @@ def make_if_model() -> onnx.ModelProto:
     return _model(graph)
 
 
+def make_qlinear_chain() -> onnx.ModelProto:
+    """Three Conv+Relu layers in a row (the shape ONNX Runtime turns into a chain of channels-last
+    QLinearConv kernels once quantized), then a pooled head.
+
+        input [1,3,32,32]
+          conv0 -> relu0 -> conv1 -> relu1 -> conv2 -> relu2     (8, 16, 16 channels, 3x3)
+          globalavgpool -> flatten -> y [1,16]
+    """
+    rng = np.random.default_rng(7)
+    nodes, inits, x, cin = [], [], "input", 3
+    for i, cout in enumerate((8, 16, 16)):
+        inits += [_init(f"w{i}", rng.normal(0, np.sqrt(2.0 / (cin * 9)), (cout, cin, 3, 3)).astype(np.float32)),
+                  _init(f"b{i}", rng.normal(0, 0.05, cout).astype(np.float32))]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"conv{i}"], name=f"conv{i}", kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}")]
+        x, cin = f"relu{i}", cout
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["y"], name="flat")]
+    graph = helper.make_graph(nodes, "qlinear_chain",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    return _model(graph)
+
+
+def make_qlinear_chain_qdq(fp32: onnx.ModelProto, samples: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """qlinear_chain quantized as onnxruntime.quantization's QDQ defaults leave it: uint8 activations
+    (zero point 0 after a Relu, which is then dropped: the rounding clips; the input's from its range),
+    int8 weights, int32 biases,
+    ranges from the bundled samples (min/max, computed here with onnx.reference). At ONNX Runtime's level
+    `all` each DequantizeLinear -> Conv -> QuantizeLinear becomes a QLinearConv, moved to channels-last
+    between one Transpose in and one out: its outputs are NHWC values under the names of the model's.
+
+        input -> Q/DQ -> conv0 (w0, b0 via DQ) -> Q/DQ(relu0's range) -> conv1 -> Q/DQ -> conv2 -> Q/DQ
+          -> globalavgpool -> Q/DQ -> flatten -> y
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    names = ["relu0", "relu1", "relu2", "gap"]
+    runs = [ReferenceEvaluator(fp32).run(names, {"input": v}) for v in samples.values()]
+    top = {n: max(float(np.max(r[i])) for r in runs) for i, n in enumerate(names)}
+    weights = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    nodes, inits = [], []
+
+    def qdq(tensor: str, scale: float, out: str, zero: int = 0) -> None:
+        inits.extend([_init(f"{tensor}_scale", np.array(scale, np.float32)),
+                      _init(f"{tensor}_zero_point", np.array(zero, np.uint8))])
+        nodes.extend([helper.make_node("QuantizeLinear", [tensor, f"{tensor}_scale", f"{tensor}_zero_point"],
+                                       [f"{tensor}_q"], name=f"{tensor}_QuantizeLinear"),
+                      helper.make_node("DequantizeLinear", [f"{tensor}_q", f"{tensor}_scale", f"{tensor}_zero_point"],
+                                       [out], name=f"{tensor}_DequantizeLinear")])
+
+    lo = min(0.0, min(float(v.min()) for v in samples.values()))
+    x_scale = (max(float(v.max()) for v in samples.values()) - lo) / 255
+    qdq("input", x_scale, "input_dq", int(round(-lo / x_scale)))
+    x = "input_dq"
+    for i in range(3):
+        w, b = weights[f"w{i}"], weights[f"b{i}"]
+        w_scale = float(np.abs(w).max()) / 127
+        b_scale = x_scale * w_scale
+        inits += [_init(f"w{i}_q", np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)),
+                  _init(f"w{i}_scale", np.array(w_scale, np.float32)), _init(f"w{i}_zero_point", np.array(0, np.int8)),
+                  _init(f"b{i}_q", np.rint(b / b_scale).astype(np.int32)),
+                  _init(f"b{i}_scale", np.array(b_scale, np.float32)), _init(f"b{i}_zero_point", np.array(0, np.int32))]
+        nodes += [helper.make_node("DequantizeLinear", [f"w{i}_q", f"w{i}_scale", f"w{i}_zero_point"], [f"w{i}_dq"],
+                                   name=f"w{i}_DequantizeLinear"),
+                  helper.make_node("DequantizeLinear", [f"b{i}_q", f"b{i}_scale", f"b{i}_zero_point"], [f"b{i}_dq"],
+                                   name=f"b{i}_DequantizeLinear"),
+                  # the quantizer drops the Relu and writes the Conv's output under the Relu's name
+                  helper.make_node("Conv", [x, f"w{i}_dq", f"b{i}_dq"], [f"relu{i}"], name=f"conv{i}",
+                                   kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+        x_scale = top[f"relu{i}"] / 255
+        qdq(f"relu{i}", x_scale, f"relu{i}_dq")
+        x = f"relu{i}_dq"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    qdq("gap", top["gap"] / 255, "gap_dq")
+    nodes.append(helper.make_node("Flatten", ["gap_dq"], ["y"], name="flat"))
+    graph = helper.make_graph(nodes, "qlinear_chain_qdq",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    return _model(graph)
+
+
 def make_cnn_inputs() -> dict[str, np.ndarray]:
     """Example inputs for cnn.onnx: four smooth synthetic 32x32 colour patterns (gradients and rings),
     one sample per file; they are test data, labelled as such, not photos."""
@@ -295,6 +378,8 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "fp16_overflow.onnx": make_fp16_overflow(),
         "dynamic_batch.onnx": make_dynamic_batch(),
         "if_model.onnx": make_if_model(),
+        "qlinear_chain.onnx": (chain := make_qlinear_chain()),
+        "qlinear_chain_qdq.onnx": make_qlinear_chain_qdq(chain, make_cnn_inputs()),
     }
 
 

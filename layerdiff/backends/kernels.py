@@ -31,13 +31,14 @@ import onnx
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
 from layerdiff.backends.ortnames import PRE_Q, TOKEN, UPCAST_PREFIX
-from layerdiff.backends.ortops import (DATA_MOVEMENT, EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC,
-                                       ORT_TYPES, OUTPUT_QPARAMS, QLINEAR)
+from layerdiff.backends.ortops import (DATA_MOVEMENT, EXACT_STEPS, FLOATS, INTEGER_KERNELS, KEEPS_LAYOUT, LAYOUT, LOW,
+                                       NCHWC, NCHWC_DOMAIN, NHWC_DOMAIN, ORT_TYPES, OUTPUT_QPARAMS, QLINEAR)
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
 from layerdiff.rewrite import with_nodes, with_outputs
 
 SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
+BLOCKED = "blocked"  # OrtKernels.layout: a value in a layout that cannot be read back (NCHWc, or not followed)
 class OrtKernels:
     """The deployed ONNX Runtime session of a candidate, seen kernel by kernel (see the module doc)."""
 
@@ -57,11 +58,13 @@ class OrtKernels:
         self.ctypes, self.cshapes = tensor_info(candidate)
         self.kinits = {t.name for t in self.graph.initializer}
         self.cnames = {n.name for n in cgraph.node if n.name}
+        self._cnodes = {n.name: n for n in cgraph.node if n.name}
         self._derivations: dict[str, list[onnx.NodeProto] | None] = {}
         self._lock = threading.RLock()
         self._info: dict[str, tuple[str, list]] | None = None
         self._types: dict[str, str] = {}
-        self._aliases: dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]] | None = None
+        self._aliases: dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]] | None = None
+        self._layouts: dict[str, tuple[int, ...] | str | None] = {}
 
     @property
     def _kinfo(self) -> dict[str, tuple[str, list]]:
@@ -83,6 +86,59 @@ class OrtKernels:
         self._kinfo  # noqa: B018  (made once, with the shapes)
         return self._types
 
+    def layout(self, ktensor: str) -> tuple[int, ...] | str | None:
+        """How the optimized graph's `ktensor` holds its value, by structure (the nodes that wrote it, not
+        their names): None in the model's own layout; a permutation p where it holds the model's value
+        transposed (its axis i is the model's axis p[i]: NHWC is (0, 2, 3, 1)); BLOCKED in an NCHWc
+        blocked layout or any layout that cannot be read back. ONNX Runtime's layout passes insert a
+        Transpose (or a ReorderInput) where a value enters channels-last (or NCHWc) kernels and one back
+        where it leaves them; in between, values stay in that layout under names of the model's tensors."""
+        with self._lock:
+            return self._layout(ktensor, 0)
+
+    def _layout(self, ktensor: str, depth: int) -> tuple[int, ...] | str | None:
+        if ktensor in self._layouts:
+            return self._layouts[ktensor]
+        node = self.kproducer.get(ktensor)
+        result: tuple[int, ...] | str | None = None
+        if node is not None:
+            data = [t for t in node.input if t and t not in self.kinits]
+            ins = [self._layout(t, depth + 1) if depth < 512 else BLOCKED for t in data]
+            first = ins[0] if ins else None
+            if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+                perm = _perm(node, _rank(self._kinfo.get(ktensor, (None, None))[1]))
+                # the model's own Transpose, where its output kept its name, or where ONNX Runtime renamed
+                # that output (an INT8 conversion after it) but kept the node's name
+                own = self.cproducer.get(ktensor)
+                if own is None or own.op_type != "Transpose":
+                    own = self._cnodes.get(node.name)
+                if first == BLOCKED or perm is None:
+                    result = BLOCKED
+                else:
+                    composed = tuple(first[i] for i in perm) if first is not None else perm
+                    if own is not None and own.op_type == "Transpose":  # the model's own Transpose: its
+                        # output is relative to the model's value, its input transposed by the model's perm
+                        mine = _perm(own, len(composed))
+                        composed = tuple(_inverse(mine)[a] for a in composed) if mine is not None and \
+                            len(mine) == len(composed) else None
+                    result = BLOCKED if composed is None else (
+                        None if composed == tuple(range(len(composed))) else composed)
+            elif node.op_type == "ReorderOutput":  # NCHWc back to NCHW, or to NHWC with channels_last
+                last = next((a.i for a in node.attribute if a.name == "channels_last"), 0)
+                result = (0, 2, 3, 1) if last else None
+            elif node.domain == NCHWC_DOMAIN or node.op_type == "ReorderInput":
+                result = BLOCKED
+            elif node.op_type in KEEPS_LAYOUT or node.domain == NHWC_DOMAIN:
+                # elementwise ops and the channels-last kernels compute in the layout they read; a value
+                # read in two layouts at once is not one ONNX Runtime writes
+                ranked = [lay for t, lay in zip(data, ins) if _rank(self._kinfo.get(t, (None, None))[1]) != 0]
+                result = ranked[0] if ranked and all(lay == ranked[0] for lay in ranked) else \
+                    (None if not ranked else BLOCKED)
+            else:  # any other op reads and writes the model's layout, or a layout this cannot follow
+                result = None if all(lay is None for lay in ins) else BLOCKED
+        self._layouts[ktensor] = result
+        return result
+
     def _surviving(self, tensor: str) -> bool:
         """A tensor of the optimized graph holding the candidate tensor's value as it is: same name, same
         type, and a shape that agrees (ONNX Runtime's layout passes can keep a name for a transposed value)."""
@@ -99,10 +155,12 @@ class OrtKernels:
             want = ktype
         if want is not None and ktype not in (None, want):
             return False
+        if self.layout(ktensor) is not None:  # the value transposed or blocked: not the tensor as it is
+            return False
         return _same_shape(self.cshapes.get(tensor), kshape)
 
     @property
-    def aliases(self) -> dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]]:
+    def aliases(self) -> dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]]:
         """{candidate tensor that does not survive by name: (the optimized-graph node that computes it, a
         node beside the graph giving its value, view)}: the node of the same name and op (an exact alias,
         view ""), or the integer kernel that replaced it, or the same op moving INT8 values (its output
@@ -112,7 +170,7 @@ class OrtKernels:
                 self._aliases = self._find_aliases()
             return self._aliases
 
-    def _find_aliases(self) -> dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]]:
+    def _find_aliases(self) -> dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]]:
         info = self._kinfo
         by_name: dict[str, onnx.NodeProto] = {}
         for node in self.graph.node:
@@ -121,7 +179,7 @@ class OrtKernels:
         for node in self.graph.node:
             for t in node.input:
                 kconsumers.setdefault(t, []).append(node)
-        out: dict[str, tuple[onnx.NodeProto, onnx.NodeProto, str]] = {}
+        out: dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]] = {}
         held: dict[str, str] = {}  # candidate tensor -> the optimized-graph tensor holding it (maybe INT8)
         # ONNX Runtime's QDQ propagation moves a QuantizeLinear up across data movement (a Slice, a Squeeze)
         # to right after the node computing the value, whose output it renames NAME_pre_q: the same value
@@ -139,10 +197,13 @@ class OrtKernels:
                 kernel = knode if knode.name in self.cnames else self._behind(knode)
                 if kernel is None or self._reads_inserted_rounding(kernel):
                     continue  # computed from values the propagation rounded: not the candidate's value
-                side = SIDE + tensor
-                out[tensor] = (kernel, onnx.helper.make_node("Identity", [renamed], [side], name=side), "")
+                nodes = self._read(renamed, tensor)
+                if nodes is None:
+                    continue
+                out[tensor] = (kernel, nodes, "")
                 held[tensor] = renamed
                 break
+        self._integer_outputs(out, held)
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
@@ -153,10 +214,12 @@ class OrtKernels:
                     if (not tensor or tensor in out or i >= len(knode.output) or not knode.output[i]
                             or self._surviving(tensor)):
                         continue
+                    if knode.output[i] in held.values():  # its value is paired by structure already
+                        continue
                     alias = self._alias_of(cnode, knode, i, tensor, info, kconsumers, held)
                     if alias is not None:
                         out[tensor] = alias
-                        held[tensor] = alias[1].input[0]
+                        held[tensor] = alias[1][0].input[0]
             if len(out) == found:
                 return out
         return out
@@ -187,24 +250,83 @@ class OrtKernels:
         # the same inputs, or a shape that says it is the same value: ONNX Runtime may compute a node of the
         # same name in another layout (its transpose optimizer moves Transposes across Slice, Squeeze...)
         same_inputs = self._reads_same(cnode, knode, held)
-        side = SIDE + tensor
         if knode.op_type == cnode.op_type and ktype == ctype:
             if self._reads_inserted_rounding(knode) and not same_inputs:
                 return None  # it computes from a value ONNX Runtime's QDQ propagation rounded
-            if (same_inputs and _same_shape(cshape, kshape)) or (cshape is not None and kshape is not None
-                                                                 and _same_shape(cshape, kshape)):
-                return knode, onnx.helper.make_node("Identity", [kout], [side], name=side), ""
+            kshape = _to_model_layout(kshape, self.layout(kout))
+            nodes = self._read(kout, tensor)
+            if nodes is not None and ((same_inputs and _same_shape(cshape, kshape)) or (
+                    cshape is not None and kshape is not None and _same_shape(cshape, kshape))):
+                return knode, nodes, ""
             return None
         quantized = knode.op_type == QLINEAR.get(cnode.op_type) or (
             knode.op_type == cnode.op_type and ktype in LOW and ctype in FLOATS)
         if not quantized or ctype not in FLOATS:
             return None
         kout, kshape = self._nchw(kout, kshape, kconsumers)
+        kshape = _to_model_layout(kshape, self.layout(kout))
         params = self._qparams(knode)
         known = cshape is not None and kshape is not None
         if params is None or not _same_shape(cshape, kshape) or not (known or same_inputs):
             return None
-        return knode, onnx.helper.make_node("DequantizeLinear", [kout, *params], [side], name=side), "quantized"
+        nodes = self._read(kout, tensor, params)
+        return (knode, nodes, "quantized") if nodes is not None else None
+
+    def _read(self, ktensor: str, tensor: str, params: list[str] | None = None) -> tuple[onnx.NodeProto, ...] | None:
+        """The nodes beside the graph that give the candidate's `tensor` from the optimized graph's `ktensor`:
+        dequantized with `params` (an integer kernel's INT8 output), then permuted back to the model's
+        layout where ONNX Runtime holds it transposed; None where its layout cannot be read back."""
+        lay = self.layout(ktensor)
+        if lay == BLOCKED:
+            return None
+        side = SIDE + tensor
+        mid = side + "/nhwc" if isinstance(lay, tuple) else side
+        first = onnx.helper.make_node("DequantizeLinear", [ktensor, *params], [mid], name=mid) if params else \
+            onnx.helper.make_node("Identity", [ktensor], [mid], name=mid)
+        if not isinstance(lay, tuple):
+            return (first,)
+        return first, onnx.helper.make_node("Transpose", [mid], [side], name=side, perm=_inverse(lay))
+
+    def _integer_outputs(self, out: dict, held: dict[str, str]) -> None:
+        """Pair each integer kernel's INT8 output by structure: its output scale and zero point are those
+        of one QuantizeLinear of the candidate, so it holds that QuantizeLinear's input rounded (the input
+        of the Relu or Clip the QDQ fusion absorbed, where one stood between: the kernel's value is the
+        rounded activation, not the Conv's own output), whatever the kernel is named."""
+        qnodes: dict[tuple[str, str], list[onnx.NodeProto]] = {}
+        for c in self.cproducer.values():
+            if c.op_type == "QuantizeLinear" and len(c.input) >= 3 and c.input[2]:
+                qnodes.setdefault((c.input[1], c.input[2]), []).append(c)
+        for knode in self.graph.node:
+            if knode.op_type not in INTEGER_KERNELS or not knode.output or not knode.output[0]:
+                continue
+            params = self._qparams(knode)
+            quants = qnodes.get(tuple(params), []) if params else []
+            if len(quants) != 1:
+                continue
+            tensor = quants[0].input[0]
+            if (tensor in out or self._surviving(tensor) or ORT_TYPES.get(self.ctypes.get(tensor, 0)) not in FLOATS
+                    or not self._computes(knode, tensor)):
+                continue
+            kshape = _to_model_layout(self._kinfo.get(knode.output[0], (None, None))[1], self.layout(knode.output[0]))
+            nodes = self._read(knode.output[0], tensor, params)
+            if nodes is None or not _same_shape(self.cshapes.get(tensor), kshape):
+                continue
+            out[tensor] = (knode, nodes, "quantized")
+            held[tensor] = knode.output[0]
+
+    def _computes(self, knode: onnx.NodeProto, tensor: str) -> bool:
+        """Whether the candidate computes `tensor` with the float op `knode` is the integer kernel of,
+        through the activations a QDQ fusion absorbs (Relu, Clip)."""
+        node = self.cproducer.get(tensor)
+        for _ in range(4):
+            if node is None:
+                return False
+            if QLINEAR.get(node.op_type) == knode.op_type:
+                return True
+            if node.op_type not in ("Relu", "Clip") or not node.input:
+                return False
+            node = self.cproducer.get(node.input[0])
+        return False
 
     def _reads_same(self, cnode: onnx.NodeProto, knode: onnx.NodeProto, held: dict[str, str]) -> bool:
         """Whether every value `knode` reads is the value `cnode` reads there (the same tensor, or the
@@ -259,7 +381,7 @@ class OrtKernels:
         if self._surviving(tensor):
             result = []
         elif tensor in self.aliases:
-            result = [self.aliases[tensor][1]]  # a node beside the graph, named already
+            result = list(self.aliases[tensor][1])  # nodes beside the graph, named already
         elif depth < 8 and tensor in self.cproducer and self.cproducer[tensor].op_type in EXACT_STEPS:
             node = self.cproducer[tensor]
             steps: list[onnx.NodeProto] = []
@@ -382,6 +504,33 @@ class OrtKernels:
                 nodes[key] = copy
             outputs[SIDE + tensor if steps else tensor] = tensor
         return list(nodes.values()), list(inits.values()), outputs
+
+
+def _perm(node: onnx.NodeProto, rank: int | None) -> tuple[int, ...] | None:
+    """A Transpose's permutation (none given: the axes reversed, which needs the rank)."""
+    perm = next((tuple(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return perm if perm is not None else (tuple(reversed(range(rank))) if rank is not None else None)
+
+
+def _rank(shape) -> int | None:
+    return None if shape is None else len(shape)
+
+
+def _to_model_layout(shape, layout):
+    """The shape of a value held in `layout` (a permutation) as the model's tensor would have it."""
+    if shape is None or not isinstance(layout, tuple) or len(shape) != len(layout):
+        return shape
+    out = [None] * len(layout)
+    for i, axis in enumerate(layout):
+        out[axis] = shape[i]
+    return out
+
+
+def _inverse(perm: tuple[int, ...]) -> list[int]:
+    inv = [0] * len(perm)
+    for i, axis in enumerate(perm):
+        inv[axis] = i
+    return inv
 
 
 def _same_shape(a, b) -> bool:

@@ -35,3 +35,16 @@ DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flat
                             "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
 LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
         "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
+
+# ONNX Runtime's layout passes: the NCHWc kernels' domain (blocked layout) and its internal channels-last one
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+NHWC_DOMAIN = "com.ms.internal.nhwc"
+# ops that compute in the layout they read (elementwise, and what ONNX Runtime's NHWC and transpose passes
+# move into a channels-last region, their attributes rewritten to it): their output is in that layout
+KEEPS_LAYOUT = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Erf", "Gelu", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round",
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Concat", "Split", "Slice", "Pad", "Resize",
+    "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
+    "QLinearSigmoid", "QLinearLeakyRelu", "NhwcMaxPool", "NhwcConv", "NhwcFusedConv", "QuickGelu",
+})
