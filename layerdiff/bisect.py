@@ -307,6 +307,12 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
                         "their local errors")
         pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False,
                          None, None)
+    except Exception as err:  # the evidence is a report of the answer; a failure there must not cost the answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        warnings.append(f"the pins' evidence could not be gathered ({type(err).__name__}: {first}): the recipe "
+                        "has its pins, without their local errors; run layerdiff compare to see them")
+        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False,
+                         None, None)
     calibration = {}
     if precision == "int8" and backend is None and candidate.startswith("ort"):
         from layerdiff.backends.calibrate import ranges_to_json

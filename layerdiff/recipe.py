@@ -1,7 +1,7 @@
 """A precision-override recipe (`"schema": "layerdiff.recipe/1"`): the ONNX nodes to keep in FP32 for a
 candidate to meet a tolerance, with the evidence, written by `bisect` and read by `export` and `apply`.
 
-    {"schema": "layerdiff.recipe/1", "finished": true,
+    {"schema": "layerdiff.recipe/1", "finished": true, "interrupted_at": null | "held-out check" | ...,
      "model": {"path", "sha256"}, "candidate": {"spec", "precision", "calibration"},
      "tolerance": {"metric", "threshold", "outputs", "direction"},
      "achieved": {"value", "passed", "samples"}, "baseline": {"value", "all_pinned"},
@@ -79,6 +79,10 @@ class Recipe:
         status = self.data.get("status")
         held = self.data.get("holdout")
         if not self.finished:
+            step = self.data.get("interrupted_at")
+            if isinstance(step, str) and step:
+                return (f"this recipe is unfinished: the {step} after its search was interrupted"
+                        + (", so it was NOT checked on held-out samples" if step == "held-out check" else ""))
             return "this recipe is unfinished (the search was interrupted): its pins may not be the fewest"
         if status in ("budget", "max-pins"):
             return f"this recipe's search ended with status '{status}': its pins may not be the fewest or may fail"
@@ -103,7 +107,9 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
         poly = None
     return {
         "schema": SCHEMA,
-        "finished": result.status != "interrupted",
+        # a search finished, but a step after it (held-out check, evidence, timing) did not: not finished
+        "finished": result.status != "interrupted" and not result.interrupted_at,
+        "interrupted_at": result.interrupted_at or None,
         "status": result.status,
         "model": {"path": str(model_path), "sha256": session.model.sha256},
         "candidate": {"spec": result.spec, "precision": result.precision,
