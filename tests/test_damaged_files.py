@@ -358,8 +358,8 @@ CACHE_DAMAGE = {
     "no ranges": ('{"method": "MinMax", "tensors": {}}', "no tensor has a range"),
     "an empty range": ('{"method": "MinMax", "tensors": {"input": []}}', "the range of 'input' is not [lowest, highest]"),
     "lowest above highest": ('{"method": "MinMax", "tensors": {"input": [1, 0]}}',
-                             "the range of 'input' is not [lowest, highest] of two finite float32 numbers with lowest "
-                             "<= highest: it is [1, 0]"),
+                             ("the range of 'input' is not [lowest, highest] of two finite float32 numbers with lowest "
+                              "<= highest: it is [1, 0]")),
     "a list": ("[]", "it holds an array, not an object"),
 }
 
@@ -376,7 +376,7 @@ def test_damaged_caches_are_one_line_input_data_errors(tmp_path, cache_file, cas
 
 
 def test_a_cache_lacking_a_tensor_of_the_model_is_refused_given_the_tensors(tmp_path, cache_file):
-    path, doc, tensors = cache_file
+    _, doc, tensors = cache_file
     cache = RangesCache(tmp_path, "m", "minmax", _NoSamples())
     cache.path.write_text(json.dumps({**doc, "tensors": {t: r for t, r in doc["tensors"].items() if t != "input"}}))
     assert cache.load() is not None
