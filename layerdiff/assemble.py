@@ -67,8 +67,10 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                                    reason if acc is None else "", o.view))
         diverges = row.kind != "constant" and any(_diverges(o, divergence_cosine) for o in outs)
         has_local = any(o.local is not None for o in outs)
-        unavailable = "" if has_local else (row.no_local or ("not captured (run interrupted)" if res.interrupted
-                                                              else "not computed"))
+        failed = res.local_failed.get(row.name)
+        unavailable = "" if has_local else (row.no_local or (f"its FP32 recomputation failed: {failed}" if failed
+                                                              else "not captured (run interrupted)"
+                                                              if res.interrupted else "not computed"))
         layer = LayerDiff(row.index, row.name, row.op, row.precision, tuple(outs), precision_emulated=row.emulated,
                           diverges=diverges, local_unavailable=unavailable,
                           onnx_nodes=tuple(lay.name for lay in row.layers), engine_layers=row.engine_layers,
@@ -159,6 +161,11 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed
     if samples.defaulted:
         warnings.append(f"dynamic dimensions set to 1 in the random inputs ({'; '.join(samples.defaulted)}): give "
                         "--shape NAME:DIMxDIM... for the shapes you deploy")
+    if res.local_failed:
+        first = next(iter(res.local_failed))
+        warnings.append(f"the local error of {len(res.local_failed)} row(s) could not be computed (ONNX Runtime "
+                        f"could not recompute them in FP32; first: {first}: {res.local_failed[first]}): their "
+                        "accumulated error is shown, the reason is in each row")
     if res.interrupted:
         warnings.append(f"interrupted: the report holds what finished ({res.samples_done} of {len(samples)} "
                         "samples in every chunk)")

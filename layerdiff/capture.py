@@ -23,7 +23,7 @@ import onnx
 
 from layerdiff.backends.base import CandidateSource, Deployment
 from layerdiff.backends.ort import make_session
-from layerdiff.errors import Cancelled
+from layerdiff.errors import BackendError, Cancelled
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
 from layerdiff.metrics import TensorMetrics, diff_metrics
@@ -52,6 +52,7 @@ class CaptureResult:
     reference_provider: str = ""
     candidate_provider: str = ""
     kept: list[dict[str, np.ndarray]] = field(default_factory=list)  # per sample: the `keep` tensors
+    local_failed: dict[str, str] = field(default_factory=dict)  # row -> why its FP32 recomputation failed
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class _Capture:
         return res
 
     def _run_chunk(self, chunk: Chunk, keep: list[str]):
-        model, res = self.model, self.result
+        res = self.result
         compared = [(row, o) for row in chunk.rows for o in row.outputs if o.candidate]
         local_rows = [row for row in chunk.rows if row.kind == "layer" and not row.no_local]
         ref_names = list(dict.fromkeys([o.tensor for _, o in compared]
@@ -144,17 +145,10 @@ class _Capture:
             [o.candidate for _, o in compared]
             + [k for row in local_rows for k in row.read_keys if not k.startswith(REFERENCE)]
             + [row.local_from for row in chunk.rows if row.local_from] + keep))
-        exploded = None
-        if local_rows:
-            keys = {(lay.name, slot, t): key for row in local_rows for lay, slot, t, key in row.reads}
-            exploded = explode(model, [row.layers for row in local_rows],
-                               lambda lay, slot, t: keys.get((lay.name, slot, t), t))
+        locals_ = _Locals(self, local_rows) if local_rows else None
         with ExitStack() as stack:
             ref = stack.enter_context(self.reference(ref_names))
             cand = stack.enter_context(self.deployment.open(cand_names, self.cancel))
-            local = make_session(exploded.blob, None, "exploded reference", low_memory=True,
-                                 level=REFERENCE_LEVEL, derived_from=self.model.blob) if exploded else None
-            dtypes = _input_dtypes(model, exploded, local_rows) if exploded else {}
             res.reference_provider, res.candidate_provider = ref.provider, cand.provider
             for feed in self.samples.feeds:
                 if self.cancel is not None and self.cancel.is_set():
@@ -167,8 +161,8 @@ class _Capture:
                 self._record(res.local, [((row.name, row.outputs[0].tensor), c[row.local_from],
                                           c[row.outputs[0].candidate]) for row in chunk.rows
                                          if row.local_from and row.local_from in c])
-                if local is not None:
-                    self._local(feed, r, c, local, exploded, local_rows, dtypes)
+                if locals_ is not None:
+                    locals_.run(feed, r, c)
                 del r, c
                 yield
 
@@ -194,6 +188,8 @@ class _Capture:
             into[key].append(m)
 
     def _local(self, feed, r, c, sess, exploded, rows: list[Row], dtypes) -> None:
+        """The local errors of `rows` on one sample: the exploded graph run on the values the candidate's
+        kernels read (BackendError where ONNX Runtime cannot run it)."""
         tensor_of = {key: t for row in rows for _, _, t, key in row.reads}
         feeds = {}
         for name, key in exploded.feeds.items():
@@ -211,6 +207,57 @@ class _Capture:
                  _like(c[o.candidate], values[exploded.local[o.tensor]].shape)) for row, o in wanted]
         jobs = [j for j in jobs if j[1].shape == j[2].shape and j[1].dtype.kind == "f" and j[2].dtype.kind == "f"]
         self._record(self.result.local, jobs)
+
+
+class _Locals:
+    """A chunk's layer rows recomputed in FP32 by exploded graphs: one for all of them, split in halves
+    where ONNX Runtime cannot build or run one, down to single rows, so that a row it cannot recompute
+    costs that row's local error (said in the row), never the report."""
+
+    def __init__(self, capture: _Capture, rows: list[Row]):
+        self.capture = capture
+        self.parts: list[tuple[list[Row], object, object, dict]] | None = None
+        self.pending = [rows]
+
+    def _build(self, rows: list[Row]):
+        model = self.capture.model
+        keys = {(lay.name, slot, t): key for row in rows for lay, slot, t, key in row.reads}
+        exploded = explode(model, [row.layers for row in rows], lambda lay, slot, t: keys.get((lay.name, slot, t), t))
+        sess = make_session(exploded.blob, None, "exploded reference", low_memory=True, level=REFERENCE_LEVEL)
+        return exploded, sess, _input_dtypes(model, exploded, rows)
+
+    def run(self, feed, r, c) -> None:
+        if self.parts is not None:  # the partition found on the first sample
+            for rows, exploded, sess, dtypes in self.parts:
+                self._try(rows, lambda rows=rows, e=exploded, s=sess, d=dtypes: self.capture._local(
+                    feed, r, c, s, e, rows, d))
+            return
+        self.parts = []
+        while self.pending:
+            rows = self.pending.pop()
+            try:
+                exploded, sess, dtypes = self._build(rows)
+                self.capture._local(feed, r, c, sess, exploded, rows, dtypes)
+            except (BackendError, RuntimeError) as err:
+                if len(rows) > 1:
+                    self.pending += [rows[: len(rows) // 2], rows[len(rows) // 2:]]
+                else:
+                    self._fail(rows[0], err)
+                continue
+            self.parts.append((rows, exploded, sess, dtypes))
+
+    def _try(self, rows: list[Row], job) -> None:
+        try:
+            job()
+        except (BackendError, RuntimeError) as err:  # a later sample's values it cannot run: these rows' figures
+            for row in rows:
+                self._fail(row, err)
+
+    def _fail(self, row: Row, err: Exception) -> None:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        self.capture.result.local_failed.setdefault(row.name, first)
+        for o in row.outputs:
+            self.capture.result.local.pop((row.name, o.tensor), None)
 
 
 def _input_dtypes(model: LoadedModel, exploded, rows: list[Row]) -> dict[str, np.dtype]:
