@@ -26,7 +26,7 @@ from typing import Any
 from layerdiff.backends.base import Candidate
 from layerdiff.backends.ort import INTRA_OP_THREADS
 from layerdiff.bench import DEFAULT_RUNS
-from layerdiff.bisect_state import SearchState
+from layerdiff.bisect_state import SearchState, evaluation_identity
 from layerdiff.cost import PinCosts, RecipeCost
 from layerdiff.errors import BackendError, BadInput, Cancelled
 from layerdiff.inputs import Samples
@@ -219,9 +219,9 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
                 "calibration": session.calibration if precision == "int8" else None,
                 "samples": session.samples.digest(), "calib": session.calib.digest() if precision == "int8" else None,
                 "target": {k: v for k, v in target.to_dict().items() if k != "threshold"},
-                "forced": list(forced)}
+                "forced": list(forced), **evaluation_identity(session, candidate, precision, target, backend)}
     store = SearchState(Path(state) if state else None, identity)
-    known = store.load(target)
+    known = store.load(target, len(session.samples))
     costs = None
     if objective == "time":  # after the state file is read: a file of another run is refused first
         from layerdiff.bench import pin_costs

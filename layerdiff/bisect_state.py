@@ -88,3 +88,28 @@ class SearchState:
 
 def _num(v: float) -> float | str:
     return v if math.isfinite(v) else str(v)  # json: "inf", "-inf", "nan" (float() reads them back)
+
+
+def evaluation_identity(session: Any, candidate: str, precision: str, target: Target,
+                        backend: Any) -> dict[str, Any]:
+    """What else changes what an evaluation measures, for the --resume state's identity: ONNX Runtime's
+    optimization level of the candidate, the reference's providers, the calibration ranges an ORT INT8
+    candidate is quantized with (whether calibrated here or read from --cache-dir), the metric
+    function's file, and the runtime's version."""
+    import hashlib
+
+    import onnxruntime
+
+    ranges = None
+    if precision == "int8" and backend is None and candidate.startswith("ort"):
+        from layerdiff.backends.calibrate import ranges_to_json
+
+        text = json.dumps(ranges_to_json(session.quantizer.ranges), sort_keys=True)
+        ranges = hashlib.sha256(text.encode()).hexdigest()[:16]
+    metric_fn = None
+    if target.fn is not None:
+        file = Path(target.metric.rpartition(":")[0])
+        metric_fn = hashlib.sha256(file.read_bytes()).hexdigest()[:16] if file.is_file() else None
+    return {"ort_optimization": session.optimization,
+            "reference": [p if isinstance(p, str) else p[0] for p in session.reference_providers],
+            "ranges": ranges, "metric_fn_sha256": metric_fn, "onnxruntime": onnxruntime.__version__}

@@ -286,7 +286,7 @@ def _export_node_data(report_path, model, output, metric) -> int:
 def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
     """The candidate a recipe describes, on MODEL (default: the recipe's): INT8 with the recipe's own
     calibration ranges unless --calib asks to calibrate again."""
-    from layerdiff.backends.calibrate import ranges_from_json
+    from layerdiff.backends.calibrate import activations, ranges_from_json
     from layerdiff.recipe import load_recipe
     from layerdiff.session import prepare
 
@@ -300,10 +300,10 @@ def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
     load_recipe(recipe_path, session.model.sha256)  # refuses a recipe made for another model
     if r.precision == "int8" and not calib and r.candidate["spec"] == "ort-int8" and "ranges" in calibration:
         try:
-            session.use_ranges(ranges_from_json(calibration["ranges"]))
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise BadInput(f"{recipe_path} holds no usable calibration ranges ({type(err).__name__}); give --calib "
-                           "to calibrate again") from None
+            session.use_ranges(ranges_from_json(calibration["ranges"], activations(session.model)))
+        except ValueError as err:  # load_recipe checked the rest: ranges that leave out a tensor of this model
+            raise BadInput(f"{recipe_path} holds no usable calibration ranges ({err}); give --calib to calibrate "
+                           "again") from None
     return session.candidate(r.candidate["spec"], r.plan), session
 
 

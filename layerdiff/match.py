@@ -15,13 +15,13 @@ each input slot (the DequantizeLinear or Cast output, not the tensor before it).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import onnx
 
 from layerdiff.graph import FINAL_KEY, LoadedModel
+from layerdiff.jsonread import metadata_json
 
 TRANSPARENT = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
 # ops a rewrite may drop without changing what the next layer reads (or that a QuantizeLinear absorbs)
@@ -70,7 +70,10 @@ def final_outputs(candidate: onnx.ModelProto) -> dict[str, str]:
     """{raw output of a candidate node: the tensor that holds it after its rounding} (metadata)."""
     for prop in candidate.metadata_props:
         if prop.key == FINAL_KEY:
-            return {raw: final for outs in json.loads(prop.value).values() for raw, final in outs.items()}
+            finals = metadata_json(prop.value, FINAL_KEY, lambda v: isinstance(v, dict) and all(
+                isinstance(o, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in o.items())
+                for o in v.values()), "an object of {raw output: final tensor} objects")
+            return {raw: final for outs in finals.values() for raw, final in outs.items()}
     return {}
 
 

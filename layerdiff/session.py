@@ -24,7 +24,7 @@ import onnx
 
 from layerdiff.assemble import assemble_report
 from layerdiff.backends.base import Candidate, CandidateSource
-from layerdiff.backends.calibrate import RangesCache
+from layerdiff.backends.calibrate import RangesCache, activations
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
@@ -150,7 +150,8 @@ class Session:
     def quantizer(self) -> Int8Quantizer:
         """Calibration ranges and the all-INT8 QDQ model, made once and shared by every backend (the
         ranges read from --cache-dir when it holds them)."""
-        return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory, self._ranges_cache.load())
+        return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory,
+                             self._ranges_cache.load(activations(self.model)))
 
     def use_ranges(self, ranges) -> None:
         """Quantize with these calibration ranges (a recipe's) instead of calibrating; before any INT8

@@ -310,7 +310,6 @@ def test_cli_resume_of_a_state_nested_100000_deep_is_exit_2(cli, tmp_path):
                    "delete it or give another path\n")
 
 
-@pytest.mark.xfail(strict=True, reason="needs bisect.py identity change")
 def test_resume_refuses_a_state_of_another_ort_optimization(tmp_path):
     """The ONNX Runtime optimization level changes what an INT8 plan computes (8 of 18 evaluations of the
     CNN differ between all and basic): a state file of one level is not the search of another."""
@@ -323,7 +322,6 @@ def test_resume_refuses_a_state_of_another_ort_optimization(tmp_path):
         bisect(other, "ort-int8", target, state=state, max_evals=3, evidence=False)
 
 
-@pytest.mark.xfail(strict=True, reason="needs bisect.py identity change")
 def test_resume_counts_per_sample_values_against_the_search(tmp_path):
     """A state file whose every evaluation holds one value, for a search of 3 samples."""
     state = tmp_path / "s.json"
@@ -398,7 +396,6 @@ def test_compare_with_a_damaged_cache_is_exit_2(cli, tmp_path, cache_file, case)
     assert CACHE_DAMAGE[case][1] in err and err.count("\n") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="needs session.py to pass the model's tensors to RangesCache.load")
 def test_compare_with_a_cache_lacking_a_tensor_is_exit_2(cli, tmp_path, cache_file):
     path, doc, _ = cache_file
     directory = tmp_path / "cache"
@@ -409,7 +406,6 @@ def test_compare_with_a_cache_lacking_a_tensor_is_exit_2(cli, tmp_path, cache_fi
     assert code == 2 and "lack the range of 1 of the model's" in err
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli_bisect.py to pass the model's tensors to ranges_from_json")
 def test_apply_with_a_recipe_lacking_a_range_is_exit_2(cli, tmp_path, made):
     doc = json.loads(json.dumps(made["recipe"]))
     _tensors(doc).pop("input")
@@ -486,7 +482,6 @@ def _candidate_with_metadata(tmp_path, key, value):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="needs match.py and backends/fp16.py to read metadata with metadata_json")
 @pytest.mark.parametrize("key, value", [("layerdiff.final_outputs", "5"),
                                         ("layerdiff.final_outputs", "[" * 100_000 + "]" * 100_000),
                                         ("layerdiff.fp16_emulated", "5")])

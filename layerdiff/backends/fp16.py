@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from layerdiff.backends.ortnames import UPCAST_PREFIX
 from layerdiff.graph import FINAL_KEY, LoadedModel, max_ir_version, proto_tensor_types
+from layerdiff.jsonread import metadata_json
 from layerdiff.plan import PrecisionPlan
 from layerdiff.topology import sort_graph
 
@@ -213,5 +214,6 @@ def emulate_fp16(candidate: onnx.ModelProto, names: set[str], types: dict[str, i
 def emulated_nodes(candidate: onnx.ModelProto) -> set[str]:
     for prop in candidate.metadata_props:
         if prop.key == EMULATED_KEY:
-            return set(json.loads(prop.value))
+            return set(metadata_json(prop.value, EMULATED_KEY, lambda v: isinstance(v, list) and all(
+                isinstance(n, str) for n in v), "a list of node names"))
     return set()
