@@ -35,6 +35,7 @@ from layerdiff.backends.ortops import (DATA_MOVEMENT, EXACT_STEPS, FLOATS, INTEG
                                        NCHWC, NCHWC_DOMAIN, NHWC_DOMAIN, ORT_TYPES, OUTPUT_QPARAMS, QLINEAR)
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
+from layerdiff.topology import node_order
 from layerdiff.rewrite import with_nodes, with_outputs
 
 SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
@@ -64,7 +65,7 @@ class OrtKernels:
         self._info: dict[str, tuple[str, list]] | None = None
         self._types: dict[str, str] = {}
         self._aliases: dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]] | None = None
-        self._layouts: dict[str, tuple[int, ...] | str | None] = {}
+        self._layouts: dict[str, tuple[int, ...] | str | None] | None = None
 
     @property
     def _kinfo(self) -> dict[str, tuple[str, list]]:
@@ -94,50 +95,61 @@ class OrtKernels:
         Transpose (or a ReorderInput) where a value enters channels-last (or NCHWc) kernels and one back
         where it leaves them; in between, values stay in that layout under names of the model's tensors."""
         with self._lock:
-            return self._layout(ktensor, 0)
+            if self._layouts is None:
+                self._layouts = self._follow_layouts()
+            return self._layouts.get(ktensor)
 
-    def _layout(self, ktensor: str, depth: int) -> tuple[int, ...] | str | None:
-        if ktensor in self._layouts:
-            return self._layouts[ktensor]
-        node = self.kproducer.get(ktensor)
-        result: tuple[int, ...] | str | None = None
-        if node is not None:
-            data = [t for t in node.input if t and t not in self.kinits]
-            ins = [self._layout(t, depth + 1) if depth < 512 else BLOCKED for t in data]
-            first = ins[0] if ins else None
-            if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
-                perm = _perm(node, _rank(self._kinfo.get(ktensor, (None, None))[1]))
-                # the model's own Transpose, where its output kept its name, or where ONNX Runtime renamed
-                # that output (an INT8 conversion after it) but kept the node's name
-                own = self.cproducer.get(ktensor)
-                if own is None or own.op_type != "Transpose":
-                    own = self._cnodes.get(node.name)
-                if first == BLOCKED or perm is None:
-                    result = BLOCKED
-                else:
-                    composed = tuple(first[i] for i in perm) if first is not None else perm
-                    if own is not None and own.op_type == "Transpose":  # the model's own Transpose: its
-                        # output is relative to the model's value, its input transposed by the model's perm
-                        mine = _perm(own, len(composed))
-                        composed = tuple(_inverse(mine)[a] for a in composed) if mine is not None and \
-                            len(mine) == len(composed) else None
-                    result = BLOCKED if composed is None else (
-                        None if composed == tuple(range(len(composed))) else composed)
-            elif node.op_type == "ReorderOutput":  # NCHWc back to NCHW, or to NHWC with channels_last
-                last = next((a.i for a in node.attribute if a.name == "channels_last"), 0)
-                result = (0, 2, 3, 1) if last else None
-            elif node.domain == NCHWC_DOMAIN or node.op_type == "ReorderInput":
-                result = BLOCKED
-            elif node.op_type in KEEPS_LAYOUT or node.domain == NHWC_DOMAIN:
-                # elementwise ops and the channels-last kernels compute in the layout they read; a value
-                # read in two layouts at once is not one ONNX Runtime writes
-                ranked = [lay for t, lay in zip(data, ins) if _rank(self._kinfo.get(t, (None, None))[1]) != 0]
-                result = ranked[0] if ranked and all(lay == ranked[0] for lay in ranked) else \
-                    (None if not ranked else BLOCKED)
-            else:  # any other op reads and writes the model's layout, or a layout this cannot follow
-                result = None if all(lay is None for lay in ins) else BLOCKED
-        self._layouts[ktensor] = result
-        return result
+    def _follow_layouts(self) -> dict[str, tuple[int, ...] | str | None]:
+        """Every value's layout, in one pass over the optimized graph in topological order."""
+        layouts: dict[str, tuple[int, ...] | str | None] = {}
+        constant: set[str] = set(self.kinits)  # computed from initializers alone: weights have no layout
+        nodes = list(self.graph.node)
+        for index in node_order(self.graph):
+            node = nodes[index]
+            outs = [o for o in node.output if o]
+            if all(not t or t in constant for t in node.input):
+                constant.update(outs)
+                continue
+            # a constant operand is transposed by ONNX Runtime to the layout of the value it meets
+            data = [t for t in node.input if t and t not in constant]
+            ins = [layouts.get(t) for t in data]
+            result = self._node_layout(node, outs[0] if outs else "", data, ins)
+            for o in outs:
+                layouts[o] = result
+        return layouts
+
+    def _node_layout(self, node: onnx.NodeProto, ktensor: str, data: list[str], ins: list) -> tuple[int, ...] | str | None:
+        first = ins[0] if ins else None
+        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+            perm = _perm(node, _rank(self._kinfo.get(ktensor, (None, None))[1]))
+            # the model's own Transpose, where its output kept its name, or where ONNX Runtime renamed that
+            # output (an INT8 conversion after it) but kept the node's name
+            own = self.cproducer.get(ktensor)
+            if own is None or own.op_type != "Transpose":
+                own = self._cnodes.get(node.name)
+            if first == BLOCKED or perm is None:
+                return BLOCKED
+            composed = tuple(first[i] for i in perm) if first is not None else perm
+            if own is not None and own.op_type == "Transpose":  # relative to the model's value: its input
+                mine = _perm(own, len(composed))  # transposed by the model's perm
+                if mine is None or len(mine) != len(composed):
+                    return BLOCKED
+                composed = tuple(_inverse(mine)[a] for a in composed)
+            return None if composed == tuple(range(len(composed))) else composed
+        if node.op_type == "ReorderOutput":  # NCHWc back to NCHW, or to NHWC with channels_last
+            last = next((a.i for a in node.attribute if a.name == "channels_last"), 0)
+            return (0, 2, 3, 1) if last else None
+        if node.domain == NCHWC_DOMAIN or node.op_type == "ReorderInput":
+            return BLOCKED
+        if node.op_type in KEEPS_LAYOUT or node.domain == NHWC_DOMAIN:
+            # elementwise ops and the channels-last kernels compute in the layout they read; a value read in
+            # two layouts at once is not one ONNX Runtime writes
+            ranked = [lay for t, lay in zip(data, ins) if _rank(self._kinfo.get(t, (None, None))[1]) != 0]
+            if not ranked:
+                return None
+            return ranked[0] if all(lay == ranked[0] for lay in ranked) else BLOCKED
+        # any other op reads and writes the model's layout, or a layout this cannot follow
+        return None if all(lay is None for lay in ins) else BLOCKED
 
     def _surviving(self, tensor: str) -> bool:
         """A tensor of the optimized graph holding the candidate tensor's value as it is: same name, same
