@@ -30,17 +30,17 @@ import onnx
 
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
-from layerdiff.backends.ortnames import PRE_Q, TOKEN, UPCAST_PREFIX
-from layerdiff.backends.ortops import (DATA_MOVEMENT, EXACT_STEPS, FLOATS, INTEGER_KERNELS, KEEPS_LAYOUT, LAYOUT, LOW,
-                                       NCHWC, NCHWC_DOMAIN, NHWC_DOMAIN, ORT_TYPES, OUTPUT_QPARAMS, QLINEAR)
+from layerdiff.backends.ortaliases import SIDE, OrtAliases, same_shape
+from layerdiff.backends.ortlayout import follow_layouts
+from layerdiff.backends.ortops import EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
-from layerdiff.topology import node_order
 from layerdiff.rewrite import with_nodes, with_outputs
 
-SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
-BLOCKED = "blocked"  # OrtKernels.layout: a value in a layout that cannot be read back (NCHWc, or not followed)
-class OrtKernels:
+__all__ = ["SIDE", "OrtKernels"]
+
+
+class OrtKernels(OrtAliases):
     """The deployed ONNX Runtime session of a candidate, seen kernel by kernel (see the module doc)."""
 
     mode = "kernels"
@@ -96,60 +96,9 @@ class OrtKernels:
         where it leaves them; in between, values stay in that layout under names of the model's tensors."""
         with self._lock:
             if self._layouts is None:
-                self._layouts = self._follow_layouts()
+                self._layouts = follow_layouts(self.graph, {t: shape for t, (_, shape) in self._kinfo.items()},
+                                               self.cproducer, self._cnodes, set(self.kinits))
             return self._layouts.get(ktensor)
-
-    def _follow_layouts(self) -> dict[str, tuple[int, ...] | str | None]:
-        """Every value's layout, in one pass over the optimized graph in topological order."""
-        layouts: dict[str, tuple[int, ...] | str | None] = {}
-        constant: set[str] = set(self.kinits)  # computed from initializers alone: weights have no layout
-        nodes = list(self.graph.node)
-        for index in node_order(self.graph):
-            node = nodes[index]
-            outs = [o for o in node.output if o]
-            if all(not t or t in constant for t in node.input):
-                constant.update(outs)
-                continue
-            # a constant operand is transposed by ONNX Runtime to the layout of the value it meets
-            data = [t for t in node.input if t and t not in constant]
-            ins = [layouts.get(t) for t in data]
-            result = self._node_layout(node, outs[0] if outs else "", data, ins)
-            for o in outs:
-                layouts[o] = result
-        return layouts
-
-    def _node_layout(self, node: onnx.NodeProto, ktensor: str, data: list[str], ins: list) -> tuple[int, ...] | str | None:
-        first = ins[0] if ins else None
-        if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
-            perm = _perm(node, _rank(self._kinfo.get(ktensor, (None, None))[1]))
-            # the model's own Transpose, where its output kept its name, or where ONNX Runtime renamed that
-            # output (an INT8 conversion after it) but kept the node's name
-            own = self.cproducer.get(ktensor)
-            if own is None or own.op_type != "Transpose":
-                own = self._cnodes.get(node.name)
-            if first == BLOCKED or perm is None:
-                return BLOCKED
-            composed = tuple(first[i] for i in perm) if first is not None else perm
-            if own is not None and own.op_type == "Transpose":  # relative to the model's value: its input
-                mine = _perm(own, len(composed))  # transposed by the model's perm
-                if mine is None or len(mine) != len(composed):
-                    return BLOCKED
-                composed = tuple(_inverse(mine)[a] for a in composed)
-            return None if composed == tuple(range(len(composed))) else composed
-        if node.op_type == "ReorderOutput":  # NCHWc back to NCHW, or to NHWC with channels_last
-            last = next((a.i for a in node.attribute if a.name == "channels_last"), 0)
-            return (0, 2, 3, 1) if last else None
-        if node.domain == NCHWC_DOMAIN or node.op_type == "ReorderInput":
-            return BLOCKED
-        if node.op_type in KEEPS_LAYOUT or node.domain == NHWC_DOMAIN:
-            # elementwise ops and the channels-last kernels compute in the layout they read; a value read in
-            # two layouts at once is not one ONNX Runtime writes
-            ranked = [lay for t, lay in zip(data, ins) if _rank(self._kinfo.get(t, (None, None))[1]) != 0]
-            if not ranked:
-                return None
-            return ranked[0] if all(lay == ranked[0] for lay in ranked) else BLOCKED
-        # any other op reads and writes the model's layout, or a layout this cannot follow
-        return None if all(lay is None for lay in ins) else BLOCKED
 
     def _surviving(self, tensor: str) -> bool:
         """A tensor of the optimized graph holding the candidate tensor's value as it is: same name, same
@@ -169,211 +118,7 @@ class OrtKernels:
             return False
         if self.layout(ktensor) is not None:  # the value transposed or blocked: not the tensor as it is
             return False
-        return _same_shape(self.cshapes.get(tensor), kshape)
-
-    @property
-    def aliases(self) -> dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]]:
-        """{candidate tensor that does not survive by name: (the optimized-graph node that computes it, a
-        node beside the graph giving its value, view)}: the node of the same name and op (an exact alias,
-        view ""), or the integer kernel that replaced it, or the same op moving INT8 values (its output
-        dequantized with the kernel's own scale and zero point: view "quantized")."""
-        with self._lock:
-            if self._aliases is None:
-                self._aliases = self._find_aliases()
-            return self._aliases
-
-    def _find_aliases(self) -> dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]]:
-        info = self._kinfo
-        by_name: dict[str, onnx.NodeProto] = {}
-        for node in self.graph.node:
-            by_name.setdefault(TOKEN.sub("", node.name), node)
-        kconsumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for t in node.input:
-                kconsumers.setdefault(t, []).append(node)
-        out: dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]] = {}
-        held: dict[str, str] = {}  # candidate tensor -> the optimized-graph tensor holding it (maybe INT8)
-        # ONNX Runtime's QDQ propagation moves a QuantizeLinear up across data movement (a Slice, a Squeeze)
-        # to right after the node computing the value, whose output it renames NAME_pre_q: the same value
-        # and an FP16 tensor the CPU provider computes in FP32 (no FP16 kernel for the nodes around it)
-        # exists only as its FP32 copy, InsertedPrecisionFreeCast_NAME: the value the deployed session has
-        for tensor in self.cproducer:
-            if self._surviving(tensor):
-                continue
-            for renamed, upcast in ((tensor + PRE_Q, False), (UPCAST_PREFIX + tensor, True)):
-                if renamed not in self.kproducer or not self._holds(tensor, renamed, upcast):
-                    continue
-                # the model's own node writing it is its kernel; a node ONNX Runtime inserted (a reorder
-                # back from NCHWc) carries the value of the kernel behind it
-                knode = self.kproducer[renamed]
-                kernel = knode if knode.name in self.cnames else self._behind(knode)
-                if kernel is None or self._reads_inserted_rounding(kernel):
-                    continue  # computed from values the propagation rounded: not the candidate's value
-                nodes = self._read(renamed, tensor)
-                if nodes is None:
-                    continue
-                out[tensor] = (kernel, nodes, "")
-                held[tensor] = renamed
-                break
-        self._integer_outputs(out, held)
-        for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
-            found = len(out)
-            for cnode in self.cproducer.values():
-                knode = by_name.get(cnode.name) if cnode.name else None
-                if knode is None:
-                    continue
-                for i, tensor in enumerate(cnode.output):
-                    if (not tensor or tensor in out or i >= len(knode.output) or not knode.output[i]
-                            or self._surviving(tensor)):
-                        continue
-                    if knode.output[i] in held.values():  # its value is paired by structure already
-                        continue
-                    alias = self._alias_of(cnode, knode, i, tensor, info, kconsumers, held)
-                    if alias is not None:
-                        out[tensor] = alias
-                        held[tensor] = alias[1][0].input[0]
-            if len(out) == found:
-                return out
-        return out
-
-    def _reads_inserted_rounding(self, node: onnx.NodeProto) -> bool:
-        """Whether `node` reads, through ONNX Runtime's layout nodes, a DequantizeLinear that is not the
-        candidate's own: a value its QDQ propagation rounded (moved across two layout ops at level basic,
-        `Reshape(A_post_dq) -> B_pre_q` is B computed from A rounded to INT8, not the candidate's B)."""
-        for t in node.input:
-            at = self.kproducer.get(t)
-            for _ in range(16):
-                if at is None:
-                    break
-                if at.op_type == "DequantizeLinear":
-                    if at.name.split("/duplicated", 1)[0] not in self.cnames:
-                        return True
-                    break
-                if at.name in self.cnames or not self._inserted(at) or not at.input:
-                    break
-                at = self.kproducer.get(at.input[0])
-        return False
-
-    def _alias_of(self, cnode, knode, i, tensor, info, kconsumers, held):
-        """(knode, the node beside the graph giving `tensor`, view) when knode's output i holds `tensor`."""
-        kout, (ktype, kshape) = knode.output[i], info.get(knode.output[i], (None, None))
-        ctype = ORT_TYPES.get(self.ctypes.get(tensor, 0))
-        cshape = self.cshapes.get(tensor)
-        # the same inputs, or a shape that says it is the same value: ONNX Runtime may compute a node of the
-        # same name in another layout (its transpose optimizer moves Transposes across Slice, Squeeze...)
-        same_inputs = self._reads_same(cnode, knode, held)
-        if knode.op_type == cnode.op_type and ktype == ctype:
-            if self._reads_inserted_rounding(knode) and not same_inputs:
-                return None  # it computes from a value ONNX Runtime's QDQ propagation rounded
-            kshape = _to_model_layout(kshape, self.layout(kout))
-            nodes = self._read(kout, tensor)
-            if nodes is not None and ((same_inputs and _same_shape(cshape, kshape)) or (
-                    cshape is not None and kshape is not None and _same_shape(cshape, kshape))):
-                return knode, nodes, ""
-            return None
-        quantized = knode.op_type == QLINEAR.get(cnode.op_type) or (
-            knode.op_type == cnode.op_type and ktype in LOW and ctype in FLOATS)
-        if not quantized or ctype not in FLOATS:
-            return None
-        kout, kshape = self._nchw(kout, kshape, kconsumers)
-        kshape = _to_model_layout(kshape, self.layout(kout))
-        params = self._qparams(knode)
-        known = cshape is not None and kshape is not None
-        if params is None or not _same_shape(cshape, kshape) or not (known or same_inputs):
-            return None
-        nodes = self._read(kout, tensor, params)
-        return (knode, nodes, "quantized") if nodes is not None else None
-
-    def _read(self, ktensor: str, tensor: str, params: list[str] | None = None) -> tuple[onnx.NodeProto, ...] | None:
-        """The nodes beside the graph that give the candidate's `tensor` from the optimized graph's `ktensor`:
-        dequantized with `params` (an integer kernel's INT8 output), then permuted back to the model's
-        layout where ONNX Runtime holds it transposed; None where its layout cannot be read back."""
-        lay = self.layout(ktensor)
-        if lay == BLOCKED:
-            return None
-        side = SIDE + tensor
-        mid = side + "/nhwc" if isinstance(lay, tuple) else side
-        first = onnx.helper.make_node("DequantizeLinear", [ktensor, *params], [mid], name=mid) if params else \
-            onnx.helper.make_node("Identity", [ktensor], [mid], name=mid)
-        if not isinstance(lay, tuple):
-            return (first,)
-        return first, onnx.helper.make_node("Transpose", [mid], [side], name=side, perm=_inverse(lay))
-
-    def _integer_outputs(self, out: dict, held: dict[str, str]) -> None:
-        """Pair each integer kernel's INT8 output by structure: its output scale and zero point are those
-        of one QuantizeLinear of the candidate, so it holds that QuantizeLinear's input rounded (the input
-        of the Relu or Clip the QDQ fusion absorbed, where one stood between: the kernel's value is the
-        rounded activation, not the Conv's own output), whatever the kernel is named."""
-        qnodes: dict[tuple[str, str], list[onnx.NodeProto]] = {}
-        for c in self.cproducer.values():
-            if c.op_type == "QuantizeLinear" and len(c.input) >= 3 and c.input[2]:
-                qnodes.setdefault((c.input[1], c.input[2]), []).append(c)
-        for knode in self.graph.node:
-            if knode.op_type not in INTEGER_KERNELS or not knode.output or not knode.output[0]:
-                continue
-            params = self._qparams(knode)
-            quants = qnodes.get(tuple(params), []) if params else []
-            if len(quants) != 1:
-                continue
-            tensor = quants[0].input[0]
-            if (tensor in out or self._surviving(tensor) or ORT_TYPES.get(self.ctypes.get(tensor, 0)) not in FLOATS
-                    or not self._computes(knode, tensor)):
-                continue
-            kshape = _to_model_layout(self._kinfo.get(knode.output[0], (None, None))[1], self.layout(knode.output[0]))
-            nodes = self._read(knode.output[0], tensor, params)
-            if nodes is None or not _same_shape(self.cshapes.get(tensor), kshape):
-                continue
-            out[tensor] = (knode, nodes, "quantized")
-            held[tensor] = knode.output[0]
-
-    def _computes(self, knode: onnx.NodeProto, tensor: str) -> bool:
-        """Whether the candidate computes `tensor` with the float op `knode` is the integer kernel of,
-        through the activations a QDQ fusion absorbs (Relu, Clip)."""
-        node = self.cproducer.get(tensor)
-        for _ in range(4):
-            if node is None:
-                return False
-            if QLINEAR.get(node.op_type) == knode.op_type:
-                return True
-            if node.op_type not in ("Relu", "Clip") or not node.input:
-                return False
-            node = self.cproducer.get(node.input[0])
-        return False
-
-    def _reads_same(self, cnode: onnx.NodeProto, knode: onnx.NodeProto, held: dict[str, str]) -> bool:
-        """Whether every value `knode` reads is the value `cnode` reads there (the same tensor, or the
-        optimized graph's tensor holding it, INT8 or not); weights are not compared."""
-        cdata = [t for t in cnode.input if t and t not in self.cinits and t not in self.kinits]  # folded: weights
-        kdata = [t for t in knode.input if t and t not in self.kinits]
-        if not cdata or len(cdata) > len(kdata):
-            return False
-        for c, k in zip(cdata, kdata):  # integer kernels put scales between data inputs: data first, in order
-            source = c
-            while source not in held and source in self.cproducer and self.cproducer[source].op_type in (
-                    "DequantizeLinear", "QuantizeLinear"):
-                source = self.cproducer[source].input[0]  # the kernel reads the INT8 value itself
-            if not (k == c or k == source or held.get(c) == k or held.get(source) == k):
-                return False
-        return True
-
-    def _nchw(self, tensor: str, shape, consumers) -> tuple[str, list | None]:
-        """An NHWC kernel output (ONNX Runtime's layout pass for integer kernels) is followed by the
-        Transpose back to NCHW it inserted: read that one."""
-        for node in consumers.get(tensor, ()):
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if node.op_type == "Transpose" and perm == [0, 3, 1, 2] and node.output[0] not in self.ctypes:
-                return node.output[0], self._kinfo.get(node.output[0], (None, None))[1]
-        return tensor, shape
-
-    def _qparams(self, node: onnx.NodeProto, depth: int = 0) -> list[str] | None:
-        """The (scale, zero point) initializers of `node`'s INT8 output."""
-        if node.op_type in OUTPUT_QPARAMS:
-            s, z = OUTPUT_QPARAMS[node.op_type]
-            names = [node.input[s], node.input[z]] if len(node.input) > z else []
-            return names if names and all(n in self.kinits for n in names) else None
-        if node.op_type in DATA_MOVEMENT and depth < 16 and node.input and node.input[0] in self.kproducer:
-            return self._qparams(self.kproducer[node.input[0]], depth + 1)
-        return None
+        return same_shape(self.cshapes.get(tensor), kshape)
 
     def view(self, tensor: str) -> str:
         """"quantized" when the deployed candidate holds `tensor` only as an integer kernel's INT8 output."""
@@ -516,40 +261,3 @@ class OrtKernels:
                 nodes[key] = copy
             outputs[SIDE + tensor if steps else tensor] = tensor
         return list(nodes.values()), list(inits.values()), outputs
-
-
-def _perm(node: onnx.NodeProto, rank: int | None) -> tuple[int, ...] | None:
-    """A Transpose's permutation (none given: the axes reversed, which needs the rank)."""
-    perm = next((tuple(a.ints) for a in node.attribute if a.name == "perm"), None)
-    return perm if perm is not None else (tuple(reversed(range(rank))) if rank is not None else None)
-
-
-def _rank(shape) -> int | None:
-    return None if shape is None else len(shape)
-
-
-def _to_model_layout(shape, layout):
-    """The shape of a value held in `layout` (a permutation) as the model's tensor would have it."""
-    if shape is None or not isinstance(layout, tuple) or len(shape) != len(layout):
-        return shape
-    out = [None] * len(layout)
-    for i, axis in enumerate(layout):
-        out[axis] = shape[i]
-    return out
-
-
-def _inverse(perm: tuple[int, ...]) -> list[int]:
-    inv = [0] * len(perm)
-    for i, axis in enumerate(perm):
-        inv[axis] = i
-    return inv
-
-
-def _same_shape(a, b) -> bool:
-    """Shapes that agree wherever both are known (None: unknown), after dropping dimensions of size 1 (the
-    same values in the same order: ONNX Runtime writes [N, C, 1, 1] as [N, 1, 1, C] in its channels-last
-    kernels, and the capture reshapes such a value back)."""
-    if a is None or b is None:
-        return True
-    a, b = [x for x in a if x != 1], [x for x in b if x != 1]
-    return len(a) == len(b) and all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b))

@@ -1,0 +1,92 @@
+"""The layout in which ONNX Runtime's optimized graph holds each value, followed by structure (the nodes
+that wrote it, never their names): the model's own layout (None); a permutation p of it (the value's
+axis i is the model's axis p[i]: NHWC is (0, 2, 3, 1)); or BLOCKED, an NCHWc blocked layout or one this
+cannot follow, which is never read. ONNX Runtime's layout passes insert a Transpose (or a ReorderInput)
+where a value enters channels-last (or NCHWc) kernels and one back where it leaves them; in between,
+values stay in that layout under the names of the model's tensors. Transposes compose (a Transpose of
+the model's own is relative to its output); elementwise ops and channels-last kernels compute in the
+layout they read; weights have none (ONNX Runtime transposes a constant to the value it meets); any
+other op reads and writes the model's layout, or its output is BLOCKED."""
+
+from __future__ import annotations
+
+import onnx
+
+from layerdiff.backends.ortops import KEEPS_LAYOUT, NCHWC_DOMAIN, NHWC_DOMAIN
+from layerdiff.topology import node_order
+
+BLOCKED = "blocked"
+
+
+def follow_layouts(graph: onnx.GraphProto, shapes: dict[str, list | None], cproducer: dict[str, onnx.NodeProto],
+               cnodes: dict[str, onnx.NodeProto], initializers: set[str]) -> dict[str, tuple[int, ...] | str | None]:
+    """Every value of ONNX Runtime's optimized `graph` and the layout it holds it in (see the module doc),
+    in one pass in topological order. `shapes`: the shapes its session states; `cproducer` and `cnodes`: the
+    candidate's nodes by output and by name (a Transpose of the model's own is relative to its value)."""
+    layouts: dict[str, tuple[int, ...] | str | None] = {}
+    constant: set[str] = set(initializers)  # computed from initializers alone: weights have no layout
+    nodes = list(graph.node)
+    for index in node_order(graph):
+        node = nodes[index]
+        outs = [o for o in node.output if o]
+        if all(not t or t in constant for t in node.input):
+            constant.update(outs)
+            continue
+        # a constant operand is transposed by ONNX Runtime to the layout of the value it meets
+        data = [t for t in node.input if t and t not in constant]
+        ins = [layouts.get(t) for t in data]
+        result = _node_layout(node, outs[0] if outs else "", data, ins, shapes, cproducer, cnodes)
+        for o in outs:
+            layouts[o] = result
+    return layouts
+
+def _node_layout(node: onnx.NodeProto, ktensor: str, data: list[str], ins: list, shapes, cproducer, cnodes
+                 ) -> tuple[int, ...] | str | None:
+    first = ins[0] if ins else None
+    if node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+        perm = _perm(node, rank(shapes.get(ktensor)))
+        # the model's own Transpose, where its output kept its name, or where ONNX Runtime renamed that
+        # output (an INT8 conversion after it) but kept the node's name
+        own = cproducer.get(ktensor)
+        if own is None or own.op_type != "Transpose":
+            own = cnodes.get(node.name)
+        if first == BLOCKED or perm is None:
+            return BLOCKED
+        composed = tuple(first[i] for i in perm) if first is not None else perm
+        if own is not None and own.op_type == "Transpose":  # relative to the model's value: its input
+            mine = _perm(own, len(composed))  # transposed by the model's perm
+            if mine is None or len(mine) != len(composed):
+                return BLOCKED
+            composed = tuple(inverse(mine)[a] for a in composed)
+        return None if composed == tuple(range(len(composed))) else composed
+    if node.op_type == "ReorderOutput":  # NCHWc back to NCHW, or to NHWC with channels_last
+        last = next((a.i for a in node.attribute if a.name == "channels_last"), 0)
+        return (0, 2, 3, 1) if last else None
+    if node.domain == NCHWC_DOMAIN or node.op_type == "ReorderInput":
+        return BLOCKED
+    if node.op_type in KEEPS_LAYOUT or node.domain == NHWC_DOMAIN:
+        # elementwise ops and the channels-last kernels compute in the layout they read; a value read in
+        # two layouts at once is not one ONNX Runtime writes
+        ranked = [lay for t, lay in zip(data, ins) if rank(shapes.get(t)) != 0]
+        if not ranked:
+            return None
+        return ranked[0] if all(lay == ranked[0] for lay in ranked) else BLOCKED
+    # any other op reads and writes the model's layout, or a layout this cannot follow
+    return None if all(lay is None for lay in ins) else BLOCKED
+
+
+def _perm(node: onnx.NodeProto, rank: int | None) -> tuple[int, ...] | None:
+    """A Transpose's permutation (none given: the axes reversed, which needs the rank)."""
+    perm = next((tuple(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return perm if perm is not None else (tuple(reversed(range(rank))) if rank is not None else None)
+
+
+def rank(shape) -> int | None:
+    return None if shape is None else len(shape)
+
+
+def inverse(perm: tuple[int, ...]) -> list[int]:
+    inv = [0] * len(perm)
+    for i, axis in enumerate(perm):
+        inv[axis] = i
+    return inv
