@@ -214,7 +214,7 @@ def _cost_and_gate(session, cand, report, bench, warmup, trt_profile, engine_inf
 
 
 def _save(cand, save_candidate, save_emulation, save_engine_info, write_atomic) -> None:
-    from layerdiff.graph import write_model
+    from layerdiff.modelfile import write_model
 
     if save_candidate:
         if cand.model is None:

@@ -230,7 +230,7 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     from layerdiff.console import clean
     from layerdiff.export import TEXT
     from layerdiff.files import check_writable, write_atomic
-    from layerdiff.graph import write_model
+    from layerdiff.modelfile import write_model
     from layerdiff.recipe import load_recipe
 
     if fmt == "model-explorer":
@@ -323,7 +323,7 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
     """Build MODEL's candidate with RECIPE and check its tolerance again (exit 1 if it fails)."""
     from layerdiff.console import clean, make_console
     from layerdiff.files import check_writable
-    from layerdiff.graph import write_model
+    from layerdiff.modelfile import write_model
     from layerdiff.recipe import load_recipe
     from layerdiff.target import Target
 

@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from layerdiff.errors import LayerdiffError
-from layerdiff.graph import max_ir_version, serialize, write_model
+from layerdiff.graph import max_ir_version, serialize
+from layerdiff.modelfile import write_model
 from layerdiff.session import prepare
 from tests.conftest import FIXTURES, run_plain
 
