@@ -11,7 +11,7 @@ from layerdiff._version import __version__
 from layerdiff.capture import CaptureResult
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import RANDOM_WARNING, Samples
-from layerdiff.metrics import aggregate
+from layerdiff.metrics import Aggregate, aggregate
 from layerdiff.report import (
     CandidateInfo,
     CaptureInfo,
@@ -27,7 +27,7 @@ from layerdiff.report import (
     Thresholds,
     Tolerance,
 )
-from layerdiff.rows import Row
+from layerdiff.rows import REFERENCE, Row
 
 FUSED = "fused inside"  # every Deployment.missing begins so
 
@@ -46,14 +46,50 @@ def _row_inputs(model: LoadedModel, row: Row) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _amplification(model: LoadedModel, row: Row, outs: list[TensorDiff], held: dict[str, Aggregate],
+                   upstream: dict[str, str]) -> dict:
+    """{amplification, input_cosine} of a layer row: the relative RMS error of its outputs, less its own
+    local error (sqrt(out^2 - local^2)), over that of the values its kernel reads (worst sample of each),
+    and the worst cosine among those values. A value read from the FP32 reference, or a model input read
+    as it is, carries no error. `upstream`: {a candidate tensor: the tensor it holds exactly}
+    (rows.exact_sources)."""
+    if row.kind != "layer":
+        return {}
+    graph_inputs = {i.name for i in model.inputs}
+    ins: list[tuple[float, float]] = []
+    for _, _, t, key in row.reads:
+        if key.startswith(REFERENCE) or (key == t and t in graph_inputs):
+            ins.append((0.0, 1.0))
+        else:  # the value compared, or the one it holds exactly (the INT8 value a DequantizeLinear reads)
+            for _ in range(4):
+                if key in held or key not in upstream:
+                    break
+                key = upstream[key]
+            if key in held:
+                ins.append((held[key].worst.rel_rms, held[key].worst.cosine))
+    out = [o.accumulated.worst.rel_rms for o in outs if o.accumulated is not None]
+    ins = [(r, c) for r, c in ins if math.isfinite(r) and math.isfinite(c)]
+    out = [r for r in out if math.isfinite(r)]
+    if not ins or not out:
+        return {}
+    in_rel = max(r for r, _ in ins)
+    # the row's own (local) error taken out, as an independent addition: what is left is inherited error
+    # as the row passed it on (a Conv with INT8 weights adds error; an LSTM or a Softmax multiplies it)
+    local = [o.local.worst.rel_rms for o in outs if o.local is not None and math.isfinite(o.local.worst.rel_rms)]
+    passed_on = math.sqrt(max(max(out) ** 2 - (max(local) ** 2 if local else 0.0), 0.0))
+    return {"amplification": passed_on / in_rel if in_rel > 0 else None, "input_cosine": min(c for _, c in ins)}
+
+
 def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInfo, samples: Samples,
                     res: CaptureResult, outputs: tuple[OutputDiff, ...], *, divergence_cosine: float,
                     max_memory: int | None, mode: str, exposed_vs_plain: float | None,
                     matches_plain_engine: bool | None = None, min_cosine: float | None = None,
                     tolerance: Tolerance | None = None,
-                    warnings: tuple[str, ...] = ()) -> Report:
+                    warnings: tuple[str, ...] = (), upstream: dict[str, str] | None = None) -> Report:
     layers: list[LayerDiff] = []
     first = None
+    held: dict[str, Aggregate] = {}  # candidate tensor -> its accumulated error, as rows are made
+    upstream = upstream or {}
     for row in rows:
         outs = []
         for o in row.outputs:
@@ -76,8 +112,9 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
                           onnx_nodes=tuple(lay.name for lay in row.layers), engine_layers=row.engine_layers,
                           requested_precision=row.requested, kind=row.kind, kernels=row.kernels,
                           dequantized_inputs=row.dequantized_inputs, converts=row.converts,
-                          inputs=_row_inputs(model, row))
+                          inputs=_row_inputs(model, row), **_amplification(model, row, outs, held, upstream))
         layers.append(layer)
+        held.update({o.candidate_tensor: o.accumulated for o in outs if o.candidate_tensor and o.accumulated})
         if diverges and first is None:
             first = _divergence(layer, divergence_cosine)
     counts = _counts(model, layers, res)

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from layerdiff.cost import unsteady
 from layerdiff.progress import Progress as ProgressFn
-from layerdiff.report import LayerDiff, Report, precision_audit, rank_layers
+from layerdiff.report import LayerDiff, Report, amplifiers, error_growth, precision_audit, rank_layers
 
 
 @contextlib.contextmanager
@@ -109,6 +109,21 @@ def _line(console: Console, *parts: str | Text) -> None:
     console.print(Text.assemble(*parts))
 
 
+def _amplifying(report: Report, console: Console) -> None:
+    """The layers that multiply the error they inherit; with no layer diverging by its own error, the
+    layers across which the accumulated error grew most, largest drop first."""
+    amp = amplifiers(report.layers)
+    if amp:
+        _line(console, "amplifies most: ", ", ".join(
+            f"{shorten(lay.name, 30)} x{lay.amplification:.3g} ({fmt(lay.input_cosine)} -> {fmt(lay.cosine)})"
+            for lay in amp))
+    if report.first_divergence is None:
+        grew = error_growth(report.layers)
+        if grew:
+            _line(console, "accumulated error grew most across: ", ", ".join(
+                f"{shorten(lay.name, 30)} ({fmt(lay.input_cosine)} -> {fmt(lay.cosine)})" for lay in grew))
+
+
 def print_summary(report: Report, console: Console, top: int) -> None:
     cand = report.candidate
     _line(console, ("layerdiff compare ", "bold"), clean(report.model.path), "  vs  ", (clean(cand.spec), "bold"),
@@ -150,6 +165,7 @@ def print_summary(report: Report, console: Console, top: int) -> None:
         _line(console, "first divergent layer: ", report.divergence_note)
     else:
         _line(console, f"first divergent layer: none (every local cosine >= {report.thresholds.divergence_cosine})")
+    _amplifying(report, console)
     c = report.counts
     consts = f" and {c.constants} Constant" if c.constants else ""
     imported = report.capture.mode == "imported"

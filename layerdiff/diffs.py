@@ -99,6 +99,11 @@ class LayerDiff:
     time_ms: float | None = None  # the candidate's kernel time for this row per run (profiled; --bench)
     time_share: float | None = None  # its share of the candidate's per-layer total
     ref_time_ms: float | None = None  # the FP32 model's kernel time for the same row
+    # how much the row multiplies the error it inherits: the relative RMS error of its outputs, its own local
+    # error taken out (sqrt(out^2 - local^2)), over that of the values it reads (worst sample of each, the
+    # deployed values against FP32); None where it reads exact values or nothing was compared
+    amplification: float | None = None
+    input_cosine: float | None = None  # the worst accumulated cosine of the values it reads
 
     @property
     def local_rel_rms(self) -> float | None:
@@ -166,7 +171,7 @@ class LayerDiff:
             d["request_realised"] = self.request_realised
         if self.local_unavailable:
             d["local_unavailable"] = self.local_unavailable
-        for key in ("time_ms", "time_share", "ref_time_ms"):
+        for key in ("time_ms", "time_share", "ref_time_ms", "amplification", "input_cosine"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
@@ -223,3 +228,29 @@ def precision_audit(layers: tuple[LayerDiff, ...]) -> list[dict[str, Any]]:
     return [{"layer": lay.name, "index": lay.index, "requested": lay.requested_precision,
              "realised": lay.precision, "realised_as_requested": lay.request_realised}
             for lay in layers if lay.requested_precision is not None]
+
+
+AMPLIFIES = 1.5  # a row amplifies when its output's relative error is at least this many times its inputs'
+NOTICEABLE = 1e-3  # ... and that error is at least this (smaller ones are rounding noise, whatever the ratio)
+
+
+def amplifiers(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) -> list[LayerDiff]:
+    """The layer rows that multiply the error they inherit most (`amplification`), most first."""
+    rows = [lay for lay in layers if lay.kind == "layer" and lay.amplification is not None
+            and lay.amplification >= AMPLIFIES and _out_rel(lay) >= NOTICEABLE]
+    return sorted(rows, key=lambda lay: (-lay.amplification, lay.index))[:n]
+
+
+def error_growth(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) -> list[LayerDiff]:
+    """The layer rows across which the accumulated cosine dropped most (from the worst value they read to
+    their output), largest drop first: where the error grew, whether a row made it or multiplied it."""
+    rows = [lay for lay in layers if lay.kind == "layer" and lay.input_cosine is not None
+            and lay.cosine is not None and lay.input_cosine - lay.cosine > 0]
+    return sorted(rows, key=lambda lay: (lay.cosine - lay.input_cosine, lay.index))[:n]
+
+
+def _out_rel(lay: LayerDiff) -> float:
+    vals = [o.accumulated.worst.rel_rms for o in lay.outputs if o.accumulated is not None]
+    vals = [v for v in vals if not math.isnan(v)]
+    return max(vals) if vals else 0.0
+

@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from layerdiff.cost import Cost, GateCheck
-from layerdiff.diffs import LayerDiff, OutputDiff, TensorDiff, precision_audit  # noqa: F401  (the report's rows)
+from layerdiff.diffs import (  # noqa: F401  (the report's rows, and what is read from them)
+    LayerDiff, OutputDiff, TensorDiff, amplifiers, error_growth, precision_audit)
 from layerdiff.errors import ReportError
 from layerdiff.files import write_atomic
 from layerdiff.jsonread import as_object, get_field, pick, read_json

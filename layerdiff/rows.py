@@ -265,3 +265,18 @@ class _CandidateGraph:
                 if to in _NARROW:
                     out.append((q, q.output[0], _NARROW[to]))
         return out
+
+
+def exact_sources(proto: onnx.ModelProto) -> dict[str, str]:
+    """{a candidate tensor: the tensor it holds exactly, in another type}: a DequantizeLinear's output and
+    the INT8 value it reads (its "quantized" view), a widening Cast's output and the narrower float."""
+    types = proto_tensor_types(proto)
+    out = {}
+    for n in proto.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input and n.output:
+            out[n.output[0]] = n.input[0]
+        elif n.op_type == "Cast" and n.input and n.output and types.get(n.input[0]) in _WIDER:
+            if next((a.i for a in n.attribute if a.name == "to"), None) in _WIDER[types[n.input[0]]]:
+                out[n.output[0]] = n.input[0]
+    return out
+

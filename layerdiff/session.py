@@ -58,7 +58,7 @@ from layerdiff.plan import PrecisionPlan
 from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
 from layerdiff.rewrite import expose_tensors
-from layerdiff.rows import plan_rows
+from layerdiff.rows import exact_sources, plan_rows
 from layerdiff.specs import IMPORTED, SPECS
 
 DEFAULT_REFERENCE_CACHE = 512 * 2**20
@@ -394,4 +394,5 @@ class Session:
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
                                tolerance=tolerance,
-                               warnings=candidate_warnings(self.model, candidate, pairing, rows) + kernel_note)
+                               warnings=candidate_warnings(self.model, candidate, pairing, rows) + kernel_note,
+                               upstream=exact_sources(candidate.executed) if candidate.executed else None)

@@ -32,6 +32,7 @@ from layerdiff.tui.state import (
     first_divergent,
     follow,
     row_view,
+    top_amplifier,
     visible,
     worst_row,
 )
@@ -54,6 +55,7 @@ class LayerdiffApp(RecipeActions, App[None]):
         Binding("s", "sort_next", "sort"),
         Binding("w", "worst", "worst"),
         Binding("d", "divergent", "diverges"),
+        Binding("a", "amplifier", "amplifies", show=False),
         Binding("g", "chart", "chart"),
         Binding("p,space", "pin", "pin"),
         Binding("e", "export", "export"),
@@ -260,6 +262,9 @@ class LayerdiffApp(RecipeActions, App[None]):
 
     def action_divergent(self) -> None:
         self._jump(first_divergent(self.report, self._kept()), "divergent layer")
+
+    def action_amplifier(self) -> None:  # the strongest amplifier of the rows the filter keeps
+        self._jump(top_amplifier(self.report, self._kept()), "layer that amplifies the error it reads")
 
     def action_producer(self) -> None:
         if self.selected:

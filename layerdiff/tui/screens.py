@@ -19,6 +19,7 @@ KEYS = (
     ("c", "show or hide Constant rows"),
     ("w", "jump to the worst layer (most local error)"),
     ("d", "jump to the first divergent layer"),
+    ("a", "jump to the layer that multiplies the error it reads most (amp column)"),
     ("[ / ]", "go to the producer / consumer with the worst error"),
     ("g", "show the error chart (1 - cosine along the network)"),
     ("p or space", "pin the layer's ONNX nodes to FP32, or unpin"),

@@ -13,13 +13,14 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from layerdiff.diffs import LayerDiff
-from layerdiff.report import Report, rank_layers
+from layerdiff.report import Report, amplifiers, rank_layers
 
 # (column key, header, width): the table's columns, in order
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("index", "#", 5), ("name", "layer", 24), ("op", "op", 14), ("precision", "prec", 10),
     ("local_cosine", "local cos", 10), ("cosine", "acc cos", 10), ("max_abs", "max abs", 9),
-    ("sqnr", "SQNR dB", 8), ("time_ms", "ms", 7), ("flags", "flags", 6), ("pin", "pin", 3),
+    ("sqnr", "SQNR dB", 8), ("amplification", "amp", 5), ("time_ms", "ms", 7), ("flags", "flags", 6),
+    ("pin", "pin", 3),
 )
 SORTABLE = tuple(key for key, _, _ in COLUMNS)
 
@@ -48,6 +49,7 @@ class RowView:
     time_share: float | None = None
     ref_time_ms: float | None = None
     label: str = ""  # the realised precision as the console's table shows it (fp32q, fp16*): LayerDiff.precision_label
+    amplification: float | None = None  # how much it multiplies the error it reads (LayerDiff.amplification)
 
     @property
     def precision_text(self) -> str:
@@ -84,7 +86,8 @@ def row_view(layer: LayerDiff) -> RowView:
         local_rel_rms=_finite(layer.local_rel_rms),
         pinnable=layer.onnx_nodes if layer.kind == "layer" else (),
         time_ms=getattr(layer, "time_ms", None), time_share=getattr(layer, "time_share", None),
-        ref_time_ms=getattr(layer, "ref_time_ms", None), label=layer.precision_label)
+        ref_time_ms=getattr(layer, "ref_time_ms", None), label=layer.precision_label,
+        amplification=_finite(layer.amplification))
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ def _sort_value(row: RowView, column: str, pins: frozenset[str]):
         return row.precision_text
     if column == "time_ms":  # the slowest first, as the worst error comes first
         return -row.time_ms if row.time_ms is not None else None
+    if column == "amplification":  # the strongest amplifier first
+        return -row.amplification if row.amplification is not None else None
     return getattr(row, column)
 
 
@@ -196,6 +201,13 @@ def worst_row(report: Report, keep: Collection[str] | None = None) -> str | None
     """The row that introduces the most error (layerdiff.report.rank_layers' first); with `keep`, the
     worst of the rows it names (those a filter keeps)."""
     return next((lay.name for lay in rank_layers(report) if keep is None or lay.name in keep), None)
+
+
+def top_amplifier(report: Report, keep: Collection[str] | None = None) -> str | None:
+    """The row that multiplies the error it inherits most (layerdiff.report.amplifiers' first); with
+    `keep`, among the rows it names."""
+    return next((lay.name for lay in amplifiers(report.layers, n=len(report.layers))
+                 if keep is None or lay.name in keep), None)
 
 
 def first_divergent(report: Report, keep: Collection[str] | None = None) -> str | None:

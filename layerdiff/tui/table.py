@@ -37,6 +37,7 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
         Text(row.flags, style="bold red" if row.nonfinite else "yellow" if row.flags else ""),
         num(row.max_abs, ".3g"),
         num(row.sqnr, ".1f"),
+        num(row.amplification, ".2g"),
         num(row.time_ms, ".3g"),
         row.op,
     )
@@ -47,7 +48,8 @@ def row_cells(row: RowView, pinned: bool) -> tuple:
 # (the index column is as wide as the largest index; the layer column takes the width left over)
 TABLE = (("pin", "P", 1), ("index", "#", 5), ("name", "layer", 22), ("precision", "prec", 9),
          ("local_cosine", "loc cos", 8), ("cosine", "acc cos", 8), ("flags", "flg", 3),
-         ("max_abs", "max abs", 8), ("sqnr", "SQNR", 6), ("time_ms", "ms", 6), ("op", "op", 16))
+         ("max_abs", "max abs", 8), ("sqnr", "SQNR", 6), ("amplification", "amp", 4), ("time_ms", "ms", 6),
+         ("op", "op", 16))
 assert {k for k, _, _ in TABLE} == {k for k, _, _ in COLUMNS}
 
 
