@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from layerdiff.errors import BadInput
-from layerdiff.report import Report, rank_layers
+from layerdiff.report import Report, amplifiers, rank_layers
 
 FLOOR = 1e-9  # 1 - cosine is drawn at least this high (an exact match has no logarithm)
 FORMATS = (".png", ".svg", ".pdf")
@@ -122,9 +122,18 @@ def _draw(Figure, report: Report, at, series, fmt: str, title: str | None):
         ax.scatter([x], [y], s=70, facecolors="none", edgecolors="black", lw=0.8, zorder=4)
         ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8, weight="bold")
         lines.append(f"{k} {r.name} (#{r.index}, local cos {r.local_cosine:.6g})")
+    amp = [r for r in amplifiers(report.layers) if r.name in at and r.cosine is not None]
+    for k, r in enumerate(amp, 1):  # the rows that multiply the error they read: on the accumulated line
+        x, y = at[r.name], _gap(r.cosine)
+        ax.scatter([x], [y], s=60, marker="^", facecolors="none", edgecolors="#ff7f0e", lw=1.0, zorder=4)
+        ax.annotate(f"A{k}", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=8, color="#ff7f0e")
+    if amp:
+        lines.append("   amplifies most: " + "   ".join(f"A{k} {r.name} (#{r.index}, x{r.amplification:.3g})"
+                                                        for k, r in enumerate(amp, 1)))
     if lines:
-        fig.text(0.01, 0.005, _plain("most local error: " + "   ".join(lines)), fontsize=7, va="bottom", wrap=True)
-        fig.get_layout_engine().set(h_pad=0.25)
+        caption = "most local error: " + "   ".join(lines)
+        fig.text(0.01, 0.005, _plain(caption), fontsize=7, va="bottom", wrap=True)
+        fig.get_layout_engine().set(h_pad=0.25 + 0.12 * (len(caption) // 200))  # room for its wrapped lines
     fd = report.first_divergence
     if fd is not None and fd.layer in at:
         ax.axvline(at[fd.layer], color="#9467bd", ls="--", lw=1)

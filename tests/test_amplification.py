@@ -46,3 +46,18 @@ def test_the_cancelling_subtraction_is_named_the_amplifier(tmp_path):
     rel = lambda got, ref: np.linalg.norm(got - ref) / np.linalg.norm(ref)  # noqa: E731
     expect = rel(s16, x) / rel(a16, a)
     assert abs(sub.amplification - expect) / expect < 0.05
+
+
+def test_the_plot_marks_the_amplifier(tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from layerdiff.plot import plot_report
+
+    _cancelling_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).uniform(-1, 1, (1, 64)).astype(np.float32))
+    report = layerdiff.compare(tmp_path / "m.onnx", "ort-fp16", inputs=tmp_path / "in.npz", reference_provider="cpu")
+    fig = plot_report(report, tmp_path / "p.png")
+    caption = " ".join(t.get_text() for t in fig.texts)
+    assert "amplifies most: A1 sub" in caption
+    assert any(t.get_text() == "A1" for t in fig.axes[0].texts)
