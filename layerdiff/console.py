@@ -115,13 +115,22 @@ def _amplifying(report: Report, console: Console) -> None:
     amp = amplifiers(report.layers)
     if amp:
         _line(console, "amplifies most: ", ", ".join(
-            f"{shorten(lay.name, 30)} x{lay.amplification:.3g} ({fmt(lay.input_cosine)} -> {fmt(lay.cosine)})"
+            f"{shorten(lay.name, 30)} x{lay.amplification:.3g} ({_change(lay.input_cosine, lay.cosine)})"
             for lay in amp))
     if report.first_divergence is None:
         grew = error_growth(report.layers)
         if grew:
             _line(console, "accumulated error grew most across: ", ", ".join(
-                f"{shorten(lay.name, 30)} ({fmt(lay.input_cosine)} -> {fmt(lay.cosine)})" for lay in grew))
+                f"{shorten(lay.name, 30)} ({_change(lay.input_cosine, lay.cosine)})" for lay in grew))
+
+
+def _change(before: float, after: float) -> str:
+    """'0.971000 -> 0.877000', with the digits it takes for the two to differ (1 - 1e-9 is not 1)."""
+    for digits in range(6, 13):
+        a, b = f"{before:.{digits}f}", f"{after:.{digits}f}"
+        if a != b:
+            return f"{a} -> {b}"
+    return f"{before!r} -> {after!r}"
 
 
 def print_summary(report: Report, console: Console, top: int) -> None:

@@ -355,6 +355,63 @@ def make_qlinear_chain_qdq(fp32: onnx.ModelProto, samples: dict[str, np.ndarray]
     return _model(graph)
 
 
+def make_lstm_state() -> onnx.ModelProto:
+    """A recurrent head whose initial states are computed from the input's shape, as exports write them
+    (ONNX Runtime folds both zero states into one initializer: constant folding, then common-subexpression
+    elimination, and the LSTM reads that one twice).
+
+        x [1,3,6] -> conv (1x1, 8 channels) -> transpose -> seq [6,1,8]
+          shape(seq) -> gather(1) -> unsqueeze -> concat([1], b, [16]) -> constantofshape -> h0
+          (the same again)                                                              -> c0
+        lstm(seq, h0, c0; hidden 16) -> Yh [1,1,16] -> squeeze -> matmul [16->5] -> softmax -> probs [1,5]
+    """
+    rng = np.random.default_rng(3)
+    hidden, feat, steps = 16, 8, 6
+    inits = [_init("W", rng.normal(0, 0.4, (1, 4 * hidden, feat)).astype(np.float32)),
+             _init("R", rng.normal(0, 0.4, (1, 4 * hidden, hidden)).astype(np.float32)),
+             _init("B", rng.normal(0, 0.1, (1, 8 * hidden)).astype(np.float32)),
+             _init("Wc", rng.normal(0, 0.5, (feat, 3, 1)).astype(np.float32)),
+             _init("Wo", rng.normal(0, 0.3, (hidden, 5)).astype(np.float32)),
+             _init("one", np.array([1], np.int64)), _init("hid", np.array([hidden], np.int64)),
+             numpy_helper.from_array(np.array(1, np.int64), "idx1"), _init("ax0", np.array([0], np.int64))]
+    nodes = [helper.make_node("Conv", ["x", "Wc"], ["feat"], name="conv", kernel_shape=[1]),
+             helper.make_node("Transpose", ["feat"], ["seq"], name="to_seq", perm=[2, 0, 1])]
+    for state in ("h0", "c0"):
+        nodes += [helper.make_node("Shape", ["seq"], [f"{state}_shape"], name=f"{state}_shape"),
+                  helper.make_node("Gather", [f"{state}_shape", "idx1"], [f"{state}_b"], name=f"{state}_gather", axis=0),
+                  helper.make_node("Unsqueeze", [f"{state}_b", "ax0"], [f"{state}_bu"], name=f"{state}_unsqueeze"),
+                  helper.make_node("Concat", ["one", f"{state}_bu", "hid"], [f"{state}_dims"], name=f"{state}_concat",
+                                   axis=0),
+                  helper.make_node("ConstantOfShape", [f"{state}_dims"], [state], name=f"{state}_zeros",
+                                   value=numpy_helper.from_array(np.array([0], np.float32)))]
+    nodes += [helper.make_node("LSTM", ["seq", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh", "Yc"], name="lstm",
+                               hidden_size=hidden),
+              helper.make_node("Squeeze", ["Yh", "ax0"], ["last"], name="squeeze"),
+              helper.make_node("MatMul", ["last", "Wo"], ["logits"], name="head"),
+              helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1)]
+    graph = helper.make_graph(nodes, "lstm_state", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, steps])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 5])], inits)
+    return _model(graph)
+
+
+def make_cse_twins() -> onnx.ModelProto:
+    """Two identical nodes on one value (an export that computes a thing twice): ONNX Runtime's
+    common-subexpression elimination keeps one, so the other tensor's value is its twin's.
+
+        x [1,16] -> matmul [16->16] -> m -> sigmoid -> s1 -┐
+                                         -> sigmoid -> s2 -┴-> mul -> y [1,16]
+    """
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "Wm"], ["m"], name="mm"),
+             helper.make_node("Sigmoid", ["m"], ["s1"], name="sig1"),
+             helper.make_node("Sigmoid", ["m"], ["s2"], name="sig2"),
+             helper.make_node("Mul", ["s1", "s2"], ["y"], name="mul")]
+    graph = helper.make_graph(nodes, "cse_twins", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+                              [_init("Wm", rng.normal(0, 0.5, (16, 16)).astype(np.float32))])
+    return _model(graph)
+
+
 def make_cnn_inputs() -> dict[str, np.ndarray]:
     """Example inputs for cnn.onnx: four smooth synthetic 32x32 colour patterns (gradients and rings),
     one sample per file; they are test data, labelled as such, not photos."""
@@ -380,6 +437,8 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "if_model.onnx": make_if_model(),
         "qlinear_chain.onnx": (chain := make_qlinear_chain()),
         "qlinear_chain_qdq.onnx": make_qlinear_chain_qdq(chain, make_cnn_inputs()),
+        "lstm_state.onnx": make_lstm_state(),
+        "cse_twins.onnx": make_cse_twins(),
     }
 
 

@@ -53,7 +53,7 @@ class OrtKernels(OrtAliases):
         self.graph = onnx.ModelProto.FromString(self.blob).graph
         self.kproducer = {o: n for n in self.graph.node for o in n.output if o}
         self.kinputs = {i.name for i in self.graph.input}
-        cgraph = candidate.graph
+        cgraph = self._cgraph = candidate.graph
         self.cproducer = {o: n for n in cgraph.node for o in n.output if o}
         self.cinits = {t.name: t for t in cgraph.initializer}
         self.ctypes, self.cshapes = tensor_info(candidate)
@@ -168,8 +168,9 @@ class OrtKernels(OrtAliases):
         steps = self.derivation(tensor)
         if steps is None:
             return None
-        if tensor in self.aliases:
-            return self._describe(self.aliases[tensor][0])
+        if tensor in self.aliases:  # (no kernel: a constant ONNX Runtime folded before the run)
+            knode = self.aliases[tensor][0]
+            return self._describe(knode) if knode is not None else None
         if steps:  # computed beside the graph from a surviving tensor: the kernel that made that one
             first = next((i for s in steps for i in s.input if i and i not in self.cinits and self.available(i)
                           and not i.startswith(SIDE)), None)

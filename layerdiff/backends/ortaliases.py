@@ -64,6 +64,7 @@ class OrtAliases:
                 held[tensor] = renamed
                 break
         self._integer_outputs(out, held)
+        self._folded_and_shared(out, held)
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
@@ -174,6 +175,43 @@ class OrtAliases:
             out[tensor] = (knode, nodes, "quantized")
             held[tensor] = knode.output[0]
 
+    def _folded_and_shared(self, out: dict, held: dict[str, str]) -> None:
+        """Values ONNX Runtime computed before the run, or once for two tensors: a candidate tensor folded
+        into an initializer of the optimized graph (a ConstantOfShape of a static shape) is that
+        initializer; a tensor its common-subexpression elimination dropped has the value of the identical
+        computation it kept (an LSTM's two zero initial states become one), by structure: the same op and
+        attributes on the same values."""
+        kinit = {t.name: t for t in self.graph.initializer}
+        for tensor in self.cproducer:
+            if tensor in out or tensor not in kinit or self._surviving(tensor):
+                continue
+            init = kinit[tensor]
+            if ORT_TYPES.get(init.data_type) == ORT_TYPES.get(self.ctypes.get(tensor, 0)) and \
+                    same_shape(self.cshapes.get(tensor), list(init.dims)):
+                side = SIDE + tensor
+                out[tensor] = (None, (onnx.helper.make_node("Identity", [tensor], [side], name=side),), "")
+                held[tensor] = tensor
+        keys = _structure(self._cgraph)
+        kept: dict[tuple, str] = {}
+        for tensor, key in keys.items():
+            if key is not None and (tensor in out or self._surviving(tensor)):
+                kept.setdefault(key, tensor)
+        for tensor, key in keys.items():
+            twin = kept.get(key) if key is not None else None
+            if twin is None or twin == tensor or tensor in out or self._surviving(tensor):
+                continue
+            side = SIDE + tensor
+            if twin in out:  # the twin's own nodes, then a copy of its value under this tensor's name
+                knode, nodes, view = out[twin]
+                out[tensor] = (knode, nodes + (onnx.helper.make_node("Identity", [SIDE + twin], [side], name=side),),
+                               view)
+            else:
+                nodes = self._read(twin, tensor)
+                if nodes is None:
+                    continue
+                out[tensor] = (self.kproducer.get(twin), nodes, "")
+            held[tensor] = held.get(twin, twin)
+
     def _computes(self, knode: onnx.NodeProto, tensor: str) -> bool:
         """Whether the candidate computes `tensor` with the float op `knode` is the integer kernel of,
         through the activations a QDQ fusion absorbs (Relu, Clip)."""
@@ -242,3 +280,23 @@ def same_shape(a, b) -> bool:
         return True
     a, b = [x for x in a if x != 1], [x for x in b if x != 1]
     return len(a) == len(b) and all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b))
+
+
+def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
+    """{tensor: a key equal for two tensors exactly when the same op, with the same attributes, computes
+    them from the same values (graph inputs and initializers by name)}; None for what a subgraph computes."""
+    from layerdiff.topology import node_order
+
+    keys: dict[str, tuple | None] = {}
+    nodes = list(graph.node)
+    for index in node_order(graph):
+        node = nodes[index]
+        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        ins = tuple(keys.get(t, ("value", t)) if t else ("none",) for t in node.input)
+        attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
+        for i, out in enumerate(node.output):
+            if out:
+                keys[out] = None if subgraph or any(k is None for k in ins) else (
+                    node.op_type, node.domain, attrs, ins, i)
+    return keys
+
