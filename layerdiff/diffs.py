@@ -232,6 +232,7 @@ def precision_audit(layers: tuple[LayerDiff, ...]) -> list[dict[str, Any]]:
 
 AMPLIFIES = 1.5  # a row amplifies when its output's relative error is at least this many times its inputs'
 NOTICEABLE = 1e-3  # ... and that error is at least this (smaller ones are rounding noise, whatever the ratio)
+GREW = 1e-6  # a drop of the accumulated cosine across a row smaller than this is FP32 rounding, not growth
 
 
 def amplifiers(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) -> list[LayerDiff]:
@@ -245,7 +246,7 @@ def error_growth(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) ->
     """The layer rows across which the accumulated cosine dropped most (from the worst value they read to
     their output), largest drop first: where the error grew, whether a row made it or multiplied it."""
     rows = [lay for lay in layers if lay.kind == "layer" and lay.input_cosine is not None
-            and lay.cosine is not None and lay.input_cosine - lay.cosine > 0]
+            and lay.cosine is not None and lay.input_cosine - lay.cosine >= GREW]
     return sorted(rows, key=lambda lay: (lay.cosine - lay.input_cosine, lay.index))[:n]
 
 

@@ -288,15 +288,18 @@ def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
     from layerdiff.topology import node_order
 
     keys: dict[str, tuple | None] = {}
+    ids: dict[tuple, int] = {}  # each key's number: a key holds its inputs' numbers, never their keys
     nodes = list(graph.node)
     for index in node_order(graph):
         node = nodes[index]
         subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
-        ins = tuple(keys.get(t, ("value", t)) if t else ("none",) for t in node.input)
+        ins = []
+        for t in node.input:
+            key = keys.get(t, ("value", t)) if t else ("none",)
+            ins.append(None if key is None else ids.setdefault(key, len(ids)))
         attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
         for i, out in enumerate(node.output):
             if out:
-                keys[out] = None if subgraph or any(k is None for k in ins) else (
-                    node.op_type, node.domain, attrs, ins, i)
+                keys[out] = None if subgraph or None in ins else (node.op_type, node.domain, attrs, tuple(ins), i)
     return keys
 
