@@ -238,8 +238,7 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     r = load_recipe(recipe)
     if output:
         check_writable(output, protect=(recipe, model or r.model_path, calib))
-    doubt = r.doubt()
-    if doubt:
+    for doubt in r.doubts():  # every one, a held-out failure first
         print(f"layerdiff: warning: {clean(doubt)}", file=sys.stderr)
     if fmt != "onnx":
         text = TEXT[fmt](r)

@@ -74,21 +74,28 @@ class Recipe:
     def finished(self) -> bool:
         return bool(self.data.get("finished", True))
 
-    def doubt(self) -> str:
-        """Why this recipe should not be trusted as it is, in words; "" when nothing says so."""
+    def doubts(self) -> list[str]:
+        """Every reason this recipe should not be trusted as it is, in words, a held-out failure first;
+        [] when nothing says so."""
         status = self.data.get("status")
         held = self.data.get("holdout")
+        out = []
+        if isinstance(held, dict) and held.get("holds") is False:
+            out.append("this recipe fails its held-out samples: check it with layerdiff apply before building with it")
         if not self.finished:
             step = self.data.get("interrupted_at")
             if isinstance(step, str) and step:
-                return (f"this recipe is unfinished: the {step} after its search was interrupted"
-                        + (", so it was NOT checked on held-out samples" if step == "held-out check" else ""))
-            return "this recipe is unfinished (the search was interrupted): its pins may not be the fewest"
+                out.append(f"this recipe is unfinished: the {step} after its search was interrupted"
+                           + (", so it was NOT checked on held-out samples" if step == "held-out check" else ""))
+            else:
+                out.append("this recipe is unfinished (the search was interrupted): its pins may not be the fewest")
         if status in ("budget", "max-pins"):
-            return f"this recipe's search ended with status '{status}': its pins may not be the fewest or may fail"
-        if isinstance(held, dict) and held.get("holds") is False:
-            return "this recipe fails its held-out samples: check it with layerdiff apply before building with it"
-        return ""
+            out.append(f"this recipe's search ended with status '{status}': its pins may not be the fewest or may "
+                       "fail")
+        for warning in self.data.get("warnings") or ():  # what bisect said of it when it wrote it
+            if isinstance(warning, str) and warning not in out:
+                out.append(warning)
+        return out
 
 
 def recipe_dict(result, session, model_path: str) -> dict[str, Any]:

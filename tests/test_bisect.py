@@ -532,7 +532,21 @@ def test_export_warns_of_a_recipe_not_to_trust(int8_recipe, cli, tmp_path, chang
     code, out, err = cli("export", doubtful, "--format", "trtexec")
     assert code == 0 and said in err and "warning" in err
     assert out == cli("export", sound, "--format", "trtexec")[1]  # the command itself is unchanged
-    assert cli("export", sound, "--format", "trtexec")[2] == ""  # a sound recipe: no warning
+    # a sound recipe: only what bisect said of it when it wrote it (every warning that applies is printed)
+    stored = json.loads(sound.read_text())["warnings"]
+    assert cli("export", sound, "--format", "trtexec")[2] == "".join(f"layerdiff: warning: {w}\n" for w in stored)
+
+
+def test_export_prints_every_doubt_a_held_out_failure_first(int8_recipe, cli, tmp_path):
+    data = json.loads(int8_recipe[1].read_text())
+    data.update({"status": "budget", "holdout": {"samples": 1, "source": "x", "achieved": 0.5, "holds": False},
+                 "warnings": ["the metric varies more between samples than the gap being closed"]})
+    doubtful = tmp_path / "doubtful.recipe.json"
+    doubtful.write_text(json.dumps(data))
+    code, _, err = cli("export", doubtful, "--format", "trtexec")
+    lines = err.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert "fails its held-out samples" in lines[0] and "status 'budget'" in lines[1] and "varies more" in lines[2]
 
 
 @pytest.fixture(scope="module")
