@@ -238,10 +238,14 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     r = load_recipe(recipe)
     if output:
         check_writable(output, protect=(recipe, model or r.model_path, calib))
-    for doubt in r.doubts():  # every one, a held-out failure first
-        print(f"layerdiff: warning: {clean(doubt)}", file=sys.stderr)
+
+    def warn() -> None:  # every doubt, a held-out failure first; once the export is sure to be written
+        for doubt in r.doubts():
+            print(f"layerdiff: warning: {clean(doubt)}", file=sys.stderr)
+
     if fmt != "onnx":
         text = TEXT[fmt](r)
+        warn()
         if output:
             write_atomic(output, text.encode())
         else:
@@ -254,6 +258,7 @@ def export(recipe, fmt, model, calib, output, metric, debug) -> int:
     if not output:
         raise BadInput("--format onnx writes a model: give -o FILE.onnx")
     cand, _ = _realise_recipe(r, recipe, model, calib, None, None)
+    warn()
     write_model(output, cand.model)
     return 0
 

@@ -113,15 +113,17 @@ def _amplifying(report: Report, console: Console) -> None:
     """The layers that multiply the error they inherit; with no layer diverging by its own error, the
     layers across which the accumulated error grew most, largest drop first."""
     amp = amplifiers(report.layers)
-    if amp:
-        _line(console, "amplifies most: ", ", ".join(
-            f"{shorten(lay.name, 30)} x{lay.amplification:.3g} ({_change(lay.input_cosine, lay.cosine)})"
-            for lay in amp))
+    if amp:  # one row a line: the summary fits 80 columns, piped too
+        _line(console, "amplifies most (error out over error in; accumulated cosine in -> out):")
+        for lay in amp:
+            _line(console, f"  {shorten(lay.name, 40)} x{lay.amplification:.3g}  "
+                           f"{_change(lay.input_cosine, lay.cosine)}")
     if report.first_divergence is None:
         grew = error_growth(report.layers)
         if grew:
-            _line(console, "accumulated error grew most across: ", ", ".join(
-                f"{shorten(lay.name, 30)} ({_change(lay.input_cosine, lay.cosine)})" for lay in grew))
+            _line(console, "accumulated error grew most across (cosine in -> out):")
+            for lay in grew:
+                _line(console, f"  {shorten(lay.name, 40)}  {_change(lay.input_cosine, lay.cosine)}")
 
 
 def _change(before: float, after: float) -> str:

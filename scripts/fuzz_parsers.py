@@ -716,7 +716,7 @@ def check_recipe(path: Path) -> None:
         assert str(err) and "\n" not in str(err), f"not a one-line message: {str(err)!r}"
         return
     assert isinstance(recipe, Recipe)
-    assert recipe.plan.default == recipe.precision and isinstance(recipe.doubt(), str)
+    assert recipe.plan.default == recipe.precision and all(isinstance(d, str) for d in recipe.doubts())
     for fmt, export in TEXT.items():
         try:
             assert isinstance(export(recipe), str)

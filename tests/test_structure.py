@@ -51,3 +51,31 @@ def test_a_tensor_dropped_as_a_common_subexpression_is_read_from_its_twin(tmp_pa
     report = session.compare(session.candidate("ort-fp16"))
     assert report.counts.compared == report.counts.float_tensors == 4
     assert report.layer("sig2").cosine == report.layer("sig1").cosine
+
+
+def test_a_named_dimension_of_size_one_agrees_with_the_one_onnx_runtime_states():
+    """A new user's FP16 silero-vad: the candidate said [unk, 64, unk] where ONNX Runtime stated
+    [sequence_length, 64, 1]; dropping the 1s first miscounted, and 13 tensors were said not to exist."""
+    from layerdiff.backends.ortaliases import same_shape
+
+    assert same_shape(("unk__0", 64, "unk__8"), ["sequence_length", 64, 1])
+    assert same_shape((1, 8, 1, 1), [1, 1, 1, 8])  # channels-last [N, C, 1, 1]: the same values in order
+    assert not same_shape((1, 8, 4), [1, 4, 8])
+
+
+def test_structural_keys_do_not_nest():
+    """Each key names its inputs by number: nested keys grew with every path through a SiLU chain
+    (Mul(x, Sigmoid(x))) and hashing them hung a new user's YOLOX detector for minutes."""
+    from onnx import TensorProto, helper
+
+    from layerdiff.backends.ortaliases import _structure
+
+    nodes, x = [], "x"
+    for i in range(60):
+        nodes += [helper.make_node("Sigmoid", [x], [f"s{i}"]), helper.make_node("Mul", [x, f"s{i}"], [f"m{i}"])]
+        x = f"m{i}"
+    graph = helper.make_graph(nodes, "silu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [4])])
+    keys = _structure(graph)
+    assert all(isinstance(i, int) for key in keys.values() for i in key[3])
+    assert len({keys[f"m{i}"] for i in range(60)}) == 60

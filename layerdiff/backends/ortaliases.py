@@ -278,8 +278,14 @@ def same_shape(a, b) -> bool:
     kernels, and the capture reshapes such a value back)."""
     if a is None or b is None:
         return True
-    a, b = [x for x in a if x != 1], [x for x in b if x != 1]
-    return len(a) == len(b) and all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a, b))
+
+    def agree(p, q) -> bool:
+        return len(p) == len(q) and all(not isinstance(x, int) or not isinstance(y, int) or x == y
+                                        for x, y in zip(p, q))
+
+    # dimension by dimension first: a named dimension may be 1 where the other side states it (a
+    # sequence of length 1), which dropping the 1s would miscount
+    return agree(a, b) or agree([x for x in a if x != 1], [x for x in b if x != 1])
 
 
 def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
