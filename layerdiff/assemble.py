@@ -146,7 +146,10 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
         first_divergence=first,
         thresholds=Thresholds(divergence_cosine, min_cosine),
         counts=counts,
-        warnings=tuple(_warnings(samples, res, overflow if fp16 else [], exposed_vs_plain, mode, layers)) + warnings,
+        warnings=tuple(_warnings(samples, res, overflow if fp16 else [], exposed_vs_plain, mode, layers)) + warnings
+        + tuple(f"output '{o.tensor}' is all but zero in the reference on {', '.join(o.near_zero)}: its cosine there "
+                "is noise, not the model's accuracy (a blank input?); leave such samples out or judge that output "
+                "by max abs error" for o in outputs if o.near_zero),
         divergence_note=note,
         tolerance=tolerance,
     )

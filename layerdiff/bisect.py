@@ -119,8 +119,9 @@ def split_samples(samples: Samples) -> tuple[Samples, Samples | None]:
     if n < 2:
         return samples, None
     k = max(1, n // 3)
-    return (replace(samples, feeds=samples.feeds[:n - k], source=f"{samples.source} (samples 1-{n - k} of {n})"),
-            replace(samples, feeds=samples.feeds[n - k:],
+    return (replace(samples, feeds=samples.feeds[:n - k], source=f"{samples.source} (samples 1-{n - k} of {n})",
+                    names=samples.names[:n - k]),
+            replace(samples, feeds=samples.feeds[n - k:], names=samples.names[n - k:],
                     source=f"{samples.source} (samples {n - k + 1}-{n} of {n}, held out)"))
 
 

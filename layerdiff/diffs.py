@@ -192,6 +192,9 @@ class OutputDiff:
     accumulated: Aggregate | None = None
     match_rate: float | None = None  # integer outputs: worst sample's fraction of equal elements
     reason: str = ""  # why it is not compared
+    per_sample_cosine: tuple[float | None, ...] = ()  # float outputs: each sample's cosine, in sample order
+    worst_sample: str = ""  # the sample (its file) of the worst cosine
+    near_zero: tuple[str, ...] = ()  # samples whose reference output is all but zero: their cosine is noise
 
     @property
     def paired(self) -> bool:
@@ -200,7 +203,9 @@ class OutputDiff:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"tensor": self.tensor, "paired": self.paired}
         if self.accumulated is not None:
-            return d | {"kind": "float"} | _aggregate_to_json(self.accumulated)
+            return d | {"kind": "float"} | _aggregate_to_json(self.accumulated) | {
+                "per_sample_cosine": [None if v is None or not math.isfinite(v) else v for v in self.per_sample_cosine],
+                "worst_sample": self.worst_sample, "near_zero": list(self.near_zero)}
         d.update({k: None for k in METRICS})
         if self.match_rate is not None:
             d.update({"kind": "integer", "match_rate": self.match_rate})
@@ -212,7 +217,10 @@ class OutputDiff:
     def from_dict(cls, d: Mapping[str, Any], where: str = "output") -> OutputDiff:
         tensor = get_field(as_object(d, where), "tensor", "str", where)
         if d.get("kind") == "float" or (d.get("paired") and "mean" in d):
-            return cls(tensor, _aggregate_from_json(d, where))
+            return cls(tensor, _aggregate_from_json(d, where),
+                       per_sample_cosine=get_field(d, "per_sample_cosine", "tuple[float | None, ...]", where, ()),
+                       worst_sample=get_field(d, "worst_sample", "str", where, ""),
+                       near_zero=get_field(d, "near_zero", "tuple[str, ...]", where, ()))
         return cls(tensor, None, get_field(d, "match_rate", "float | None", where, None),
                    get_field(d, "unpaired_reason", "str", where, ""))
 

@@ -3,7 +3,9 @@ check that ONNX Runtime's fused INT8 kernels compute what the candidate's Q/DQ a
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,8 +40,12 @@ class Evaluation:
         return min(vals) if vals else float("nan")
 
 
+NEAR_ZERO = 1e-6  # a sample's reference output whose RMS is under this fraction of the samples' median is ~0
+
+
 def diff_final_outputs(model_outputs, names: dict[str, str], feeds, reference, source: CandidateSource,
-                       keep_values: bool, cancel: threading.Event | None) -> Evaluation:
+                       keep_values: bool, cancel: threading.Event | None,
+                       sample_names: Sequence[str] = ()) -> Evaluation:
     """Run `source` on every feed and diff each model output (held in the candidate's graph output
     `names[output]`) with the reference's: float outputs get the metrics, integer ones the match rate."""
     per_sample: list[dict[str, TensorMetrics]] = []
@@ -70,7 +76,7 @@ def diff_final_outputs(model_outputs, names: dict[str, str], feeds, reference, s
         if name in reasons:
             outputs.append(OutputDiff(name, reason=reasons[name]))
         elif series:
-            outputs.append(OutputDiff(name, aggregate(series)))
+            outputs.append(_float_output(name, per_sample, sample_names))
         else:
             outputs.append(OutputDiff(name, match_rate=min(rates[name])))
     return Evaluation(tuple(outputs), tuple(per_sample), source.provider, tuple(kept))
@@ -156,3 +162,21 @@ def sliced_tolerance(min_cosine: float | None, outputs, model_outputs, reference
                    if not target.passes(target.worst([Target(target.metric, min_cosine, (spec,)).score(r, g)
                                                       for r, g in zip(reference, got, strict=True)])))
     return Tolerance(min_cosine, not failed, failed, tuple(s.text for s in target.outputs))
+
+
+def _float_output(name: str, per_sample: list[dict[str, TensorMetrics]], sample_names: Sequence[str]) -> OutputDiff:
+    """A float output's aggregate with each sample's cosine, the sample of the worst, and the samples whose
+    reference output is all but zero (a blank image's scores: any error is then most of it, and its cosine
+    says nothing about the model)."""
+    label = lambda k: sample_names[k] if k < len(sample_names) else f"sample {k + 1}"  # noqa: E731
+    series = [(k, m[name]) for k, m in enumerate(per_sample) if name in m]
+    cosines = [m.cosine for _, m in series]
+    known = [(c, k) for (k, _), c in zip(series, cosines, strict=True) if not math.isnan(c)]
+    worst = label(min(known)[1]) if known else ""
+    rms = sorted(m.ref_rms for _, m in series if math.isfinite(m.ref_rms))
+    median = rms[len(rms) // 2] if rms else math.nan
+    near = tuple(label(k) for k, m in series if len(series) > 1 and math.isfinite(median) and median > 0
+                 and m.ref_rms < NEAR_ZERO * median)
+    return OutputDiff(name, aggregate([m for _, m in series]), per_sample_cosine=tuple(
+        None if math.isnan(c) else c for c in cosines), worst_sample=worst, near_zero=near)
+

@@ -23,6 +23,10 @@ class Samples:
     source: str  # a path, or "random (seed N)"
     random: bool = False
     defaulted: tuple[str, ...] = ()  # random inputs whose dynamic dimensions were set to 1, e.g. "x (batch, len)"
+    names: tuple[str, ...] = ()  # each sample's name as a user knows it: its file, or "NAME.json[k]"
+
+    def name(self, k: int) -> str:
+        return self.names[k] if k < len(self.names) else f"sample {k + 1}"
 
     def hint(self) -> str:
         """What to say when a model fails on these samples: nothing, or that dynamic dimensions were 1."""
@@ -95,10 +99,13 @@ def load_samples(
         if not files:
             raise InputDataError(f"{what} directory {path} holds no .npz files (one sample per file)")
         feeds = [_read_npz(f, what) for f in files]
+        names = [f.name for f in files]
     elif path.suffix == ".json":
         feeds = _read_polygraphy_json(path, what)
+        names = [f"{path.name}[{k}]" for k in range(len(feeds))]
     elif path.suffix == ".npz":
         feeds = [_read_npz(path, what)]
+        names = [path.name]
     else:
         raise InputDataError(f"{what} takes an .npz file, a directory of .npz files or a Polygraphy "
                              f"--save-inputs .json file, not {path}")
@@ -106,7 +113,7 @@ def load_samples(
         raise InputDataError(f"{what} {path} holds no samples")
     for i, feed in enumerate(feeds):
         check_feed(feed, inputs, shapes, f"{what} sample {i} ({path.name})")
-    return Samples(tuple({s.name: feed[s.name] for s in inputs} for feed in feeds), str(path))
+    return Samples(tuple({s.name: feed[s.name] for s in inputs} for feed in feeds), str(path), names=tuple(names))
 
 
 def _read_npz(path: Path, what: str) -> Feed:

@@ -42,6 +42,8 @@ _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tuple[str, ...]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "tuple[int, ...]": (lambda v: isinstance(v, list) and all(_KINDS["int"][0](x) for x in v), "a list of integers"),
     "tuple[float, ...]": (lambda v: isinstance(v, list) and all(_KINDS["float"][0](x) for x in v), "a list of numbers"),
+    "tuple[float | None, ...]": (lambda v: isinstance(v, list) and all(x is None or _KINDS["float"][0](x) for x in v),
+                                 "a list of numbers or nulls"),
 }
 
 

@@ -92,7 +92,8 @@ class Recipe:
         if status in ("budget", "max-pins"):
             out.append(f"this recipe's search ended with status '{status}': its pins may not be the fewest or may "
                        "fail")
-        for warning in self.data.get("warnings") or ():  # what bisect said of it when it wrote it
+        said = self.data.get("warnings")
+        for warning in said if isinstance(said, list) else ():  # what bisect said of it when it wrote it
             if isinstance(warning, str) and warning not in out:
                 out.append(warning)
         return out

@@ -328,7 +328,7 @@ class Session:
         names = output_names(self.model, candidate)
         with candidate.open(cancel) as source:
             return diff_final_outputs(self.model.outputs, names, self.samples.feeds, reference, source, keep_values,
-                                      cancel)
+                                      cancel, self.samples.names)
 
     def _check(self, candidate: Candidate) -> None:
         if not isinstance(candidate, Candidate):
