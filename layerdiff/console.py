@@ -151,9 +151,9 @@ def print_summary(report: Report, console: Console, top: int) -> None:
                 first = f": cosine {fmt(w.cosine)}"
             _line(console, "output ", (shorten(out.tensor, 60), "bold"),
                   f"{first}  max_abs {fmt(w.max_abs, '.4g')}  sqnr {fmt(w.sqnr_db, '.1f')} dB"
-                  f"  (worst of {out.accumulated.samples}"
-                  + (f": {shorten(out.worst_sample, 30)}" if out.worst_sample and out.accumulated.samples > 1 else "")
-                  + ")", (bad, "bold red"))
+                  f"  (worst of {out.accumulated.samples})", (bad, "bold red"))
+            if out.worst_sample and out.accumulated.samples > 1:
+                _line(console, f"  worst sample: {shorten(out.worst_sample, 60)}")
         elif out.match_rate is not None:
             _line(console, "output ", (shorten(out.tensor, 60), "bold"), f": integer, {out.match_rate:.2%} of elements equal "
                   "(worst sample)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import sys
 import warnings
@@ -25,15 +26,29 @@ def _gap(cos: float | None) -> float | None:
 
 def error_series(rows) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
     """The points of both pictures (this one and the TUI's chart), from report rows or the TUI's row
-    views: x, each row's place in topological order among the layers that are not Constants (the
-    table's # counts the Constants too, which a model holding its weights as Constant nodes puts first;
-    a conversion row shares its producer's place), by name; and per metric ("cosine", "local_cosine")
-    the (x, 1 - cosine) points."""
+    views: x, each row's `#` as the table numbers it (a conversion row shares its producer's), by name;
+    and per metric ("cosine", "local_cosine") the (x, 1 - cosine) points. Constants are left out, and so
+    is a row whose reference is exactly zero (an initial state: its cosine says nothing, and drawn at
+    the floor it would read as the error vanishing)."""
     rows = [r for r in rows if r.kind != "constant"]
-    place = {index: i for i, index in enumerate(sorted({r.index for r in rows}))}
-    at = {r.name: place[r.index] for r in rows}
-    return at, {attr: [(at[r.name], g) for r in rows if (g := _gap(getattr(r, attr))) is not None]
+    at = {r.name: r.index for r in rows}
+    kept = [r for r in rows if not _zero_state(r)]
+    return at, {attr: [(at[r.name], g) for r in kept if (g := _gap(getattr(r, attr))) is not None]
                 for attr in ("cosine", "local_cosine")}
+
+
+def _zero_state(row) -> bool:
+    """A report row whose every output is exactly zero in the FP32 model and in the candidate."""
+    outs = [o for o in getattr(row, "outputs", ()) if getattr(o, "accumulated", None) is not None]
+    return bool(outs) and all(o.accumulated.worst.ref_rms == 0 and o.accumulated.worst.max_abs == 0 for o in outs)
+
+
+def line_points(at: dict[str, int], points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
+    """The accumulated error as a line that breaks (NaN) at every row of `at` with no value: no line is
+    drawn across rows that were not compared."""
+    have = dict(points)
+    xs = sorted(set(at.values()))
+    return xs, [have.get(x, math.nan) for x in xs]
 
 
 def envelope(points: list[tuple[int, float]], lo: int, hi: int, bins: int) -> list[tuple[float, float]]:
@@ -99,8 +114,9 @@ def _draw(Figure, report: Report, at, series, fmt: str, title: str | None):
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     ax = fig.subplots()
     acc, local = series["cosine"], series["local_cosine"]
-    if acc:  # the error each tensor carries: a path through the network, drawn as a line
-        ax.plot([p[0] for p in acc], [p[1] for p in acc], label="accumulated (vs FP32 model)", color="#1f77b4",
+    if acc:  # the error each tensor carries: a path through the network, drawn as a line, broken at gaps
+        xs, ys = line_points(at, acc)
+        ax.plot(xs, ys, label="accumulated (vs FP32 model)", color="#1f77b4",
                 lw=1.1, marker="." if len(acc) < 200 else None, ms=3)
     if local:  # each layer's own error: one dot per row, not a path; exact rows (FP32 layers) faint
         exact = [p for p in local if p[1] <= FLOOR]
@@ -112,7 +128,8 @@ def _draw(Figure, report: Report, at, series, fmt: str, title: str | None):
             ax.scatter([p[0] for p in exact], [p[1] for p in exact], color="#d62728", alpha=0.25, s=size,
                        label="local, exact")
     ax.set_yscale("log")
-    ax.set_xlabel("layer (topological order, Constants left out)")
+    ax.set_xlabel("row # (as the table numbers it; Constants left out)")
+    ax.set_xlim(min(at.values()) - 0.5, max(at.values()) + 0.5)
     ax.set_ylabel(f"1 - cosine (worst sample; exact: {FLOOR:g})")
     ax.grid(True, which="major", alpha=0.3)
     worst = [r for r in rank_layers(report) if r.local_cosine is not None][:5]

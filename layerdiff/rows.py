@@ -139,15 +139,22 @@ def plan_rows(model: LoadedModel, pairing: Pairing, deployment: Deployment, *,
         units[merged.find(layer.name)].append(layer)
 
     rows: list[Row] = []
-    if graph is not None:  # the rounding of graph inputs comes first
-        rows.extend(_conversion_rows(model, [i.name for i in model.inputs], 0, pairing, deployment, graph, value))
+    inputs: list[Row] = []
+    if graph is not None:  # the rounding of graph inputs: right before, and numbered as, the first layer reading one
+        readers = [lay.index for i in model.inputs for lay in model.consumers.get(i.name, ())
+                   if lay.name not in model.weight_layers]
+        inputs = _conversion_rows(model, [i.name for i in model.inputs], min(readers, default=0), pairing,
+                                  deployment, graph, value)
     for unit in sorted(units.values(), key=lambda u: u[0].index):
+        if inputs and unit[0].index >= inputs[0].index:
+            rows.extend(inputs)
+            inputs = []
         rows.append(_layer_row(model, tuple(unit), value, pairing, deployment, engine_of or {}, emulated,
                                requested or {}))
         if graph is not None:
             tensors = [t for lay in unit for t in lay.outputs]
             rows.extend(_conversion_rows(model, tensors, unit[0].index, pairing, deployment, graph, value))
-    return rows
+    return rows + inputs
 
 
 def _is_float(model: LoadedModel, t: str) -> bool:

@@ -324,16 +324,33 @@ def test_the_charts_points_skip_constants_and_keep_every_spike():
     report = bench.synthetic_report(500)
     at, series = error_series(report.layers)
     shown = [lay for lay in report.layers if lay.kind != "constant"]
-    assert sorted(at.values()) == list(range(len(shown)))  # Constants leave no gaps
-    assert [at[lay.name] for lay in shown] == sorted(at[lay.name] for lay in shown)  # topological order
+    assert set(at) == {lay.name for lay in shown}  # no Constant is drawn
+    assert all(at[lay.name] == lay.index for lay in shown)  # each row at its # as the table numbers it
     points = series["local_cosine"]
     spike = max(points, key=lambda p: p[1])
-    binned = envelope(points, 0, len(shown) - 1, 37)
+    lo, hi = min(at.values()), max(at.values())
+    binned = envelope(points, lo, hi, 37)
     assert len(binned) <= 37 and max(y for _, y in binned) == spike[1]
-    width = len(shown) / 37
+    width = (hi - lo + 1) / 37
     for x, y in binned:  # each bin shows the worst of the points that fall in it
-        inside = [q for p, q in points if min(int(p / width), 36) == int(x / width)]
+        inside = [q for p, q in points if min(int((p - lo) / width), 36) == int((x - lo) / width)]
         assert y == max(inside)
+
+
+def test_the_plot_breaks_its_line_at_rows_not_compared_and_leaves_zero_states_out(tmp_path):
+    import math
+
+    from layerdiff.plot import error_series, line_points
+
+    import layerdiff
+
+    report = layerdiff.compare(FIXTURES / "lstm_state.onnx", "ort-int8", reference_provider="cpu")
+    at, series = error_series(report.layers)
+    zeros = [lay for lay in report.layers if lay.name in ("h0_zeros", "c0_zeros")]
+    assert zeros and all(lay.cosine == 1.0 for lay in zeros)  # exact zeros: the defined cosine of 0 and 0
+    assert not {at[lay.name] for lay in zeros} & {x for x, _ in series["cosine"]}  # not drawn as no error
+    xs, ys = line_points(at, series["cosine"])
+    assert math.isnan(ys[xs.index(at["h0_zeros"])])  # the line breaks there
 
 
 # -- Model Explorer ------------------------------------------------------------------------------------

@@ -190,18 +190,18 @@ class LayerdiffApp(RecipeActions, App[None]):
             plt.title("nothing to chart: no row of this report has a cosine")
             plot.refresh()
             return False
-        hi = max(at.values(), default=0)
+        lo, hi = min(at.values(), default=0), max(at.values(), default=0)
         bins = max(8, 2 * (plot.size.width - 12))  # braille: two points per cell, less the y axis
         # no legend box (plotext draws it over the data): the title says which is which
         for attr, color in (("cosine", "blue"), ("local_cosine", "red")):
-            pts = envelope(series[attr], 0, hi, bins) if len(series[attr]) > bins else series[attr]
+            pts = envelope(series[attr], lo, hi, bins) if len(series[attr]) > bins else series[attr]
             if not pts:
                 continue
             draw = plt.plot if attr == "cosine" else plt.scatter  # a path; one dot per layer
             draw([p[0] for p in pts], [p[1] for p in pts], color=color, marker="braille")
         plt.yscale("log")
-        if hi:
-            plt.xticks(sorted({round(hi * k / 4) for k in range(5)}))
+        if hi > lo:
+            plt.xticks(sorted({round(lo + (hi - lo) * k / 4) for k in range(5)}))
         lows = [g for pts in series.values() for _, g in pts]
         if lows:
             low, high = math.floor(math.log10(min(lows))), math.ceil(math.log10(max(lows)))
@@ -211,7 +211,7 @@ class LayerdiffApp(RecipeActions, App[None]):
             plt.yticks(ticks, [f"1e{round(math.log10(t))}" for t in ticks])
         where = f", selected #{self.by_key[self.selected].index}" if self.selected in at else ""
         plt.title(f"1 - cosine: accumulated (blue line), local (red dots){where}")
-        plt.xlabel("layer (topological order, Constants left out)")
+        plt.xlabel("row # (as the table numbers it)")
         if self.selected in at:
             plt.vline(at[self.selected], "magenta")
         plot.refresh()
