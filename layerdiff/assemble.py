@@ -99,8 +99,10 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
             reason = res.unpaired.get(key) or o.reason
             if acc is None and not reason:
                 reason = "not captured (run interrupted)" if res.interrupted else "not compared"
+            seen = res.all_shapes.get(o.tensor, {})
             outs.append(TensorDiff(o.tensor, res.shapes.get(o.tensor), o.candidate, acc, loc,
-                                   reason if acc is None else "", o.view))
+                                   reason if acc is None else "", o.view,
+                                   tuple("x".join(map(str, sh)) for sh in seen) if len(seen) > 1 else ()))
         diverges = row.kind != "constant" and any(_diverges(o, divergence_cosine) for o in outs)
         has_local = any(o.local is not None for o in outs)
         failed = res.local_failed.get(row.name)
@@ -201,6 +203,12 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed
     if samples.defaulted:
         warnings.append(f"dynamic dimensions set to 1 in the random inputs ({'; '.join(samples.defaulted)}): give "
                         "--shape NAME:DIMxDIM... for the shapes you deploy")
+    varying = [(t, shapes) for t, shapes in res.all_shapes.items() if len(shapes) > 1]
+    if varying:
+        t, shapes = varying[0]
+        warnings.append(f"{len(varying)} tensor(s) change shape between samples (first: {t}: "
+                        f"{', '.join('x'.join(map(str, sh)) for sh in list(shapes)[:4])}): each tensor's `shapes` "
+                        "lists them; its metrics pool samples of different sizes")
     if res.local_failed:
         first = next(iter(res.local_failed))
         warnings.append(f"the local error of {len(res.local_failed)} row(s) could not be computed (ONNX Runtime "

@@ -53,6 +53,7 @@ class CaptureResult:
     candidate_provider: str = ""
     kept: list[dict[str, np.ndarray]] = field(default_factory=list)  # per sample: the `keep` tensors
     local_failed: dict[str, str] = field(default_factory=dict)  # row -> why its FP32 recomputation failed
+    all_shapes: dict[str, dict[tuple[int, ...], None]] = field(default_factory=dict)  # every shape, in order
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ class _Capture:
                 self.result.unpaired[key] = f"shapes differ: reference {ref.shape}, candidate {cand.shape}"
             elif ref.dtype.kind == "f" and cand.dtype.kind == "f":
                 self.result.shapes[o.tensor] = ref.shape
+                self.result.all_shapes.setdefault(o.tensor, {})[ref.shape] = None
                 jobs.append((key, ref, cand))
             else:
                 self.result.unpaired[key] = f"not a float tensor in both runs ({ref.dtype} and {cand.dtype})"

@@ -48,6 +48,7 @@ class TensorDiff:
     local: Aggregate | None = None
     unpaired_reason: str = ""
     view: str = ""  # "quantized": the candidate only ever holds this tensor rounded to INT8
+    shapes: tuple[str, ...] = ()  # where its shape differs between samples: every one, e.g. "1x3x32x32"
 
     @property
     def paired(self) -> bool:
@@ -58,6 +59,8 @@ class TensorDiff:
                              "paired": self.paired, "candidate_tensor": self.candidate_tensor}
         if self.view:
             d["view"] = self.view
+        if self.shapes:
+            d["shapes"] = list(self.shapes)
         if self.accumulated is None:
             d.update({k: None for k in METRICS})
             d.update({"nonfinite": None, "ref_absmax": None, "exceeds_fp16": None, "local": None,

@@ -51,3 +51,20 @@ def test_a_sample_whose_reference_output_is_zero_is_said_to_be_noise(tmp_path):
     write_report(report, tmp_path / "r.json")  # the report keeps them: read back
     loaded = load_report(tmp_path / "r.json").outputs[0]
     assert loaded.near_zero == ("blank.npz",) and loaded.per_sample_cosine == report.outputs[0].per_sample_cosine
+
+
+def test_a_tensor_whose_shape_differs_between_samples_says_so(tmp_path):
+    from layerdiff.report import load_report, write_report
+
+    rng = np.random.default_rng(1)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for k, batch in enumerate((1, 3)):
+        np.savez(inputs / f"s{k}.npz", images=rng.uniform(0, 1, (batch, 3, 16, 16)).astype(np.float32))
+    report = layerdiff.compare(FIXTURES / "dynamic_batch.onnx", "ort-fp16", inputs=inputs, reference_provider="cpu")
+    shapes = {o.tensor: o.shapes for lay in report.layers for o in lay.outputs if o.shapes}
+    assert shapes and all(s[0].startswith("1x") and s[1].startswith("3x") for s in shapes.values())
+    assert any("change shape between samples" in w for w in report.warnings)
+    write_report(report, tmp_path / "r.json")
+    again = {o.tensor: o.shapes for lay in load_report(tmp_path / "r.json").layers for o in lay.outputs if o.shapes}
+    assert again == shapes
