@@ -298,6 +298,16 @@ def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
     if not Path(model).is_file():
         raise BadInput(f"the recipe's model {model} is not here: give its path (--model for export)")
     calibration = r.candidate.get("calibration") or {}
+    if r.precision == "int8" and not calib and "ranges" not in calibration:
+        # no ranges (a recipe pinned by hand in the TUI): calibrate on the recipe's own calibration source
+        # where it can be found, and say on what
+        from layerdiff.recipe import beside
+
+        source = calibration.get("source") if isinstance(calibration.get("source"), str) else ""
+        found = beside(source, Path(recipe_path)) if source and not calibration.get("random") else ""
+        calib = found if found and Path(found).exists() else None
+        print(f"layerdiff: the recipe holds no calibration ranges: calibrating on "
+              f"{calib or inputs or 'seeded random inputs (give --calib for real samples)'}", file=sys.stderr)
     session = prepare(model, inputs=inputs, calib=calib, shapes=shapes or (),
                       calibration=calibration.get("method", "minmax"),
                       optimization=r.candidate.get("ort_optimization", "all"))

@@ -272,7 +272,18 @@ def load_recipe(path: str | Path, model_sha256: str | None = None) -> Recipe:
     if model_sha256 is not None and model["sha256"] != model_sha256:
         raise BadInput(f"{path} was made for another model ({model['path']}, sha256 {model['sha256'][:12]}...; this "
                        f"one is {model_sha256[:12]}...): run bisect on this model")
-    return Recipe(model["path"], model["sha256"], cand, tol, tuple(data["pins"]), tuple(data.get("forced", ())), data)
+    return Recipe(beside(model["path"], path), model["sha256"], cand, tol, tuple(data["pins"]),
+                  tuple(data.get("forced", ())), data)
+
+
+def beside(named: str, holder: Path) -> str:
+    """A path a file holds (a recipe's model, a report's inputs), as a user can open it from anywhere:
+    as written where that exists (absolute, or relative to where the file was made and used from
+    there), else relative to the directory of the file that holds it."""
+    if not named or Path(named).is_absolute() or Path(named).exists():
+        return named
+    there = holder.parent / named
+    return str(there) if there.exists() else named
 
 
 _ORT_LEVELS = ("all", "extended", "basic", "disabled")  # backends/ortnames.LEVELS, without importing onnxruntime

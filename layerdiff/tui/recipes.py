@@ -22,6 +22,12 @@ class RecipeActions:
     def _say(self, message: str) -> None:
         self.query_one("#status", Static).update(Text(message, style="bold"))
 
+    def _beside(self, named: str) -> str:
+        """A path the report holds, found from any directory: as written, else beside the report."""
+        from layerdiff.recipe import beside
+
+        return beside(named, Path(self.report_path)) if self.report_path else named
+
     def action_pin(self) -> None:
         if not self.selected:
             return
@@ -69,9 +75,9 @@ class RecipeActions:
         if self._bisecting:
             self._say("a bisect is running (x cancels it)")
             return
-        model = Path(self.report.model.path)
+        model = Path(self._beside(self.report.model.path))
         if not model.is_file():
-            self._say(f"bisect runs the model, and {model} is not here (run the TUI where the report was made)")
+            self._say(f"bisect runs the model, and {model} is not here, nor beside the report")
             return
         tol = self.report.tolerance
         worst = self._worst_output()
@@ -111,9 +117,9 @@ class RecipeActions:
 
         r = self.report
         try:
-            inputs = self.bisect_inputs or (None if r.inputs.random else r.inputs.source)
+            inputs = self.bisect_inputs or (None if r.inputs.random else self._beside(r.inputs.source))
             self.call_from_thread(self._say, "bisect: preparing (reference run, calibration)...")
-            session, held = prepare_split(r.model.path, inputs=inputs)
+            session, held = prepare_split(self._beside(r.model.path), inputs=inputs)
             outputs = r.tolerance.outputs if r.tolerance else ()
             target = Target.parse("cosine", threshold, outputs, session.model.outputs)
 
