@@ -73,3 +73,27 @@ def test_values_read_equal_the_deployed_graphs_own_nhwc_values(tmp_path):
                 nhwc = raw[conv.output[0]]
                 expect = ((nhwc.astype(np.int32) - zero) * scale).astype(np.float32).transpose(0, 3, 1, 2)
                 np.testing.assert_array_equal(got[tensor], expect)
+
+
+def test_nchwc_blocked_values_are_read_back_through_reorder_output():
+    """At level `all` a float CNN runs as NCHWc kernels (Conv with its BatchNormalization, Add and Relu
+    fused, MaxPool) in a blocked layout: each kernel's value is paired by structure and read back to
+    NCHW (4 of the CNN's 18 tensors were read before; the rest inside fused kernels truly exist nowhere)."""
+    session = layerdiff.prepare(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    cand = session.candidate(str(FIXTURES / "cnn.onnx"))
+    assert any(n.domain == "com.microsoft.nchwc" for n in cand.deployment().graph.node)
+    report = session.compare(cand)
+    assert report.counts.compared >= 9 and report.capture.exposed_vs_plain_max_abs == 0.0
+    for name in ("relu1", "relu2", "relu3", "pool", "relu4"):
+        assert cand.deployment().available(name), name
+    with cand.deployment().open(["relu1", "relu3", "pool"]) as source:
+        got = source.infer(session.samples.feeds[0])
+    model = onnx.load(str(FIXTURES / "cnn.onnx"))
+    model.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in ("relu1", "relu3", "pool"))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    values = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, session.samples.feeds[0]), strict=True))
+    for t in ("relu1", "relu3", "pool"):  # the same values in the same layout, to FP32 kernel rounding
+        np.testing.assert_allclose(got[t], values[t], rtol=0, atol=1e-4)

@@ -10,7 +10,16 @@ import onnx
 
 from layerdiff.backends.ortlayout import BLOCKED, inverse
 from layerdiff.backends.ortnames import PRE_Q, TOKEN, UPCAST_PREFIX
-from layerdiff.backends.ortops import DATA_MOVEMENT, FLOATS, INTEGER_KERNELS, LOW, ORT_TYPES, OUTPUT_QPARAMS, QLINEAR
+from layerdiff.backends.ortops import (
+    DATA_MOVEMENT,
+    FLOATS,
+    INTEGER_KERNELS,
+    LOW,
+    NCHWC_DOMAIN,
+    ORT_TYPES,
+    OUTPUT_QPARAMS,
+    QLINEAR,
+)
 
 SIDE = "layerdiff/"  # prefix of the nodes, tensors and initializers layerdiff adds beside the graph
 
@@ -65,6 +74,7 @@ class OrtAliases:
                 break
         self._integer_outputs(out, held)
         self._folded_and_shared(out, held)
+        self._blocked_outputs(out, held)
         for _ in range(16):  # in passes: a node's inputs may be aliases found in the same pass
             found = len(out)
             for cnode in self.cproducer.values():
@@ -211,6 +221,65 @@ class OrtAliases:
                     continue
                 out[tensor] = (self.kproducer.get(twin), nodes, "")
             held[tensor] = held.get(twin, twin)
+
+    def _blocked_outputs(self, out: dict, held: dict[str, str]) -> None:
+        """Pair the outputs of ONNX Runtime's NCHWc kernels (blocked layout) by structure, in graph order:
+        a kernel reads the value paired with its input; the candidate's node of its op reading that value,
+        followed through what the kernel fuses (a BatchNormalization folded into its weights, the Add of
+        its Sum input, its activation), writes the tensor the kernel holds. It is read back to NCHW by a
+        ReorderOutput beside the graph."""
+        holder = {k: c for c, k in held.items()}  # optimized-graph tensor -> the candidate tensor it holds
+        consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.cproducer.values():
+            for t in node.input:
+                consumers.setdefault(t, []).append(node)
+        for knode in self.graph.node:
+            if knode.domain != NCHWC_DOMAIN or knode.op_type not in ("Conv", "MaxPool", "AveragePool",
+                                                                     "GlobalAveragePool", "GlobalMaxPool"):
+                continue
+            data = knode.input[0]
+            source = data if self._surviving(data) or data in self.kinputs else holder.get(data)
+            if source is None and self.kproducer.get(data) is not None \
+                    and self.kproducer[data].op_type == "ReorderInput":
+                reordered = self.kproducer[data].input[0]
+                source = reordered if self._surviving(reordered) or reordered in self.kinputs else \
+                    holder.get(reordered)
+            if source is None:
+                continue
+            start = [c for c in consumers.get(source, ()) if c.op_type == knode.op_type and c.input[0] == source]
+            if len(start) != 1:
+                continue
+            tensor = self._fused_end(start[0], knode, consumers, holder)
+            shape = self.cshapes.get(tensor)
+            if tensor is None or tensor in out or self._surviving(tensor) or shape is None or len(shape) != 4 \
+                    or not isinstance(shape[1], int):
+                continue
+            side = SIDE + tensor
+            out[tensor] = (knode, (onnx.helper.make_node("ReorderOutput", [knode.output[0]], [side], name=side,
+                                                         domain=NCHWC_DOMAIN, channels=shape[1]),), "")
+            held[tensor] = knode.output[0]
+            holder[knode.output[0]] = tensor
+
+    def _fused_end(self, first: onnx.NodeProto, knode: onnx.NodeProto, consumers, holder) -> str | None:
+        """The candidate tensor an NCHWc kernel's output holds: `first`'s output, then what the kernel fused
+        after it (a BatchNormalization, the Add of its Sum input, its activation)."""
+        tensor = first.output[0]
+        summed = knode.input[3] if len(knode.input) > 3 and knode.input[3] else ""
+        activation = next((a.s.decode() for a in knode.attribute if a.name == "activation"), "")
+        for _ in range(4):
+            nexts = consumers.get(tensor, [])
+            if len(nexts) != 1:
+                break
+            nxt = nexts[0]
+            if nxt.op_type == "BatchNormalization" and nxt.input[0] == tensor:
+                tensor = nxt.output[0]
+            elif summed and nxt.op_type == "Add" and (holder.get(summed, summed) in nxt.input):
+                tensor, summed = nxt.output[0], ""
+            elif activation and nxt.op_type == activation:
+                tensor, activation = nxt.output[0], ""
+            else:
+                break
+        return None if summed or activation else tensor
 
     def _computes(self, knode: onnx.NodeProto, tensor: str) -> bool:
         """Whether the candidate computes `tensor` with the float op `knode` is the integer kernel of,
