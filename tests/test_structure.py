@@ -79,3 +79,16 @@ def test_structural_keys_do_not_nest():
     keys = _structure(graph)
     assert all(isinstance(i, int) for key in keys.values() for i in key[3])
     assert len({keys[f"m{i}"] for i in range(60)}) == 60
+
+
+def test_two_random_draws_are_never_twins():
+    from onnx import TensorProto, helper
+
+    from layerdiff.backends.ortaliases import _structure
+
+    nodes = [helper.make_node("RandomNormalLike", ["x"], ["r1"]), helper.make_node("RandomNormalLike", ["x"], ["r2"]),
+             helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4])])
+    keys = _structure(graph)
+    assert keys["r1"] is None and keys["r2"] is None and keys["a"] == keys["b"]

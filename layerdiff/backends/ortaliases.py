@@ -357,6 +357,10 @@ def same_shape(a, b) -> bool:
     return agree(a, b) or agree([x for x in a if x != 1], [x for x in b if x != 1])
 
 
+_RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli", "Dropout"})
+
+
 def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
     """{tensor: a key equal for two tensors exactly when the same op, with the same attributes, computes
     them from the same values (graph inputs and initializers by name)}; None for what a subgraph computes."""
@@ -367,7 +371,8 @@ def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
     nodes = list(graph.node)
     for index in node_order(graph):
         node = nodes[index]
-        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) \
+            or node.op_type in _RANDOM  # two draws are not one value, however alike the nodes
         ins = []
         for t in node.input:
             key = keys.get(t, ("value", t)) if t else ("none",)
