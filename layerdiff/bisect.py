@@ -28,7 +28,7 @@ from layerdiff.backends.ort import INTRA_OP_THREADS
 from layerdiff.bench import DEFAULT_RUNS
 from layerdiff.bisect_state import SearchState, evaluation_identity
 from layerdiff.cost import PinCosts, RecipeCost
-from layerdiff.errors import BackendError, BadInput, Cancelled
+from layerdiff.errors import BackendError, BadInput, Cancelled, first_line
 from layerdiff.inputs import Samples
 from layerdiff.pins import PinInfo, beyond_fp16, pin_infos, pinnable_nodes
 from layerdiff.plan import PrecisionPlan
@@ -297,6 +297,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         warnings.append("no held-out samples (one sample given): the answer was not checked on inputs it was not "
                         "found on; give --inputs with several samples or --holdout DIR")
     gather = evidence and status != "interrupted" and not stopped
+    pins = None
     try:
         pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), gather,
                          progress, cancel)
@@ -306,14 +307,11 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         stopped = "evidence"
         warnings.append("interrupted while the pins' evidence was gathered: the recipe has its pins, without "
                         "their local errors")
-        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False,
-                         None, None)
     except Exception as err:  # the evidence is a report of the answer; a failure there must not cost the answer
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        warnings.append(f"the pins' evidence could not be gathered ({type(err).__name__}: {first}): the recipe "
-                        "has its pins, without their local errors; run layerdiff compare to see them")
-        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False,
-                         None, None)
+        warnings.append(f"the pins' evidence could not be gathered ({type(err).__name__}: {first_line(err, '')}): "
+                        "the recipe has its pins, without their local errors; run layerdiff compare to see them")
+    if pins is None:  # the pins alone
+        pins = pin_infos(session, base_candidate, make, outcome.pins, search.ordered(outcome.pins), False, None, None)
     calibration = {}
     if precision == "int8" and backend is None and candidate.startswith("ort"):
         from layerdiff.backends.calibrate import ranges_to_json

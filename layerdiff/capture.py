@@ -23,7 +23,7 @@ import onnx
 
 from layerdiff.backends.base import CandidateSource, Deployment
 from layerdiff.backends.ort import make_session
-from layerdiff.errors import BackendError, Cancelled
+from layerdiff.errors import BackendError, Cancelled, first_line
 from layerdiff.graph import LoadedModel
 from layerdiff.inputs import Samples
 from layerdiff.metrics import TensorMetrics, diff_metrics
@@ -256,8 +256,7 @@ class _Locals:
                 self._fail(row, err)
 
     def _fail(self, row: Row, err: Exception) -> None:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        self.capture.result.local_failed.setdefault(row.name, first)
+        self.capture.result.local_failed.setdefault(row.name, first_line(err))
         for o in row.outputs:
             self.capture.result.local.pop((row.name, o.tensor), None)
 

@@ -56,3 +56,11 @@ class BackendError(LayerdiffError):
 
 class Cancelled(LayerdiffError):
     pass
+
+
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of `err`'s message, for a one-line report of it; `default` (else the exception's
+    type name) where it says nothing."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else (type(err).__name__ if default is None else default)
+

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from layerdiff.backends.ortnames import INPUT_TYPES, LEVELS, cast_feed
-from layerdiff.errors import BackendError, Cancelled, ModelError
+from layerdiff.errors import BackendError, Cancelled, ModelError, first_line
 from layerdiff.graph import probe_model
 
 _ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
@@ -109,7 +109,7 @@ class Session:
         except _ORT_ERRORS as err:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled") from err
-            raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(err)}") from err
+            raise BackendError(f"ONNX Runtime failed to run the model: {first_line(err)}") from err
         finally:
             if cancel is not None:
                 watcher.stop()
@@ -184,7 +184,7 @@ def make_session(model: bytes | str, providers: list | None = None, what: str = 
     try:
         sess = ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
     except _ORT_ERRORS as err:
-        msg = _first_line(err)
+        msg = first_line(err)
         if derived_from is not None:
             make_session(derived_from, providers, "model", level=level)  # the user's model's own error, if any
             raise RuntimeError(f"ONNX Runtime cannot load the {what} layerdiff built from the model: {msg}") from err
@@ -205,15 +205,8 @@ def optimized_model(model: bytes, providers: list | None = None, level: str = "a
         try:
             ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
         except _ORT_ERRORS as err:
-            raise BackendError(f"ONNX Runtime cannot load the {what}: {_first_line(err)}") from err
+            raise BackendError(f"ONNX Runtime cannot load the {what}: {first_line(err)}") from err
         return Path(so.optimized_model_filepath).read_bytes()
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 
 
 class OrtSource:
