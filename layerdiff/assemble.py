@@ -46,6 +46,10 @@ def _row_inputs(model: LoadedModel, row: Row) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
 def _amplification(model: LoadedModel, row: Row, outs: list[TensorDiff], held: dict[str, Aggregate],
                    upstream: dict[str, str]) -> dict:
     """{amplification, input_cosine} of a layer row: the relative RMS error of its outputs, less its own
@@ -102,7 +106,7 @@ def assemble_report(model: LoadedModel, rows: list[Row], candidate: CandidateInf
             seen = res.all_shapes.get(o.tensor, {})
             outs.append(TensorDiff(o.tensor, res.shapes.get(o.tensor), o.candidate, acc, loc,
                                    reason if acc is None else "", o.view,
-                                   tuple("x".join(map(str, sh)) for sh in seen) if len(seen) > 1 else ()))
+                                   tuple(map(_dims, seen)) if len(seen) > 1 else ()))
         diverges = row.kind != "constant" and any(_diverges(o, divergence_cosine) for o in outs)
         has_local = any(o.local is not None for o in outs)
         failed = res.local_failed.get(row.name)
@@ -207,7 +211,7 @@ def _warnings(samples: Samples, res: CaptureResult, overflow: list[str], exposed
     if varying:
         t, shapes = varying[0]
         warnings.append(f"{len(varying)} tensor(s) change shape between samples (first: {t}: "
-                        f"{', '.join('x'.join(map(str, sh)) for sh in list(shapes)[:4])}): each tensor's `shapes` "
+                        f"{', '.join(map(_dims, list(shapes)[:4]))}): each tensor's `shapes` "
                         "lists them; its metrics pool samples of different sizes")
     if res.local_failed:
         first = next(iter(res.local_failed))

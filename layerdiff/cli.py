@@ -27,7 +27,7 @@ from layerdiff.clitypes import (  # noqa: F401  (parse_size and the codes are pa
     Cosine,
     parse_size,
 )
-from layerdiff.errors import BadInput, LayerdiffError, ModelError, OutputPathError
+from layerdiff.errors import BadInput, LayerdiffError, ModelError, OutputPathError, first_line
 from layerdiff.specs import IMPORTED
 from layerdiff.specs import describe as describe_specs
 
@@ -359,7 +359,7 @@ def _one_line(message: str) -> str:
 def _internal(e: Exception, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    first = _one_line(str(e).strip().splitlines()[0]) if str(e).strip() else ""
+    first = _one_line(first_line(e, ""))
     print(f"layerdiff: internal error ({type(e).__name__}{': ' + first if first else ''}); this is a bug in "
           "layerdiff: rerun with --debug and report the traceback", file=sys.stderr)
     return EXIT_INTERNAL
