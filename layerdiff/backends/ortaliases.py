@@ -30,10 +30,13 @@ class OrtAliases:
 
     @property
     def aliases(self) -> dict[str, tuple[onnx.NodeProto, tuple[onnx.NodeProto, ...], str]]:
-        """{candidate tensor that does not survive by name: (the optimized-graph node that computes it, a
-        node beside the graph giving its value, view)}: the node of the same name and op (an exact alias,
-        view ""), or the integer kernel that replaced it, or the same op moving INT8 values (its output
-        dequantized with the kernel's own scale and zero point: view "quantized")."""
+        """{candidate tensor that does not survive by name: (the optimized-graph node that computes it, or
+        None for a constant folded before the run; the nodes beside the graph giving its value; view)}.
+        In order: a renamed copy (NAME_pre_q, the FP32 copy of an FP16 value); an integer kernel's INT8
+        output, by its output scale and zero point (view "quantized"); a folded initializer or the twin a
+        common-subexpression elimination kept; an NCHWc kernel's blocked output; then the node of the same
+        name and op (an exact alias, view "", or INT8 values dequantized with the kernel's own scale and
+        zero point, view "quantized")."""
         with self._lock:
             if self._aliases is None:
                 self._aliases = self._find_aliases()
