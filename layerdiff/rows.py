@@ -21,7 +21,7 @@ candidate does not expose, the reference's value is used (shapes do not depend o
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 from onnx import TensorProto
@@ -287,3 +287,8 @@ def exact_sources(proto: onnx.ModelProto) -> dict[str, str]:
                 out[n.output[0]] = n.input[0]
     return out
 
+
+def claimed_missing(rows: list[Row], pairing, deployment) -> list[str]:
+    """The candidate tensors the rows say have no value in the deployed candidate (`deployment.missing`)."""
+    return sorted({pairing.candidate(o.tensor) or o.tensor for r in rows for o in r.outputs
+                   if o.candidate is None and o.reason == deployment.missing})

@@ -58,7 +58,7 @@ from layerdiff.plan import PrecisionPlan
 from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
 from layerdiff.rewrite import expose_tensors
-from layerdiff.rows import exact_sources, plan_rows
+from layerdiff.rows import claimed_missing, exact_sources, plan_rows
 from layerdiff.specs import IMPORTED, SPECS
 
 DEFAULT_REFERENCE_CACHE = 512 * 2**20
@@ -357,9 +357,21 @@ class Session:
         else:
             pairing = identity_pairing(self.model)
         groups = deployment.groups()
-        rows = plan_rows(self.model, pairing, deployment, executed=candidate.executed,
-                         groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
-                         emulated=candidate.emulated, requested=dict(candidate.requested))
+        def planned() -> list:
+            return plan_rows(self.model, pairing, deployment, executed=candidate.executed,
+                             groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
+                             emulated=candidate.emulated, requested=dict(candidate.requested))
+
+        rows, doubts = planned(), ()
+        claimed = claimed_missing(rows, pairing, deployment)
+        # every "no value of it exists" is checked against the deployed graph's values before it is said
+        found = deployment.check_missing(claimed, self.samples.feeds) if claimed else None
+        if found:
+            rows = planned()
+            first = next(iter(found))
+            doubts = (f"{len(found)} tensor(s) were read by their values: ONNX Runtime rewrote the graph beyond "
+                      f"what layerdiff pairs by structure, and a deployed value holds each on the samples "
+                      f"checked (e.g. '{first}' = '{found[first]}')",)
         held = output_names(self.model, candidate)  # the candidate's graph outputs: compared with its plain run
         graph_outputs = [o for o in dict.fromkeys(held.values()) if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,
@@ -394,5 +406,5 @@ class Session:
                                mode=deployment.mode, exposed_vs_plain=exposed,
                                matches_plain_engine=deployment.matches_plain(), min_cosine=min_cosine,
                                tolerance=tolerance,
-                               warnings=candidate_warnings(self.model, candidate, pairing, rows) + kernel_note,
+                               warnings=candidate_warnings(self.model, candidate, pairing, rows) + doubts + kernel_note,
                                upstream=exact_sources(candidate.executed) if candidate.executed else None)

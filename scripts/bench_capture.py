@@ -1,5 +1,6 @@
 """How well the capture reads the deployed graph, per model: rows, rows with a tensor said not to exist,
-the largest row (ONNX compute nodes in one row), whether the capture equals a plain session, the first
+the largest row (ONNX compute nodes in one row), how many tensors the check of those claims against the
+deployed graph's values found held after all and read by value (backends/ortclaims.py), whether the capture equals a plain session, the first
 divergent row and the strongest amplifier. On the fixtures that trigger ONNX Runtime's rewrites at level
 `all`, and on the real models scripts/get_models.py fetches (skipped where not fetched).
 
@@ -40,10 +41,12 @@ def measure(model, spec, inputs, level: str) -> dict:
     layers = [lay for lay in report.layers if lay.kind == "layer"]
     unread = [lay for lay in layers if any(not o.paired and "no value of it exists" in o.unpaired_reason
                                            for o in lay.outputs)]
+    by_value = sum(1 for w in report.warnings if "read by their values" in w and w.split()[0].isdigit()
+                   for _ in range(int(w.split()[0])))
     largest = max(layers, key=lambda lay: len(lay.onnx_nodes))
     amp = amplifiers(report.layers, n=1)
     fd = report.first_divergence
-    return {"rows": len(layers), "unread": len(unread), "largest": len(largest.onnx_nodes),
+    return {"rows": len(layers), "unread": len(unread), "by_value": by_value, "largest": len(largest.onnx_nodes),
             "exposed": report.capture.exposed_vs_plain_max_abs,
             "first": fd.layer if fd is not None else "none",
             "amp": f"{amp[0].name} x{amp[0].amplification:.3g}" if amp else "none"}
@@ -56,12 +59,12 @@ def main() -> int:
     args = parser.parse_args()
     print(f"candidate {args.candidate}, ONNX Runtime level {args.ort_optimization}")
     print("| model | layer rows | rows with a tensor said not to exist | largest row (nodes) | "
-          "capture vs plain | first divergent | top amplifier |")
-    print("|---|---|---|---|---|---|---|")
+          "read by value | capture vs plain | first divergent | top amplifier |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, model, spec, inputs in cases(args.candidate):
         m = measure(model, spec, inputs, args.ort_optimization)
         exposed = "n/a" if m["exposed"] is None else f"{m['exposed']:.3g}"
-        print(f"| {label} | {m['rows']} | {m['unread']} | {m['largest']} | {exposed} | {m['first']} | {m['amp']} |",
+        print(f"| {label} | {m['rows']} | {m['unread']} | {m['largest']} | {m['by_value']} | {exposed} | {m['first']} | {m['amp']} |",
               flush=True)
     return 0
 

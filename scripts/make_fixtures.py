@@ -412,6 +412,46 @@ def make_cse_twins() -> onnx.ModelProto:
     return _model(graph)
 
 
+def make_split_heads() -> onnx.ModelProto:
+    """Self-attention as exports write it: one MatMul makes q, k and v, which a Transpose splits into
+    heads and Slice+Squeeze take apart; its input passes a SiLU written x*sigmoid(1*x). At level `all`
+    ONNX Runtime moves the Transpose below the Slices (they slice the untransposed value, and a later
+    Transpose puts it right), quantizes k ahead of its Squeeze, and fuses the SiLU into one QuickGelu
+    kernel that keeps x*1 only as x.
+
+        x [1,8,24] -> mul(x, 1) -> sigmoid -> mul(x, .) -> h -> matmul [24->48] -> reshape [1,8,3,2,8]
+          -> transpose (2,0,3,1,4) -> t [3,1,2,8,8] -> slice 0 -> squeeze -> q ---------┐
+                                                   -> slice 1 -> squeeze -> k -> kT -> matmul -> softmax -┐
+                                                   -> slice 2 -> squeeze -> v --------------------------- matmul
+          -> o [1,2,8,8] -> transpose (0,2,1,3) -> reshape [1,8,16] -> matmul [16->24] -> y [1,8,24]
+    """
+    rng = np.random.default_rng(11)
+    inits = [_init("one", np.array(1.0, np.float32)), _init("Wqkv", rng.normal(0, 0.3, (24, 48)).astype(np.float32)),
+             _init("Wo", rng.normal(0, 0.3, (16, 24)).astype(np.float32)),
+             _init("heads", np.array([1, 8, 3, 2, 8], np.int64)), _init("merged", np.array([1, 8, 16], np.int64)),
+             _init("axis0", np.array([0], np.int64))]
+    nodes = [helper.make_node("Mul", ["x", "one"], ["xb"], name="beta"),
+             helper.make_node("Sigmoid", ["xb"], ["sg"], name="gate"),
+             helper.make_node("Mul", ["x", "sg"], ["h"], name="silu"),
+             helper.make_node("MatMul", ["h", "Wqkv"], ["qkv"], name="qkv_proj"),
+             helper.make_node("Reshape", ["qkv", "heads"], ["r"], name="split"),
+             helper.make_node("Transpose", ["r"], ["t"], name="heads_first", perm=[2, 0, 3, 1, 4])]
+    for i, part in enumerate("qkv"):
+        inits += [_init(f"s{i}", np.array([i], np.int64)), _init(f"e{i}", np.array([i + 1], np.int64))]
+        nodes += [helper.make_node("Slice", ["t", f"s{i}", f"e{i}", "axis0"], [f"{part}5"], name=f"take_{part}"),
+                  helper.make_node("Squeeze", [f"{part}5", "axis0"], [part], name=f"squeeze_{part}")]
+    nodes += [helper.make_node("Transpose", ["k"], ["kT"], name="k_t", perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", ["q", "kT"], ["scores"], name="scores"),
+              helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["p", "v"], ["o"], name="attend"),
+              helper.make_node("Transpose", ["o"], ["ot"], name="heads_last", perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ot", "merged"], ["m"], name="merge"),
+              helper.make_node("MatMul", ["m", "Wo"], ["y"], name="out_proj")]
+    graph = helper.make_graph(nodes, "split_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 24])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 24])], inits)
+    return _model(graph)
+
+
 def make_cnn_inputs() -> dict[str, np.ndarray]:
     """Example inputs for cnn.onnx: four smooth synthetic 32x32 colour patterns (gradients and rings),
     one sample per file; they are test data, labelled as such, not photos."""
@@ -439,6 +479,7 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "qlinear_chain_qdq.onnx": make_qlinear_chain_qdq(chain, make_cnn_inputs()),
         "lstm_state.onnx": make_lstm_state(),
         "cse_twins.onnx": make_cse_twins(),
+        "split_heads.onnx": make_split_heads(),
     }
 
 

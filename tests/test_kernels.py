@@ -72,7 +72,7 @@ def test_real_models_capture_matches_the_plain_run(name):
     assert report.capture.exposed_vs_plain_max_abs < 1e-6
     quantized = [lay for lay in report.layers if lay.precision == "int8" and lay.kind == "layer"]
     assert quantized and all(k.startswith(("QLinear", "QGemm", "MatMulInteger")) or k in ("MaxPool", "Flatten",
-                             "Reshape", "Transpose", "Concat") for lay in quantized for k in lay.kernels)
+                             "Reshape", "Transpose", "Concat", "Squeeze") for lay in quantized for k in lay.kernels)
 
 
 def _two_convs(tmp_path):

@@ -71,6 +71,11 @@ class Deployment(Protocol):
     def matches_plain(self) -> bool | None:
         """Whether reading tensors leaves the candidate's computation as deployed (None: not known)."""
 
+    def check_missing(self, tensors: Sequence[str], feeds: Sequence[dict]) -> dict[str, str] | None:
+        """Check that no value of the deployed candidate holds `tensors` (each said `missing`) on `feeds`;
+        where one does, read the tensor from it from now on. {tensor: the value holding it}; None where
+        this deployment cannot check."""
+
 
 class Runner(Protocol):
     def open(self, cancel: threading.Event | None = None) -> CandidateSource: ...

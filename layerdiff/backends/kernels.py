@@ -30,6 +30,7 @@ import onnx
 
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
+from layerdiff.backends.ortclaims import holders
 from layerdiff.backends.ortaliases import SIDE, OrtAliases, same_shape
 from layerdiff.backends.ortlayout import follow_layouts
 from layerdiff.backends.ortops import EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
@@ -49,6 +50,7 @@ class OrtKernels(OrtAliases):
     def __init__(self, candidate: onnx.ModelProto, blob: bytes, providers: list | None = None,
                  level: str = "all", expect_provider: str | None = None):
         self.providers, self.level, self.expect_provider = providers, level, expect_provider
+        self.cblob, self.coutputs = blob, [o.name for o in candidate.graph.output]
         self.blob = optimized_model(blob, providers, level)
         self.graph = onnx.ModelProto.FromString(self.blob).graph
         self.kproducer = {o: n for n in self.graph.node for o in n.output if o}
@@ -76,7 +78,8 @@ class OrtKernels(OrtAliases):
                 names = [o for n in self.graph.node for o in n.output if o]
                 sess = make_session(with_outputs(self.blob, names, present={o.name for o in self.graph.output}),
                                     self.providers, "candidate", level="disabled", derived_from=self.blob)
-                self._info = {a.name: (a.type, a.shape)
+                # ONNX Runtime states a shape it does not know as [] too: a scalar only where the model says so
+                self._info = {a.name: (a.type, a.shape if a.shape or self.cshapes.get(a.name) == [] else None)
                               for a in list(sess.sess.get_outputs()) + list(sess.sess.get_inputs())}
                 self._types = {name: t for name, (t, _) in self._info.items()}
             return self._info
@@ -160,6 +163,18 @@ class OrtKernels(OrtAliases):
 
     def groups(self) -> list:
         return []  # fusions show as tensors that no longer exist
+
+    def check_missing(self, tensors: Sequence[str], feeds) -> dict[str, str] | None:
+        """Check that no value of the deployed graph holds `tensors` (ortclaims): one that does is read
+        from it from now on. {tensor: the value holding it}."""
+        found = holders(self, list(tensors), list(feeds))
+        with self._lock:
+            aliases = self.aliases
+            for tensor, holder in found.items():
+                knode = self._behind(self.kproducer.get(holder.ktensor))
+                aliases[tensor] = (knode, holder.nodes(SIDE + tensor), "quantized" if holder.params else "")
+            self._derivations.clear()
+        return {t: h.ktensor for t, h in found.items()}
 
     def matches_plain(self) -> bool | None:
         return True  # the optimized graph is the deployed one, run without further changes

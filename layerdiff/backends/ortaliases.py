@@ -6,6 +6,7 @@ the same name and op whose inputs are the same values; names break ties only."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from layerdiff.backends.ortlayout import BLOCKED, inverse
@@ -205,7 +206,7 @@ class OrtAliases:
                 out[tensor] = (None, (onnx.helper.make_node("Identity", [tensor], [side], name=side),), "")
                 held[tensor] = tensor
         keys = _structure(self._cgraph)
-        kept: dict[tuple, str] = {}
+        kept: dict[tuple, str] = {("value", i.name): i.name for i in self._cgraph.input if i.name in self.kinputs}
         for tensor, key in keys.items():
             if key is not None and (tensor in out or self._surviving(tensor)):
                 kept.setdefault(key, tensor)
@@ -310,16 +311,30 @@ class OrtAliases:
             while source not in held and source in self.cproducer and self.cproducer[source].op_type in (
                     "DequantizeLinear", "QuantizeLinear"):
                 source = self.cproducer[source].input[0]  # the kernel reads the INT8 value itself
-            if not (k == c or k == source or held.get(c) == k or held.get(source) == k):
+            unrounded = k  # the value ONNX Runtime's QDQ propagation quantizes ahead of the kernel
+            while unrounded in self.kproducer and self.kproducer[unrounded].op_type == "QuantizeLinear":
+                unrounded = self.kproducer[unrounded].input[0]
+            if not any(x == c or x == source or held.get(c) == x or held.get(source) == x or self._moved(c, x, held)
+                       for x in {k, unrounded}):
                 return False
         return True
+
+    def _moved(self, c: str, k: str, held: dict[str, str]) -> bool:
+        """Whether `k` is the value the model's Transpose writing `c` reads: ONNX Runtime's transpose
+        optimizer moved that Transpose below the reader (the layout pass follows it, ortlayout)."""
+        node = self.cproducer.get(c)
+        if node is None or node.op_type != "Transpose" or not node.input:
+            return False
+        return k == node.input[0] or held.get(node.input[0]) == k
 
     def _nchw(self, tensor: str, shape, consumers) -> tuple[str, list | None]:
         """An NHWC kernel output (ONNX Runtime's layout pass for integer kernels) is followed by the
         Transpose back to NCHW it inserted: read that one."""
+        if self.layout(tensor) != (0, 2, 3, 1):
+            return tensor, shape
         for node in consumers.get(tensor, ()):
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if node.op_type == "Transpose" and perm == [0, 3, 1, 2] and node.output[0] not in self.ctypes:
+            if node.op_type == "Transpose" and perm == [0, 3, 1, 2] and self.layout(node.output[0]) is None:
                 return node.output[0], self._kinfo.get(node.output[0], (None, None))[1]
         return tensor, shape
 
@@ -372,8 +387,13 @@ def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
     keys: dict[str, tuple | None] = {}
     ids: dict[tuple, int] = {}  # each key's number: a key holds its inputs' numbers, never their keys
     nodes = list(graph.node)
+    units = _units(graph)
     for index in node_order(graph):
         node = nodes[index]
+        same = _identity_of(node, units)
+        if same is not None:  # x*1, x/1, x+0, x-0, Identity: the value it reads, whatever computes it
+            keys[node.output[0]] = keys.get(same, ("value", same))
+            continue
         subgraph = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute) \
             or node.op_type in _RANDOM  # two draws are not one value, however alike the nodes
         ins = []
@@ -386,3 +406,38 @@ def _structure(graph: onnx.GraphProto) -> dict[str, tuple | None]:
                 keys[out] = None if subgraph or None in ins else (node.op_type, node.domain, attrs, tuple(ins), i)
     return keys
 
+
+def _units(graph: onnx.GraphProto) -> dict[str, float]:
+    """{initializer or Constant output holding one number: that number}."""
+    from onnx import numpy_helper
+
+    out: dict[str, float] = {}
+    tensors = [(t.name, t) for t in graph.initializer]
+    tensors += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" and n.output
+                for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    for name, t in tensors:
+        if len(t.dims) <= 1 and int(np.prod(t.dims, dtype=np.int64)) == 1 and t.data_type in _FLOAT_TYPES:
+            out[name] = float(numpy_helper.to_array(t).reshape(-1)[0])
+    return out
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+_NEUTRAL = {"Mul": 1.0, "Div": 1.0, "Add": 0.0, "Sub": 0.0}
+
+
+def _identity_of(node: onnx.NodeProto, units: dict[str, float]) -> str | None:
+    """The input whose value `node` outputs unchanged (same shape: the constant is one number of rank at
+    most 1, which broadcasts without adding an axis to a value of rank 1 or more), or None."""
+    if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    if node.op_type == "Identity" and node.input:
+        return node.input[0]
+    neutral = _NEUTRAL.get(node.op_type)
+    if neutral is None or len(node.input) != 2:
+        return None
+    a, b = node.input
+    if units.get(b) == neutral and a not in units:
+        return a
+    if node.op_type in ("Mul", "Add") and units.get(a) == neutral and b not in units:
+        return b
+    return None

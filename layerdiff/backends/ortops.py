@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from onnx import TensorProto
 
-EXACT_STEPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
+EXACT_STEPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity", "Transpose"})
 LAYOUT = frozenset({"Transpose", "ReorderInput", "ReorderOutput", "Reshape", "Squeeze", "Unsqueeze", "Identity"})
 INTEGER_KERNELS = frozenset({
     "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",

@@ -1,0 +1,157 @@
+"""The check behind every "no value of it exists". Before a report says that the deployed graph holds no
+value of a candidate tensor, that tensor is computed by the candidate itself (its own graph, optimizations
+off) and compared with every value of the optimized graph ONNX Runtime runs, on up to two samples: float
+values as they are, INT8 ones dequantized with the scale and zero point their kernel writes them with,
+each in every arrangement of its axes that gives the tensor's shape. A value within rounding of the
+tensor on every sample checked disproves the claim: ONNX Runtime rewrote the graph in a way the
+structural pairing (ortaliases, ortlayout) does not follow (it fuses Slices into a Split and moves the
+Transposes around it, say), and the tensor is read from that value, arranged back, from then on. The
+check shares none of the pairing's rules: it is an oracle beside it, and its pairings are reported as
+made by value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from layerdiff.backends.ort import OrtSource
+from layerdiff.backends.ortops import FLOATS, LOW
+from layerdiff.rewrite import with_outputs
+
+# a deployed value holds the tensor where it is this close: float kernels differ from the candidate's
+# own graph by their summation order (far below 1e-3 of the range), INT8 kernels by a step of rounding
+RELATIVE = 1e-3
+STEPS = 1.01
+MAX_RANK_PERMUTED = 5  # 120 arrangements at most per value
+SAMPLES = 2
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A value of the optimized graph that holds a candidate tensor: `ktensor` (dequantized with `params`
+    where INT8), its axes of size above 1 (`core`) arranged by `perm`, reshaped to the tensor's `shape`."""
+
+    ktensor: str
+    params: tuple[str, str] | None
+    core: tuple[int, ...]
+    perm: tuple[int, ...]
+    shape: tuple[int, ...]
+    error: float
+
+    def nodes(self, side: str) -> tuple[onnx.NodeProto, ...]:
+        """The nodes beside the graph that give the tensor, the last writing `side`."""
+        held = side + "/held"
+        first = helper.make_node("DequantizeLinear", [self.ktensor, *self.params], [held], name=held) \
+            if self.params else helper.make_node("Identity", [self.ktensor], [held], name=held)
+        out = [first]
+        for step, value in (("/core", self.core), ("/shape", self.shape)):
+            out.append(helper.make_node("Constant", [], [side + step + "_dims"], name=side + step + "_dims",
+                                        value=numpy_helper.from_array(np.array(value, np.int64))))
+        out += [helper.make_node("Reshape", [held, side + "/core_dims"], [side + "/core"], name=side + "/core"),
+                helper.make_node("Transpose", [side + "/core"], [side + "/arranged"], name=side + "/arranged",
+                                 perm=list(self.perm)),
+                helper.make_node("Reshape", [side + "/arranged", side + "/shape_dims"], [side], name=side)]
+        return tuple(out)
+
+
+def holders(kernels, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, Holder]:
+    """{tensor of `tensors` (each said to have no value in the deployed graph): the optimized graph's value
+    that holds it on every one of `feeds` (up to SAMPLES of them with the first one's input shapes)}."""
+    if not tensors or not feeds:
+        return {}
+    shapes = {k: v.shape for k, v in feeds[0].items()}
+    feeds = [f for f in feeds if {k: v.shape for k, v in f.items()} == shapes][:SAMPLES]
+    found: dict[str, list[tuple[Holder, ...]]] = {t: [] for t in tensors}
+    for feed in feeds:
+        wanted = _own_values(kernels, tensors, feed)
+        deployed = _deployed_values(kernels, feed, {v.size for v in wanted.values()})
+        for t in tensors:
+            value = wanted.get(t)
+            if value is None or not np.issubdtype(value.dtype, np.floating) or value.size == 0:
+                found[t].append(())
+                continue
+            found[t].append(tuple(h for name, (w, step, params) in deployed.items()
+                                  for h in _matches(name, value, w, step, params)))
+    out: dict[str, Holder] = {}
+    for t, per_feed in found.items():
+        if not per_feed or not per_feed[0]:
+            continue
+        # holds on every sample: the same value in the same arrangement
+        keep = [h for h in per_feed[0] if all(any((g.ktensor, g.perm) == (h.ktensor, h.perm) for g in later)
+                                                 for later in per_feed[1:])]
+        if keep:  # exact values before rounded ones, then the closest
+            out[t] = min(keep, key=lambda h: (h.params is not None, h.error))
+    return out
+
+
+def _own_values(kernels, tensors: list[str], feed) -> dict[str, np.ndarray]:
+    source = OrtSource(with_outputs(kernels.cblob, list(tensors), present=set(kernels.coutputs)),
+                       {t: t for t in tensors}, kernels.providers, "disabled", "candidate",
+                       derived_from=kernels.cblob)
+    with source:
+        return source.infer(feed)
+
+
+def _deployed_values(kernels, feed, sizes: set[int]) -> dict[str, tuple[np.ndarray, float | None, tuple | None]]:
+    """{value of the optimized graph: (its numbers as floats, the INT8 rounding step or None, its scale
+    and zero point or None)}, for every float value and every INT8 value whose scale is known and one
+    number, whose size may be one of `sizes`; never the weights."""
+    info = kernels._kinfo
+    low = set(LOW)
+
+    def may_fit(name: str) -> bool:
+        ktype, shape = info.get(name, (None, None))
+        if ktype not in FLOATS and ktype not in low:
+            return False
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return True
+        return int(np.prod(shape, dtype=np.int64)) in sizes
+
+    names = [o for n in kernels.graph.node for o in n.output if o and may_fit(o)]
+    run = OrtSource(with_outputs(kernels.blob, names, present={o.name for o in kernels.graph.output}),
+                    {n: n for n in names}, kernels.providers, "disabled", "candidate", derived_from=kernels.blob)
+    with run:
+        values = run.infer(feed)
+    inits = {i.name: i for i in kernels.graph.initializer}
+    out: dict[str, tuple[np.ndarray, float | None, tuple | None]] = {}
+    for name in names:
+        v = values.get(name)
+        if v is None or v.size not in sizes:
+            continue
+        if np.issubdtype(v.dtype, np.floating):
+            out[name] = (v.astype(np.float64), None, None)
+            continue
+        params = kernels._qparams(kernels.kproducer[name]) if name in kernels.kproducer else None
+        if params is None or any(p not in inits for p in params):
+            continue
+        scale, zero = (numpy_helper.to_array(inits[p]) for p in params)
+        if scale.size != 1 or zero.size != 1:
+            continue  # per channel: the axis is the kernel's, not followed here
+        s = float(scale.reshape(-1)[0])
+        out[name] = ((v.astype(np.float64) - float(zero.reshape(-1)[0])) * s, s, tuple(params))
+    return out
+
+
+def _matches(name: str, value: np.ndarray, w: np.ndarray, step: float | None, params) -> list[Holder]:
+    if w.size != value.size:
+        return []
+    v = value.astype(np.float64)
+    tol = RELATIVE * max(float(np.max(np.abs(v))), 1e-30) + (STEPS * step if step else 0.0)
+    core = tuple(d for d in w.shape if d != 1)
+    want = tuple(d for d in v.shape if d != 1)
+    squeezed = w.reshape(core)
+    if len(core) != len(want) or len(core) > MAX_RANK_PERMUTED:
+        return []
+    out = []
+    for perm in permutations(range(len(core))):
+        arranged = squeezed.transpose(perm)
+        if arranged.shape != want:
+            continue
+        err = float(np.max(np.abs(arranged.reshape(v.shape) - v))) if v.size else 0.0
+        if err <= tol:
+            out.append(Holder(name, params, core, perm, tuple(v.shape), err))
+    return out
