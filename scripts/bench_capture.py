@@ -31,6 +31,7 @@ def cases(candidate: str):
         FIXTURES / "cnn_inputs"
     yield "lstm_state", FIXTURES / "lstm_state.onnx", candidate, None
     yield "cse_twins", FIXTURES / "cse_twins.onnx", candidate, None
+    yield "split_heads", FIXTURES / "split_heads.onnx", candidate, None
     for name in ("ppocr_cls", "ppocr_rec", "ppocr_det"):
         if (MODELS / name / "model.onnx").is_file():
             yield name, MODELS / name / "model.onnx", candidate, MODELS / name / "inputs"

@@ -302,7 +302,8 @@ class OrtAliases:
     def _reads_same(self, cnode: onnx.NodeProto, knode: onnx.NodeProto, held: dict[str, str]) -> bool:
         """Whether every value `knode` reads is the value `cnode` reads there (the same tensor, or the
         optimized graph's tensor holding it, INT8 or not); weights are not compared."""
-        cdata = [t for t in cnode.input if t and t not in self.cinits and t not in self.kinits]  # folded: weights
+        constant = self._cconstant()
+        cdata = [t for t in cnode.input if t and t not in constant and t not in self.kinits]  # folded: weights
         kdata = [t for t in knode.input if t and t not in self.kinits]
         if not cdata or len(cdata) > len(kdata):
             return False
@@ -318,6 +319,21 @@ class OrtAliases:
                        for x in {k, unrounded}):
                 return False
         return True
+
+    def _cconstant(self) -> set[str]:
+        """The candidate's tensors computed from weights alone (Constant nodes, and what reads only them):
+        ONNX Runtime folds them into initializers of names of its own."""
+        if getattr(self, "_constant_cache", None) is None:
+            from layerdiff.topology import node_order
+
+            constant = set(self.cinits)
+            nodes = list(self._cgraph.node)
+            for index in node_order(self._cgraph):
+                node = nodes[index]
+                if all(not t or t in constant for t in node.input):
+                    constant.update(o for o in node.output if o)
+            self._constant_cache = constant
+        return self._constant_cache
 
     def _moved(self, c: str, k: str, held: dict[str, str]) -> bool:
         """Whether `k` is the value the model's Transpose writing `c` reads: ONNX Runtime's transpose
