@@ -3,6 +3,8 @@ row and a warning, never the report."""
 
 from __future__ import annotations
 
+import pytest
+
 import layerdiff
 from layerdiff.errors import BackendError
 from tests.conftest import FIXTURES
@@ -29,3 +31,32 @@ def test_a_row_onnx_runtime_cannot_recompute_costs_that_row_only(monkeypatch):
     others = [lay for name, lay in rows.items() if name != "conv2" and not lay.local_unavailable]
     assert len(others) >= 8 and all(lay.local_cosine is not None for lay in others)
     assert any("could not be computed" in w and "conv2" in w for w in report.warnings)
+
+
+def _tiny(shape_after: list[int]) -> bytes:
+    """x [2, 3] -> Relu -> Reshape to `shape_after`: runs only where that shape holds six numbers."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("s", TensorProto.INT64, [len(shape_after)], shape_after)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
+
+
+def test_a_built_graph_that_fails_where_the_model_runs_is_an_internal_error():
+    """A graph layerdiff built failing to run was exit 2 (bad input) though the user's model ran."""
+    import numpy as np
+
+    from layerdiff.backends.ort import make_session
+    from layerdiff.errors import BackendError
+
+    feed = {"x": np.ones((2, 3), np.float32)}
+    built = make_session(_tiny([4, 4]), derived_from=_tiny([3, 2]))
+    with pytest.raises(RuntimeError, match="layerdiff built from the model, which itself runs"):
+        built.run(["y"], feed)
+    both_fail = make_session(_tiny([4, 4]), derived_from=_tiny([5, 5]))
+    with pytest.raises(BackendError, match="failed to run the model"):
+        both_fail.run(["y"], feed)

@@ -93,6 +93,9 @@ class Session:
 
     sess: ort.InferenceSession
     provider: str
+    # the user's model where layerdiff built this one from it: a failure to run is then checked on it
+    derived_from: bytes | None = None
+    what: str = "model"
 
     def run(self, names: list[str], feed: dict[str, np.ndarray], cancel: threading.Event | None = None
             ) -> dict[str, np.ndarray]:
@@ -109,11 +112,25 @@ class Session:
         except _ORT_ERRORS as err:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled") from err
+            if self.derived_from is not None:
+                self._blame(feed, err)
             raise BackendError(f"ONNX Runtime failed to run the model: {first_line(err)}") from err
         finally:
             if cancel is not None:
                 watcher.stop()
         return dict(zip(names, values, strict=True))
+
+    def _blame(self, feed: dict[str, np.ndarray], err: Exception) -> None:
+        """A graph layerdiff built failed to run: the user's model on the same feed says whose fault it is
+        (its own error is bad input, exit 2); where it runs, the fault is layerdiff's (exit 3)."""
+        plain = make_session(self.derived_from, [self.provider], "model", level="disabled")
+        names = set(plain.input_names)
+        try:
+            plain.sess.run(None, {k: v for k, v in feed.items() if k in names})
+        except _ORT_ERRORS as own:
+            raise BackendError(f"ONNX Runtime failed to run the model: {first_line(own)}") from err
+        raise RuntimeError(f"ONNX Runtime failed to run the {self.what} layerdiff built from the model, which itself "
+                           f"runs on this input: {first_line(err)}") from err
 
     @property
     def input_names(self) -> list[str]:
@@ -191,7 +208,7 @@ def make_session(model: bytes | str, providers: list | None = None, what: str = 
         if "IR version" in msg:
             raise ModelError(f"ONNX Runtime cannot read the {what}: {msg}") from err
         raise BackendError(f"ONNX Runtime cannot load the {what}: {msg}") from err
-    return Session(sess, sess.get_providers()[0])
+    return Session(sess, sess.get_providers()[0], derived_from, what)
 
 
 def optimized_model(model: bytes, providers: list | None = None, level: str = "all", what: str = "candidate"
