@@ -363,6 +363,7 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
     per = [target.score(a, b) for a, b in zip(ref, got, strict=True)]
     value = target.worst(per)
     passed = target.passes(value)
+    worst = f", worst {session.samples.name(per.index(value))}" if len(per) > 1 and value in per else ""
     if output:
         write_model(output, cand.model)
     out = make_console()
@@ -378,7 +379,7 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
         print(cost_line)
     claimed = (r.data.get("achieved") or {}).get("value") if isinstance(r.data.get("achieved"), dict) else None
     if not r.tolerance:
-        print(f"measured: cosine {value:.7g} (worst of {len(per)} sample(s)); the recipe names no tolerance "
+        print(f"measured: cosine {value:.7g} (worst of {len(per)} sample(s){worst}); the recipe names no tolerance "
               "(pinned by hand)")
         return 0
     achieved = r.data.get("achieved") if isinstance(r.data.get("achieved"), dict) else {}
@@ -388,6 +389,6 @@ def apply(recipe, model, inputs, calib, shapes, output, bench, quiet, debug) -> 
     if held and isinstance(held.get("achieved"), float):
         verdict = "held" if held.get("holds") else "FAILED"
         claim += f", {held['achieved']:.7g} on {held.get('samples', '?')} held out ({verdict})"
-    print(f"{'holds' if passed else 'FAILS'}: {target.describe()}: {value:.7g} (worst of {len(per)} sample(s)); "
+    print(f"{'holds' if passed else 'FAILS'}: {target.describe()}: {value:.7g} (worst of {len(per)} sample(s){worst}); "
           f"the recipe claimed {claim}")
     return 0 if passed else EXIT_TOLERANCE
