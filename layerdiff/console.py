@@ -63,13 +63,13 @@ class _Console(Console):
 
 
 def make_console(stderr: bool = False) -> Console:
-    """A console for the CLI. On a terminal, its width; piped, the width in COLUMNS, else 160 columns for
-    the table, and prose lines are never broken (a reader of the file wraps them)."""
+    """A console for the CLI. On a terminal, its width; piped, tables in the width in COLUMNS, else 80
+    columns, and prose lines are never broken (a warning stays one line for grep; a reader wraps them)."""
     console = _Console(stderr=stderr)
     if console.is_terminal:
         return console
     columns = os.environ.get("COLUMNS", "")
-    return _Console(stderr=stderr, width=int(columns) if columns.isdigit() and int(columns) > 0 else 160,
+    return _Console(stderr=stderr, width=int(columns) if columns.isdigit() and int(columns) > 0 else 80,
                     soft_wrap=True)
 
 

@@ -253,8 +253,9 @@ def test_a_name_holding_a_newline_stays_on_its_row(tmp_path):
     assert "two\\nlines" in text and not any(line.startswith("lines") for line in text.splitlines())
 
 
-def test_inspect_shows_torch_tensorrt_names_with_brackets(cli, shared_dir):
+def test_inspect_shows_torch_tensorrt_names_with_brackets(cli, shared_dir, monkeypatch):
     """The report's crash: layerdiff inspect exited 1 on the real Torch-TensorRT file (aten layer names)."""
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough for the name on one line of its column
     path = shared_dir / "fixtures" / "trt_engine_info" / "fuzzylabs_resnet18_torchtrt_fp16_trt10x.engine_layer_information.json"
     code, out, err = cli("inspect", path)
     assert code == 0, err
