@@ -34,7 +34,10 @@ def exposed_vs_plain(kept: list[dict[str, np.ndarray]], plain: tuple[dict[str, n
 def candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows) -> tuple[str, ...]:
     """For a candidate ONNX file: inputs it takes in another float type (the samples are cast to it), and
     FP16 nodes that ONNX Runtime's CPU provider computes in FP32 (it has no FP16 kernel for them): the
-    report is true to what ran here, but not to an FP16 deployment."""
+    report is true to what ran here, but not to an FP16 deployment. For a candidate layerdiff made: that
+    it computes nothing below FP32, where so."""
+    if candidate.kind in ("ort-int8", "ort-fp16"):
+        return _nothing_reduced(model, candidate, rows)
     if candidate.kind != "onnx" or candidate.executed is None:
         return ()
     from onnx import TensorProto
@@ -63,3 +66,15 @@ def candidate_warnings(model: LoadedModel, candidate: Candidate, pairing, rows) 
                         "FP16 kernel): their outputs are not rounded to FP16 in these numbers (their FP16 weights are); "
                         "--candidate ort-fp16 emulates the rounding")
     return tuple(warnings)
+
+
+def _nothing_reduced(model: LoadedModel, candidate: Candidate, rows) -> tuple[str, ...]:
+    """A warning where no row of the candidate ran below FP32 (a model whose ops all sit inside If, Loop
+    or Scan subgraphs, which ONNX Runtime's quantizer does not enter)."""
+    if any(row.precision not in ("fp32", "unknown") for row in rows if row.kind in ("layer", "conversion")):
+        return ()
+    nested = sorted({lay.op for lay in model.layers if lay.op in ("If", "Loop", "Scan")})
+    why = (f": ONNX Runtime's quantizer does not enter the {'/'.join(nested)} subgraphs that hold this model's "
+           "computation" if nested and candidate.kind == "ort-int8" else "")
+    return (f"{candidate.spec} computes nothing below FP32 on this model{why}; every figure here is FP32 "
+            "against FP32",)
