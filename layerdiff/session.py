@@ -369,9 +369,10 @@ class Session:
         if found:
             rows = planned()
             first = next(iter(found))
+            where = "the deployed value of that name" if found[first] == first else f"'{found[first]}'"
             doubts = (f"{len(found)} tensor(s) were read by their values: ONNX Runtime rewrote the graph beyond "
                       f"what layerdiff pairs by structure, and a deployed value holds each on the samples "
-                      f"checked (e.g. '{first}' = '{found[first]}')",)
+                      f"checked (e.g. '{first}' read from {where})",)
         held = output_names(self.model, candidate)  # the candidate's graph outputs: compared with its plain run
         graph_outputs = [o for o in dict.fromkeys(held.values()) if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,

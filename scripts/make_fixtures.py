@@ -452,6 +452,31 @@ def make_split_heads() -> onnx.ModelProto:
     return _model(graph)
 
 
+def make_nhwc_pool() -> onnx.ModelProto:
+    """A channels-last export (tf2onnx, keras2onnx): the image comes in NHWC and a Transpose makes it NCHW;
+    two Convs share one bias, and a tensor is named as onnxruntime.quantization would name that bias's
+    copy (`b` + `0`); a MaxPool follows each Conv+Relu. ONNX Runtime's QDQ propagation moves the
+    QuantizeLinear above the Transpose and above each MaxPool, so the MaxPool runs on INT8.
+
+        x [1,16,16,3] -> transpose (0,3,1,2) -> conv a (bias b) -> relu -> b0 -> maxpool -> p1
+                                                 conv c (bias b) <- p1 -> relu -> maxpool -> y [1,4,4,4]
+    """
+    rng = np.random.default_rng(13)
+    inits = [_init("wa", rng.normal(0, 0.4, (4, 3, 3, 3)).astype(np.float32)),
+             _init("wc", rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32)),
+             _init("b", rng.normal(0, 0.1, (4,)).astype(np.float32))]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["xt", "wa", "b"], ["ca"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["ca"], ["b0"], name="relu_a"),
+             helper.make_node("MaxPool", ["b0"], ["p1"], name="pool_a", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "wc", "b"], ["cc"], name="conv_c", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["cc"], ["rc"], name="relu_c"),
+             helper.make_node("MaxPool", ["rc"], ["y"], name="pool_c", kernel_shape=[2, 2], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "nhwc_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])], inits)
+    return _model(graph)
+
+
 def make_cnn_inputs() -> dict[str, np.ndarray]:
     """Example inputs for cnn.onnx: four smooth synthetic 32x32 colour patterns (gradients and rings),
     one sample per file; they are test data, labelled as such, not photos."""
@@ -480,6 +505,7 @@ def build_all() -> dict[str, onnx.ModelProto]:
         "lstm_state.onnx": make_lstm_state(),
         "cse_twins.onnx": make_cse_twins(),
         "split_heads.onnx": make_split_heads(),
+        "nhwc_pool.onnx": make_nhwc_pool(),
     }
 
 

@@ -50,7 +50,36 @@ def fold_weights(model: LoadedModel) -> onnx.ModelProto:
     read = {t for lay in model.layers if lay.name not in model.weight_layers for t in lay.inputs}
     read |= {o.name for o in out.graph.output}
     out.graph.initializer.extend(numpy_helper.from_array(v, name) for name, v in folded.items() if name in read)
+    _own_biases(out.graph)
     return out
+
+
+_BIAS_SLOT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def _own_biases(graph: onnx.GraphProto) -> None:
+    """Give each reader of a bias that several Convs or Gemms share a copy of its own, under a name no
+    tensor has: onnxruntime.quantization otherwise copies it itself as NAME + a number, which can be the
+    name of a tensor the graph computes (a tf2onnx export's 'conv1d_25' beside 'conv1d_252')."""
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        slot = _BIAS_SLOT.get(node.op_type)
+        if slot is not None and node.domain in ("", "ai.onnx") and len(node.input) > slot and node.input[slot] in inits:
+            readers.setdefault(node.input[slot], []).append(node)
+    taken = {t for n in graph.node for t in (*n.input, *n.output)} | set(inits) | {i.name for i in graph.input}
+    for name, nodes in readers.items():
+        for k, node in enumerate(nodes[1:], start=1):
+            copy_name, n = f"{name}/bias_of_{node.name or k}", 0
+            while copy_name in taken:
+                n += 1
+                copy_name = f"{name}/bias_of_{node.name or k}_{n}"
+            taken.add(copy_name)
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = copy_name
+            graph.initializer.append(copy)
+            node.input[_BIAS_SLOT[node.op_type]] = copy_name
 
 
 def _weight_values(model: LoadedModel) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ from layerdiff.backends.ort import OrtSource, make_session, optimized_model
 from layerdiff.backends.ortclaims import holders
 from layerdiff.backends.ortaliases import SIDE, OrtAliases, same_shape
 from layerdiff.backends.ortlayout import follow_layouts
-from layerdiff.backends.ortops import EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
+from layerdiff.backends.ortops import COMMUTES_WITH_ROUNDING, EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
 from layerdiff.rewrite import with_nodes, with_outputs
@@ -48,10 +48,10 @@ class OrtKernels(OrtAliases):
     missing = "fused inside a kernel of the candidate: no value of it exists"
 
     def __init__(self, candidate: onnx.ModelProto, blob: bytes, providers: list | None = None,
-                 level: str = "all", expect_provider: str | None = None):
+                 level: str = "all", expect_provider: str | None = None, derived_from: bytes | None = None):
         self.providers, self.level, self.expect_provider = providers, level, expect_provider
         self.cblob, self.coutputs = blob, [o.name for o in candidate.graph.output]
-        self.blob = optimized_model(blob, providers, level)
+        self.blob = optimized_model(blob, providers, level, derived_from=derived_from)
         self.graph = onnx.ModelProto.FromString(self.blob).graph
         self.kproducer = {o: n for n in self.graph.node for o in n.output if o}
         self.kinputs = {i.name for i in self.graph.input}
@@ -63,6 +63,7 @@ class OrtKernels(OrtAliases):
         self.cnames = {n.name for n in cgraph.node if n.name}
         self._cnodes = {n.name: n for n in cgraph.node if n.name}
         self._derivations: dict[str, list[onnx.NodeProto] | None] = {}
+        self._exact: set[str] = set()  # tensors computed beside the graph in place of their rounded alias
         self._lock = threading.RLock()
         self._info: dict[str, tuple[str, list]] | None = None
         self._types: dict[str, str] = {}
@@ -125,7 +126,10 @@ class OrtKernels(OrtAliases):
 
     def view(self, tensor: str) -> str:
         """"quantized" when the deployed candidate holds `tensor` only as an integer kernel's INT8 output."""
-        return self.aliases[tensor][2] if tensor in self.aliases else ""
+        if tensor not in self.aliases:
+            return ""
+        self.derivation(tensor)  # (where the op is computed exactly beside the graph, it is not rounded)
+        return "" if tensor in self._exact else self.aliases[tensor][2]
 
 
     def derivation(self, tensor: str) -> list[onnx.NodeProto] | None:
@@ -141,7 +145,9 @@ class OrtKernels(OrtAliases):
         if self._surviving(tensor):
             result = []
         elif tensor in self.aliases:
-            result = list(self.aliases[tensor][1])  # nodes beside the graph, named already
+            result = self._exact_before_rounding(tensor, depth)
+            if result is None:
+                result = list(self.aliases[tensor][1])  # nodes beside the graph, named already
         elif depth < 8 and tensor in self.cproducer and self.cproducer[tensor].op_type in EXACT_STEPS:
             node = self.cproducer[tensor]
             steps: list[onnx.NodeProto] = []
@@ -157,6 +163,26 @@ class OrtKernels(OrtAliases):
                 result = steps + [node]
         self._derivations[tensor] = result
         return result
+
+    def _exact_before_rounding(self, tensor: str, depth: int) -> list[onnx.NodeProto] | None:
+        """Where the deployed graph holds `tensor` only rounded because ONNX Runtime moved the candidate's
+        QuantizeLinear above the op that computes it (a MaxPool, a Transpose: ops that commute with a
+        per-tensor rounding), the op itself computed beside the graph from its float input: the value the
+        candidate names, exactly; the rounding stays with the conversion row that does it."""
+        node = self.cproducer.get(tensor)
+        if self.aliases[tensor][2] != "quantized" or node is None or node.op_type not in COMMUTES_WITH_ROUNDING \
+                or depth >= 8:
+            return None
+        steps: list[onnx.NodeProto] = []
+        for name in node.input:
+            if not name or name in self.cinits:
+                continue
+            sub = self._derive(name, depth + 1)
+            if sub is None or self.view(name) == "quantized":
+                return None
+            steps += [s for s in sub if s not in steps]
+        self._exact.add(tensor)
+        return steps + [node]
 
     def available(self, tensor: str) -> bool:
         return self.derivation(tensor) is not None
@@ -174,6 +200,7 @@ class OrtKernels(OrtAliases):
                 knode = self._behind(self.kproducer.get(holder.ktensor))
                 aliases[tensor] = (knode, holder.nodes(SIDE + tensor), "quantized" if holder.params else "")
             self._derivations.clear()
+            self._exact.clear()
         return {t: h.ktensor for t, h in found.items()}
 
     def matches_plain(self) -> bool | None:

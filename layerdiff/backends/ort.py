@@ -211,8 +211,8 @@ def make_session(model: bytes | str, providers: list | None = None, what: str = 
     return Session(sess, sess.get_providers()[0], derived_from, what)
 
 
-def optimized_model(model: bytes, providers: list | None = None, level: str = "all", what: str = "candidate"
-                    ) -> bytes:
+def optimized_model(model: bytes, providers: list | None = None, level: str = "all", what: str = "candidate",
+                    derived_from: bytes | None = None) -> bytes:
     """The graph ONNX Runtime really runs for `model` at optimization `level`: its kernels after every
     fusion and layout change, as ONNX Runtime itself writes it (`optimized_model_filepath`). Valid on
     this machine only (it may hold hardware-specific layouts)."""
@@ -222,6 +222,10 @@ def optimized_model(model: bytes, providers: list | None = None, level: str = "a
         try:
             ort.InferenceSession(model, so, providers=providers or ["CPUExecutionProvider"])
         except _ORT_ERRORS as err:
+            if derived_from is not None:  # a model layerdiff built: the user's own error first, if any
+                make_session(derived_from, providers, "model", level=level)
+                raise RuntimeError(f"ONNX Runtime cannot load the {what} layerdiff built from the model: "
+                                   f"{first_line(err)}") from err
             raise BackendError(f"ONNX Runtime cannot load the {what}: {first_line(err)}") from err
         return Path(so.optimized_model_filepath).read_bytes()
 

@@ -72,7 +72,7 @@ class OrtRunner:
         if self._view is not None:
             return self._view(self)
         if self.capture == "kernels":
-            return OrtKernels(self.executed, self.blob, self.providers, self.level, self.expect)
+            return OrtKernels(self.executed, self.blob, self.providers, self.level, self.expect, self.derived_from)
         return MarkedOutputs(self)
 
 

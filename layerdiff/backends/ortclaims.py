@@ -53,10 +53,12 @@ class Holder:
         for step, value in (("/core", self.core), ("/shape", self.shape)):
             out.append(helper.make_node("Constant", [], [side + step + "_dims"], name=side + step + "_dims",
                                         value=numpy_helper.from_array(np.array(value, np.int64))))
-        out += [helper.make_node("Reshape", [held, side + "/core_dims"], [side + "/core"], name=side + "/core"),
-                helper.make_node("Transpose", [side + "/core"], [side + "/arranged"], name=side + "/arranged",
-                                 perm=list(self.perm)),
-                helper.make_node("Reshape", [side + "/arranged", side + "/shape_dims"], [side], name=side)]
+        out.append(helper.make_node("Reshape", [held, side + "/core_dims"], [side + "/core"], name=side + "/core"))
+        arranged = side + "/core"
+        if self.perm != tuple(range(len(self.perm))):  # (a value of one number has no axes to arrange)
+            arranged = side + "/arranged"
+            out.append(helper.make_node("Transpose", [side + "/core"], [arranged], name=arranged, perm=list(self.perm)))
+        out.append(helper.make_node("Reshape", [arranged, side + "/shape_dims"], [side], name=side))
         return tuple(out)
 
 

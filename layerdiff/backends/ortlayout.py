@@ -21,6 +21,7 @@ from layerdiff.backends.ortops import KEEPS_LAYOUT, NCHWC_DOMAIN, NHWC_DOMAIN
 from layerdiff.topology import node_order
 
 BLOCKED = "blocked"
+_CARRIERS = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast", "Identity"})
 
 
 def follow_layouts(graph: onnx.GraphProto, shapes: dict[str, list | None], cproducer: dict[str, onnx.NodeProto],
@@ -45,7 +46,9 @@ def follow_layouts(graph: onnx.GraphProto, shapes: dict[str, list | None], cprod
         # a constant operand is transposed by ONNX Runtime to the layout of the value it meets
         data = [t for t in node.input if t and t not in constant]
         ins = [layouts.get(t) for t in data]
-        if len(data) == 1 and ins[0] != BLOCKED and (node.op_type in KEEPS_LAYOUT or node.op_type == "Squeeze"):
+        # (not Q/DQ and casts: ONNX Runtime moves those themselves, above a Transpose that stays)
+        if len(data) == 1 and ins[0] != BLOCKED and node.op_type not in _CARRIERS and (
+                node.op_type in KEEPS_LAYOUT or node.op_type == "Squeeze"):
             ins = [_through_moved_transpose(node, data[0], ins[0], shapes, cproducer, cnodes, cconsumers)]
         result = _node_layout(node, outs[0] if outs else "", data, ins, shapes, cproducer, cnodes, values)
         for o in outs:

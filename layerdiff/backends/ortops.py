@@ -33,6 +33,9 @@ OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QGemm": (7, 8
 # ops that move INT8 values without changing them: the scale and zero point are those of their input
 DATA_MOVEMENT = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice", "Gather",
                             "Split", "Resize", "DepthToSpace", "SpaceToDepth", "Identity"})
+# data movement that commutes with a per-tensor rounding: op(round(x)) == round(op(x)), exactly
+COMMUTES_WITH_ROUNDING = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "MaxPool", "Slice",
+                                    "Gather", "Split", "DepthToSpace", "SpaceToDepth", "Identity"})
 LOW = {"tensor(int8)": "int8", "tensor(uint8)": "int8", "tensor(int16)": "int16", "tensor(uint16)": "int16",
         "tensor(int4)": "int4", "tensor(uint4)": "int4", "tensor(float8e4m3fn)": "fp8", "tensor(float8e5m2)": "fp8"}
 
