@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from layerdiff.cost import unsteady
+from layerdiff.diffs import output_rel_rms
 from layerdiff.progress import Progress as ProgressFn
 from layerdiff.report import LayerDiff, Report, amplifiers, error_growth, precision_audit, rank_layers
 
@@ -114,10 +115,14 @@ def _amplifying(report: Report, console: Console) -> None:
     layers across which the accumulated error grew most, largest drop first."""
     amp = amplifiers(report.layers)
     if amp:  # one row a line: the summary fits 80 columns, piped too
-        _line(console, "amplifies most (error out over error in; accumulated cosine in -> out):")
+        # in relative RMS error, the measure amplification is the ratio of (a cosine can rise across a row
+        # whose error grows, on an output of two numbers)
+        _line(console, "amplifies most (error out over error in; relative RMS error in -> out):")
         for lay in amp:
+            out = output_rel_rms(lay)
+            carried = math.sqrt(max(out * out - (lay.local_rel_rms or 0.0) ** 2, 0.0))
             _line(console, f"  {shorten(lay.name, 40)} x{lay.amplification:.3g}  "
-                           f"{_change(lay.input_cosine, lay.cosine)}")
+                           f"{carried / lay.amplification:.3g} -> {out:.3g}")
     if report.first_divergence is None:
         grew = error_growth(report.layers)
         if grew:

@@ -249,7 +249,7 @@ GREW = 1e-6  # a drop of the accumulated cosine across a row smaller than this i
 def amplifiers(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) -> list[LayerDiff]:
     """The layer rows that multiply the error they inherit most (`amplification`), most first."""
     rows = [lay for lay in layers if lay.kind == "layer" and lay.amplification is not None
-            and lay.amplification >= AMPLIFIES and _out_rel(lay) >= NOTICEABLE]
+            and lay.amplification >= AMPLIFIES and output_rel_rms(lay) >= NOTICEABLE]
     return sorted(rows, key=lambda lay: (-lay.amplification, lay.index))[:n]
 
 
@@ -261,7 +261,7 @@ def error_growth(layers: tuple[LayerDiff, ...] | list[LayerDiff], n: int = 3) ->
     return sorted(rows, key=lambda lay: (lay.cosine - lay.input_cosine, lay.index))[:n]
 
 
-def _out_rel(lay: LayerDiff) -> float:
+def output_rel_rms(lay: LayerDiff) -> float:
     vals = [o.accumulated.worst.rel_rms for o in lay.outputs if o.accumulated is not None]
     vals = [v for v in vals if not math.isnan(v)]
     return max(vals) if vals else 0.0
