@@ -290,5 +290,8 @@ def exact_sources(proto: onnx.ModelProto) -> dict[str, str]:
 
 def claimed_missing(rows: list[Row], pairing, deployment) -> list[str]:
     """The candidate tensors the rows say have no value in the deployed candidate (`deployment.missing`)."""
-    return sorted({pairing.candidate(o.tensor) or o.tensor for r in rows for o in r.outputs
-                   if o.candidate is None and o.reason == deployment.missing})
+    # (a tensor read already, whose model tensor is said fused for a Relu the rounding clips, is no claim
+    # about the deployed graph's values)
+    return sorted(c for c in {pairing.candidate(o.tensor) or o.tensor for r in rows for o in r.outputs
+                              if o.candidate is None and o.reason == deployment.missing}
+                  if not deployment.available(c))

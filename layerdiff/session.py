@@ -365,9 +365,10 @@ class Session:
         rows, doubts = planned(), ()
         claimed = claimed_missing(rows, pairing, deployment)
         # every "no value of it exists" is checked against the deployed graph's values before it is said
-        found = deployment.check_missing(claimed, self.samples.feeds) if claimed else None
-        if found:
+        found = deployment.check_missing(claimed, self.samples.feeds)
+        if found is not None:  # (a pairing the check found wrong is gone, one it found is new)
             rows = planned()
+        if found:
             first = next(iter(found))
             where = "the deployed value of that name" if found[first] == first else f"'{found[first]}'"
             doubts = (f"{len(found)} tensor(s) were read by their values: ONNX Runtime rewrote the graph beyond "

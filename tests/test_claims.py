@@ -129,3 +129,24 @@ def test_a_transpose_moved_below_a_slice_is_followed_by_structure():
     assert layouts["S1_out"] == (1, 3, 0, 2, 4) and layouts["tok1"] == layouts["S1_out"]
     assert layouts["tok2"] == (0, 2, 1, 3)  # q's axes, the sliced axis gone
     assert layouts["tok3"] is None  # the model's qT, in its own layout
+
+
+def test_a_read_through_a_wrong_layout_is_caught(monkeypatch):
+    """A square value transposed the wrong way passes every shape check: the structure read H and W
+    swapped. Every read through a permutation is checked against the candidate's own value; a wrong one
+    is dropped and the value found by its numbers, so the figures are the ones the right layout gives."""
+    def compare():
+        return layerdiff.compare(FIXTURES / "qlinear_chain.onnx", str(FIXTURES / "qlinear_chain_qdq.onnx"),
+                                 inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+
+    right = compare()
+    real = OrtKernels.layout
+    monkeypatch.setattr(OrtKernels, "layout",
+                        lambda self, t: (0, 3, 2, 1) if real(self, t) == (0, 2, 3, 1) else real(self, t))
+    checked = compare()
+    assert any("read by their values" in w for w in checked.warnings)
+    for lay in right.layers:
+        for a, b in zip(lay.outputs, checked.layer(lay.name).outputs):
+            assert a.paired == b.paired, a.tensor
+            if a.paired:
+                assert b.accumulated.worst.cosine == pytest.approx(a.accumulated.worst.cosine, abs=1e-6), a.tensor

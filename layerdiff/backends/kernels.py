@@ -30,7 +30,7 @@ import onnx
 
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
-from layerdiff.backends.ortclaims import holders
+from layerdiff.backends.ortclaims import holders, misread
 from layerdiff.backends.ortaliases import SIDE, OrtAliases, same_shape
 from layerdiff.backends.ortlayout import follow_layouts
 from layerdiff.backends.ortops import COMMUTES_WITH_ROUNDING, EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
@@ -193,7 +193,17 @@ class OrtKernels(OrtAliases):
     def check_missing(self, tensors: Sequence[str], feeds) -> dict[str, str] | None:
         """Check that no value of the deployed graph holds `tensors` (ortclaims): one that does is read
         from it from now on. {tensor: the value holding it}."""
-        found = holders(self, list(tensors), list(feeds))
+        feeds = list(feeds)
+        # every read through a permutation is checked too: a layout followed wrongly must not be read
+        permuted = [t for t, (_, nodes, _) in self.aliases.items()
+                    if any(n.op_type == "Transpose" and n.name.startswith(SIDE) for n in nodes)]
+        wrong = misread(self, permuted, feeds[0]) if permuted and feeds else []
+        with self._lock:
+            for tensor in wrong:
+                del self.aliases[tensor]
+            self._derivations.clear()
+            self._exact.clear()
+        found = holders(self, list(tensors) + wrong, feeds)
         with self._lock:
             aliases = self.aliases
             for tensor, holder in found.items():

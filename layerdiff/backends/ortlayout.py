@@ -118,6 +118,10 @@ def _node_layout(node: onnx.NodeProto, ktensor: str, data: list[str], ins: list,
         own = cproducer.get(ktensor)
         if own is None or own.op_type != "Transpose":
             own = cnodes.get(node.name)
+            # a name is only a tie-break: the model's Transpose of that name reads this value, or this one
+            # reads a value ONNX Runtime renamed (ONNX Runtime names Transposes it inserts "Transpose" too)
+            if own is not None and own.input and data and own.input[0] != data[0] and data[0] in cproducer:
+                own = None
         if first == BLOCKED or perm is None:
             return BLOCKED
         composed = tuple(first[i] for i in perm) if first is not None else perm
