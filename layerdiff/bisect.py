@@ -44,6 +44,8 @@ from layerdiff.session import Session, prepare
 from layerdiff.specs import IMPORTED, SPECS
 from layerdiff.target import Target
 
+MAX_ROUNDS = 4  # counterexamples taken from the validation samples, one a round
+STEADIEST = 4  # passing plans of the answer's size compared on the validation samples
 FINALISTS = 4  # --objective time: the equally small passing plans timed in turns to choose the answer
 CLEARLY_FASTER = 0.05  # ... and one replaces objective pins' answer only when this much faster, and its p90
 # below that answer's median: on this shared 2-core machine, medians of one plan move by 20% between turns
@@ -56,6 +58,19 @@ class Holdout:
     value: float
     per_sample: tuple[float, ...]
     holds: bool
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The answer on the validation samples left after the search took its counterexamples."""
+
+    samples: int  # validation samples the answer was last checked on
+    source: str
+    value: float  # the worst of them (nan: none left)
+    failing: int
+    holds: bool
+    counterexamples: tuple[str, ...]  # validation samples an earlier answer failed, moved to the search
+    searched: int  # search samples the answer rests on
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,7 @@ class BisectResult:
     # the step after the search that Ctrl-C stopped ("held-out check", "evidence", "timing"); the steps after
     # it did not run either. The search's answer stands; the recipe says what was not done.
     interrupted_at: str = ""
+    validation: Validation | None = None
 
     @property
     def passed(self) -> bool:
@@ -123,6 +139,42 @@ def split_samples(samples: Samples) -> tuple[Samples, Samples | None]:
                     names=samples.names[:n - k]),
             replace(samples, feeds=samples.feeds[n - k:], names=samples.names[n - k:],
                     source=f"{samples.source} (samples {n - k + 1}-{n} of {n}, held out)"))
+
+
+def split_roles(samples: Samples, holdout_given: bool = False) -> tuple[Samples, Samples | None, Samples | None]:
+    """(search, validation, held out) from one set of samples, in order: a quarter (at least one) held out
+    when there are two or more (none when --holdout names them), a quarter (at least one) for validation
+    when four or more remain (three searched on at least), the rest searched on."""
+    n = len(samples)
+    held = 0 if holdout_given or n < 2 else max(1, round(n / 4))
+    val = max(1, round(n / 4)) if n - held >= 4 else 0
+    cut = n - held - val
+
+    def part(a: int, b: int, role: str) -> Samples | None:
+        if b <= a:
+            return None
+        return replace(samples, feeds=samples.feeds[a:b], names=samples.names[a:b],
+                       source=f"{samples.source} (samples {a + 1}-{b} of {n}{role})")
+
+    return part(0, cut, ""), part(cut, cut + val, ", validation"), part(cut + val, n, ", held out")
+
+
+def prepare_roles(model, *, inputs=None, calib=None, holdout=None, **kwargs
+                  ) -> tuple[Session, Samples | None, Samples | None]:
+    """A session on the search samples, the validation samples and the held-out samples (`holdout`, a
+    path, when given). Without `calib`, calibration uses the search samples only."""
+    session = prepare(model, inputs=inputs, calib=calib, **kwargs)
+    held = None
+    if holdout is not None:
+        from layerdiff.inputs import load_samples, parse_shapes
+
+        shapes = parse_shapes(tuple(kwargs.get("shapes", ()) or ()), session.model.inputs)
+        held = load_samples(holdout, session.model.inputs, shapes, kwargs.get("seed", 1), what="--holdout")
+    search, validation, split_held = split_roles(session.samples, holdout_given=held is not None)
+    held = held if held is not None else split_held
+    if search is not None and len(search) < len(session.samples):
+        session = session.with_samples(search, None if calib is not None else search)
+    return session, validation, held
 
 
 def prepare_split(model, *, inputs=None, calib=None, holdout=None, **kwargs) -> tuple[Session, Samples | None]:
@@ -150,7 +202,7 @@ def _cores() -> int:
 
 
 def bisect(session: Session, candidate: str, target: Target, *, strategy: str = "auto",
-           holdout: Samples | None = None, max_pins: int | None = None, max_evals: int | None = None,
+           holdout: Samples | None = None, validation: Samples | None = None, max_pins: int | None = None, max_evals: int | None = None,
            jobs: int = 1, state: str | Path | None = None, backend: Any = None, evidence: bool = True,
            objective: str = "pins", bench: int | None = None, warmup: int = 10,
            on_start: Callable[[int, int, int], None] | None = None,
@@ -158,7 +210,9 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
            progress=None, cancel: threading.Event | None = None) -> BisectResult:
     """Search the plans of `candidate` (ort-int8, ort-fp16, trt-*, fake; or `backend`, a backend object
     such as FakeBackend, whose plans are `precision` with pins) for the fewest FP32 pins that meet
-    `target` on the session's samples, then check the answer on `holdout`. `on_start(pinnable, forced,
+    `target` on the session's samples, check each answer on `validation` (a sample it fails joins the
+    search, which goes on from its cache: a plan tried already runs on the new sample only; at most
+    MAX_ROUNDS times), then check the last answer on `holdout`. `on_start(pinnable, forced,
     most evaluations)` is called once before the search, `on_outcome(outcome, n, bound, cached)` after
     each evaluation. Ctrl-C (KeyboardInterrupt) or `cancel` end it with status "interrupted" and the
     best plan found so far.
@@ -206,13 +260,12 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         eval_bound(strategy, len(pinnable)) + (TIME_EVALS if objective == "time" and strategy == "auto" else 0)
     if bound < 2:
         raise BadInput("--max-evals is at least 2 (nothing pinned and everything pinned)")
-    ref_outputs = session.outputs_on(None, cancel=cancel)
+    # every sample the search may use: its own, then the validation samples (a counterexample joins it)
+    pool = _Pool(session, validation, target, lambda pins: make(pins | frozenset(forced)), cancel)
 
     def test(pins: frozenset[str]) -> Outcome:
         start = time.perf_counter()
-        cand = make(pins | frozenset(forced))
-        got = session.outputs_on(cand, cancel=cancel)
-        per = tuple(target.score(r, g) for r, g in zip(ref_outputs, got, strict=True))
+        per = pool.scores(pins, pool.active)  # runs the plan on the samples it was not run on yet
         value = target.worst(per)
         return Outcome(pins, value, per, target.passes(value), time.perf_counter() - start)
 
@@ -235,19 +288,38 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     def seen(outcome: Outcome, cached: bool) -> None:
         if not cached:
             count[0] += 1
-            store.add(outcome)
+            if len(outcome.per_sample) == len(session.samples):  # the resume file holds the first round's
+                store.add(outcome)
         if on_outcome:
             on_outcome(outcome, count[0], bound, cached)
 
     reserve = TIME_EVALS if costs is not None and strategy == "auto" and max_evals is None else 0
-    search = Search(pinnable, test, target.better, max_evals=bound, known=known, on_outcome=seen, jobs=jobs,
-                    cancel=cancel, cost=costs.of if costs is not None else None, reserve=reserve)
+    for o in known:  # (a resumed search's outcomes, on the search samples)
+        pool.remember(o.pins, o.per_sample)
     # plans evaluated side by side share the cores: on 2 cores, two sessions of one thread each evaluate
     # the PP-OCRv4 detector 25% faster than one after another with two threads each (scripts/bench_bisect.py)
     share = INTRA_OP_THREADS.set(max(1, _cores() // jobs)) if jobs > 1 else None
+    rounds: list[str] = []  # the validation samples the answers failed, each then searched on
+    fresh = 0
     try:
-        result = search.run(strategy)
-        status, outcome = result.status, result.outcome
+        while True:
+            known_now = pool.known()
+            search = Search(pinnable, test, target.better, max_evals=len(known_now) + bound - fresh,
+                            known=known_now, on_outcome=seen, jobs=jobs, cancel=cancel,
+                            cost=costs.of if costs is not None else None, reserve=reserve)
+            try:
+                result = search.run(strategy)
+                status, outcome = result.status, result.outcome
+            finally:
+                fresh += search.evaluations - len(known_now)
+            if not (outcome.passed and pool.waiting) or len(rounds) >= MAX_ROUNDS or status == "budget" \
+                    or bound - fresh < 2:
+                break
+            worst = pool.counterexample(outcome.pins)
+            if worst is None:
+                break
+            rounds.append(pool.name(worst))
+            pool.activate(worst)
     except (KeyboardInterrupt, Cancelled):
         status, outcome = "interrupted", search.best()
         if outcome is None:
@@ -255,6 +327,17 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
     finally:
         if share is not None:
             INTRA_OP_THREADS.reset(share)
+    if validation is not None and objective == "pins" and status in ("found", "budget") and outcome.passed:
+        try:  # among passing plans of the answer's size, the one that holds best on the validation samples
+            outcome = pool.steadiest(search, outcome)
+        except (KeyboardInterrupt, Cancelled):
+            status = "interrupted"
+    checked = None
+    if validation is not None and status != "interrupted":
+        try:
+            checked = pool.validate(outcome.pins, rounds)
+        except (KeyboardInterrupt, Cancelled):
+            status = "interrupted"
     baseline = search.cache.get(frozenset()) or outcome
     every = search.cache.get(frozenset(pinnable))
     if max_pins is not None and len(outcome.pins) > max_pins and status != "interrupted":
@@ -329,10 +412,14 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
             warnings.append("timing was interrupted: the recipe has no measured cost")
         except BackendError as err:
             warnings.append(f"the recipe could not be timed ({err})")
+    if checked is not None and not checked.holds and checked.samples:
+        warnings.insert(0, f"the answer fails {checked.failing} of {checked.samples} validation sample(s) after "
+                           f"{len(rounds)} counterexample round(s): {target.metric} {checked.value:.6g}; give more "
+                           "samples or --max-evals")
     return BisectResult(status, strategy, target, candidate, precision, outcome, baseline, every, pins, forced,
-                        len(pinnable), search.evaluations, bound, len(session.samples), held, tuple(warnings),
+                        len(pinnable), fresh + len(known), bound, len(pool.active), held, tuple(warnings),
                         calibration, objective, costs, timed, finalists, race_runs if len(finalists) > 1 else 0,
-                        stopped)
+                        stopped, checked)
 
 
 def _held_out(session: Session, cand: Candidate, holdout: Samples, target: Target, cancel) -> Holdout:
@@ -390,3 +477,92 @@ def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]
         return (f"the metric varies more between samples ({spread:.3g}) than the gap being closed ({gap:.3g}): "
                 "too few inputs to tell which pins matter; give more samples",)
     return ()
+
+
+class _Pool:
+    """The samples a search may use: its own (active) and the validation samples waiting, with every
+    plan's metric per sample, so a plan tried already runs on a new sample alone."""
+
+    def __init__(self, session: Session, validation: Samples | None, target: Target, realise, cancel):
+        self.session, self.target, self.realise, self.cancel = session, target, realise, cancel
+        own = session.samples
+        self.base = own
+        self.feeds = list(own.feeds) + (list(validation.feeds) if validation is not None else [])
+        self.names = [own.name(i) for i in range(len(own))] + \
+            ([validation.name(i) for i in range(len(validation))] if validation is not None else [])
+        self.validation_source = validation.source if validation is not None else ""
+        self.active = list(range(len(own)))
+        self.waiting = list(range(len(own), len(self.feeds)))
+        self.refs = list(session.outputs_on(None, cancel=cancel))
+        if validation is not None:
+            self.refs += list(session.outputs_on(None, validation, cancel))
+        self.per: dict[frozenset[str], dict[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+    def _subset(self, idx: list[int]) -> Samples:
+        return replace(self.base, feeds=tuple(self.feeds[i] for i in idx), names=tuple(self.names[i] for i in idx))
+
+    def scores(self, pins: frozenset[str], indices: list[int]) -> tuple[float, ...]:
+        with self._lock:
+            have = self.per.setdefault(pins, {})
+            missing = [i for i in indices if i not in have]
+        if missing:
+            got = self.session.outputs_on(self.realise(pins), self._subset(missing), self.cancel)
+            values = {i: self.target.score(self.refs[i], g) for i, g in zip(missing, got, strict=True)}
+            with self._lock:
+                have.update(values)
+        return tuple(have[i] for i in indices)
+
+    def remember(self, pins: frozenset[str], per_sample) -> None:
+        if len(per_sample) == len(self.active):
+            self.per.setdefault(pins, {}).update(zip(self.active, per_sample))
+
+    def known(self) -> list[Outcome]:
+        """The plans run on every active sample already, as outcomes on them."""
+        out = []
+        for pins, have in self.per.items():
+            if all(i in have for i in self.active):
+                per = tuple(have[i] for i in self.active)
+                value = self.target.worst(per)
+                out.append(Outcome(pins, value, per, self.target.passes(value)))
+        return out
+
+    def counterexample(self, pins: frozenset[str]) -> int | None:
+        """The waiting sample the plan fails worst (None: it passes them all)."""
+        values = self.scores(pins, self.waiting)
+        failing = [(v, i) for v, i in zip(values, self.waiting) if not self.target.passes(v)]
+        if not failing:
+            return None
+        worst = self.target.worst([v for v, _ in failing])
+        return next(i for v, i in failing if v == worst or (math.isnan(v) and math.isnan(worst)))
+
+    def activate(self, i: int) -> None:
+        self.waiting.remove(i)
+        self.active.append(i)
+
+    def steadiest(self, search: Search, outcome: Outcome) -> Outcome:
+        """Among the passing plans of `outcome`'s size (the best STEADIEST by the search's metric), the one
+        whose worst validation metric is best: a margin on the search samples alone is not one that
+        generalises. The search's answer wins ties."""
+        if not self.waiting:
+            return outcome
+        same = [o for o in search.cache.values() if o.passed and len(o.pins) == len(outcome.pins) and o is not outcome]
+        same.sort(key=lambda o: o.value, reverse=self.target.higher_is_better)
+        best, best_val = outcome, self.target.worst(self.scores(outcome.pins, self.waiting))
+        for o in same[:STEADIEST - 1]:
+            val = self.target.worst(self.scores(o.pins, self.waiting))
+            if self.target.better(val, best_val):
+                best, best_val = o, val
+        return best
+
+    def validate(self, pins: frozenset[str], rounds: list[str]) -> Validation:
+        if not self.waiting:
+            return Validation(0, self.validation_source, math.nan, 0, True, tuple(rounds), len(self.active))
+        values = self.scores(pins, self.waiting)
+        worst = self.target.worst(values)
+        failing = sum(1 for v in values if not self.target.passes(v))
+        return Validation(len(self.waiting), self.validation_source, worst, failing, failing == 0, tuple(rounds),
+                          len(self.active))

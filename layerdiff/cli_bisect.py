@@ -55,8 +55,9 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
               "dicts of one sample's outputs, returns a number; with --min or --max")
 @click.option("--outputs", multiple=True, metavar="SPEC", help="outputs the tolerance is on, comma-separated, each "
               "optionally sliced: 'output0[:, 4:]' (numpy basic indexing); default every float output")
-@click.option("--inputs", metavar="PATH", help="samples (.npz, a directory of them, or Polygraphy JSON); without "
-              "--holdout the last third are held out to check the answer")
+@click.option("--inputs", metavar="PATH", help="samples (.npz, a directory of them, or Polygraphy JSON): searched on, "
+              "a quarter to validate each answer (a sample it fails joins the search), and without --holdout the "
+              "last quarter held out to check the final answer")
 @click.option("--calib", metavar="PATH", help="calibration samples for INT8 (default: the search samples)")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
@@ -87,7 +88,7 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
     """Find the fewest ONNX nodes to keep in FP32 for the candidate to meet a tolerance."""
     from layerdiff.bench import check_runs
     from layerdiff.bisect import bisect as run_bisect
-    from layerdiff.bisect import prepare_split
+    from layerdiff.bisect import prepare_roles
     from layerdiff.console import make_console, progress_bar
     from layerdiff.files import check_writable
     from layerdiff.recipe import recipe_dict, write_recipe
@@ -102,14 +103,18 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
     out, err = make_console(), make_console(stderr=True)
     say = (lambda text: None) if quiet else (lambda text: err.print(text, markup=False, highlight=False))
     with progress_bar(err, quiet) as progress:
-        session, held = prepare_split(model, inputs=inputs, calib=calib, holdout=holdout, shapes=shapes, seed=seed,
-                                      calibration=calibration, optimization=ort_optimization)
+        session, validation, held = prepare_roles(model, inputs=inputs, calib=calib, holdout=holdout, shapes=shapes,
+                                                  seed=seed, calibration=calibration, optimization=ort_optimization)
         target = _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, session.model.outputs)
         if session.samples.random:
             say("no --inputs given: searching on seeded random inputs; pins found on random data may not be the "
                 "ones real data needs")
 
         def started(pinnable: int, forced: int, bound: int) -> None:
+            say(f"samples: {len(session.samples)} searched on"
+                + (f", {len(validation)} to validate each answer (a sample it fails joins the search)"
+                   if validation else "")
+                + (f", {len(held)} held out to check the final answer (never searched on)" if held else ""))
             extra = f" ({forced} more pinned in every plan: values beyond FP16's range)" if forced else ""
             say(f"bisect: {target.describe()}, worst of {len(session.samples)} sample(s); {pinnable} pinnable "
                 f"node(s){extra}; at most {bound} evaluations")
@@ -120,7 +125,8 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
                     f"{'pass' if outcome.passed else 'fail'}  {outcome.seconds:5.2f} s")
 
         try:
-            result = run_bisect(session, candidate, target, strategy=strategy, holdout=held, max_pins=max_pins,
+            result = run_bisect(session, candidate, target, strategy=strategy, holdout=held, validation=validation,
+                                max_pins=max_pins,
                                 max_evals=max_evals, jobs=jobs, state=resume, on_start=started, on_outcome=each,
                                 progress=progress, objective=objective, bench=bench, warmup=warmup)
         except KeyboardInterrupt:  # before any evaluation finished, or a second Ctrl-C after the search
@@ -166,8 +172,17 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         h = result.holdout
         held = (f"held out ({h.samples} sample(s)): {target.metric} {h.value:.7g}, "
                 f"{'holds' if h.holds else 'FAILS'}")
+    v = result.validation
+    checked = ""
+    if v is not None and v.samples:
+        checked = (f"validation ({v.samples} sample(s)): {target.metric} {v.value:.7g}, "
+                   f"{'holds' if v.holds else 'FAILS'}")
+    if v is not None and v.counterexamples:
+        checked += ("; " if checked else "") + f"searched on {v.searched} sample(s), counterexamples: " + \
+            ", ".join(clean(c) for c in v.counterexamples)
     if quiet:
-        print(f"{result.status}: {pins}; {target.metric} {o.value:.7g}" + (f"; {held}" if held else ""))
+        print(f"{result.status}: {pins}; {target.metric} {o.value:.7g}" + (f"; {checked}" if checked else "")
+              + (f"; {held}" if held else ""))
         for w in result.warnings:
             err.print(f"warning: {clean(w)}", markup=False, highlight=False)
         return
@@ -184,6 +199,8 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
         p(f"  {clean(pin.node)}  {pin.op}  " + "  ".join(x for x in (facts, covers) if x))
     if result.forced:
         p(f"  and {len(result.forced)} node(s) pinned in every plan (values beyond FP16's range)")
+    if checked:
+        p(f"  {checked}")
     if held:
         p(f"  {held}")
     if result.pin_costs is not None:

@@ -5,6 +5,7 @@ candidate to meet a tolerance, with the evidence, written by `bisect` and read b
      "model": {"path", "sha256"}, "candidate": {"spec", "precision", "calibration"},
      "tolerance": {"metric", "threshold", "outputs", "direction"},
      "achieved": {"value", "passed", "samples"}, "baseline": {"value", "all_pinned"},
+     "validation": {"samples", "source", "achieved", "failing", "holds", "counterexamples", "searched"} | null,
      "holdout": {"samples", "source", "achieved", "holds"} | null,
      "pins": [{"node", "op", "precision": "fp32", "covers", "engine_layers", "evidence"}],
      "forced": [...], "names_in_model": {node: {"name", "output"}}, "evaluations", "strategy",
@@ -82,6 +83,10 @@ class Recipe:
         out = []
         if isinstance(held, dict) and held.get("holds") is False:
             out.append("this recipe fails its held-out samples: check it with layerdiff apply before building with it")
+        checked = self.data.get("validation")
+        if isinstance(checked, dict) and checked.get("holds") is False:
+            out.append(f"this recipe fails {checked.get('failing', '?')} of its {checked.get('samples', '?')} validation "
+                       "sample(s): its search ran out of counterexample rounds or evaluations")
         if not self.finished:
             step = self.data.get("interrupted_at")
             if isinstance(step, str) and step:
@@ -130,6 +135,11 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
                      "per_sample": [_finite(v) for v in outcome.per_sample]},
         "baseline": {"value": _finite(result.baseline.value),
                      "all_pinned": _finite(result.all_pinned.value) if result.all_pinned is not None else None},
+        "validation": None if result.validation is None else {
+            "samples": result.validation.samples, "source": result.validation.source,
+            "achieved": _finite(result.validation.value), "failing": result.validation.failing,
+            "holds": result.validation.holds, "counterexamples": list(result.validation.counterexamples),
+            "searched": result.validation.searched},
         "holdout": None if result.holdout is None else {
             "samples": result.holdout.samples, "source": result.holdout.source,
             "achieved": _finite(result.holdout.value), "holds": result.holdout.holds},
