@@ -350,7 +350,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
             status, outcome = "max-pins", best
         else:
             outcome = best
-    warnings = list(_warnings(target, baseline, status))
+    warnings = list(_warnings(target, baseline, status)) + list(target.mixed_scales(pool.refs[0]))
     finalists: tuple[Finalist, ...] = ()
     race_runs = bench or DEFAULT_RUNS
     if costs is not None and status == "budget" and reserve == 0:
@@ -474,8 +474,12 @@ def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]
         return ()
     spread, gap = max(per) - min(per), abs(target.threshold - baseline.value)
     if math.isfinite(gap) and spread > gap:
-        return (f"the metric varies more between samples ({spread:.3g}) than the gap being closed ({gap:.3g}): "
-                "too few inputs to tell which pins matter; give more samples",)
+        # the worst of n samples moves by about the spread / sqrt(n): to bring that under the gap
+        need = math.ceil(len(per) * (spread / gap) ** 2) if gap > 0 else None
+        more = f" (about {need} searched on would bring that under the gap)" if need and need > len(per) else ""
+        return (f"the metric varies more between the {len(per)} samples the verdict rests on ({spread:.3g}) than "
+                f"the gap being closed ({gap:.3g}): too few inputs to tell which pins matter; give more "
+                f"samples{more}",)
     return ()
 
 

@@ -215,6 +215,29 @@ class Target:
             return self.worst_value
         return min(values) if self.higher_is_better else max(values)
 
+    def mixed_scales(self, reference: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+        """Warnings for whole outputs held to a cosine that mix values of very different scales along an
+        axis (a detector's boxes beside its class scores): the large ones decide the cosine alone."""
+        if self.fn is not None or self.metric != "cosine" or self.outputs:
+            return ()
+        out = []
+        for name, value in reference.items():
+            if value.dtype.kind != "f" or value.ndim < 2 or value.size < 8:
+                continue
+            for axis in range(1, value.ndim):
+                if not 2 <= value.shape[axis] <= 256 or value.size // value.shape[axis] < 8:
+                    continue  # (each slice a population of values: a classifier's probabilities are not)
+                other = tuple(a for a in range(value.ndim) if a != axis)
+                peaks = np.max(np.abs(value), axis=other)
+                big, small = float(np.max(peaks)), float(np.percentile(peaks, 10))
+                if small > 0 and big / small > 100 and np.count_nonzero(peaks > big / 10) < len(peaks) / 2:
+                    out.append(f"output '{name}' mixes values of very different scales along axis {axis} (largest "
+                               f"{big:.3g}, smallest {small:.3g}; a detector's boxes beside its scores?): a cosine "
+                               f"of the whole output is decided by the large ones; hold a slice to the tolerance "
+                               f"(--outputs '{name}[...]') or give --metric-fn")
+                    break
+        return tuple(out)
+
     def passes(self, value: float) -> bool:
         return value >= self.threshold if self.higher_is_better else value <= self.threshold
 

@@ -83,3 +83,20 @@ def test_without_validation_samples_the_search_is_the_one_it_was():
     without = bisect(session, "fake", target, holdout=held, backend=backend)
     assert {p.node for p in with_val.pins} == {p.node for p in without.pins}
     assert with_val.validation is not None and with_val.validation.holds and without.validation is None
+
+
+def test_a_whole_output_mixing_boxes_and_scores_is_warned_about():
+    from layerdiff.target import Target
+
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 640, (1, 4, 500))
+    scores = rng.uniform(0, 1, (1, 80, 500)) ** 4
+    yolo = {"out": np.concatenate([boxes, scores], axis=1).astype(np.float32)}
+    whole = Target.parse("cosine", 0.99, [], ["out"])
+    (warning,) = whole.mixed_scales(yolo)
+    assert "axis 1" in warning and "--outputs 'out[...]'" in warning
+    assert Target.parse("cosine", 0.99, ["out[:, 4:]"], ["out"]).mixed_scales(yolo) == ()
+    probs = {"probs": (rng.dirichlet(np.ones(10) * 0.1, size=1)).astype(np.float32)}
+    assert whole.mixed_scales(probs) == ()  # a classifier's probabilities
+    features = {"f": rng.normal(0, 1, (1, 64, 32)).astype(np.float32)}
+    assert whole.mixed_scales(features) == ()
