@@ -365,14 +365,15 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
         except BackendError as err:
             warnings.append(f"the finalists could not be timed ({err}): the answer is the search's")
     held, stopped = None, ""
-    if holdout is not None and status in ("met", "found", "budget", "max-pins") and outcome.passed:
+    # (at the budget the best plan so far is checked too, passing or not: the user learns what it achieves)
+    if holdout is not None and status in ("met", "found", "budget", "max-pins") and (outcome.passed or status == "budget"):
         try:
             held = _held_out(session, make(outcome.pins | frozenset(forced)), holdout, target, cancel)
         except (KeyboardInterrupt, Cancelled):
             stopped = "held-out check"
             warnings.append(f"interrupted during the held-out check: the answer was NOT checked on the "
                             f"{len(holdout)} held-out sample(s)")
-        if held is not None and not held.holds:
+        if held is not None and not held.holds and outcome.passed:
             warnings.append(f"the answer fails on the {len(holdout)} held-out sample(s): {target.metric} "
                             f"{held.value:.6g} against {target.threshold:g}; search on more samples (--inputs) "
                             "before trusting it")

@@ -4,6 +4,7 @@ layerdiff.cli."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -189,8 +190,11 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
     p = lambda text="": out.print(text, markup=False, highlight=False)  # noqa: E731
     p(line)
     all_pinned = f", all pinned {result.all_pinned.value:.7g}" if result.all_pinned is not None else ""
+    k, n = len(result.pins), result.pinnable
+    estimate = f"; 2k·log2(n/k) = {round(2 * k * math.log2(n / k))}" \
+        if result.strategy == "auto" and 0 < k < n else ""
     p(f"  baseline (nothing pinned) {result.baseline.value:.7g}{all_pinned}; {result.evaluations} evaluations "
-      f"({result.strategy})")
+      f"({result.strategy}{estimate})")
     for pin in result.pins:
         ev = pin.evidence
         local = ev.get("local_cosine")
