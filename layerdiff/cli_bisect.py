@@ -193,8 +193,8 @@ def _print_bisect(result, target, out, err, quiet, output) -> None:
     k, n = len(result.pins), result.pinnable
     estimate = f"; 2k·log2(n/k) = {round(2 * k * math.log2(n / k))}" \
         if result.strategy == "auto" and 0 < k < n else ""
-    p(f"  baseline (nothing pinned) {result.baseline.value:.7g}{all_pinned}; {result.evaluations} evaluations "
-      f"({result.strategy}{estimate})")
+    p(f"  baseline (nothing pinned) {result.baseline.value:.7g}{all_pinned}")
+    p(f"  {result.evaluations} evaluations ({result.strategy}{estimate})")
     for pin in result.pins:
         ev = pin.evidence
         local = ev.get("local_cosine")
