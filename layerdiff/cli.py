@@ -45,6 +45,9 @@ def cli() -> None:
 @click.option("--inputs", metavar="PATH", help="an .npz (one sample), a directory of .npz files, or a "
               "Polygraphy --save-inputs JSON file; without it, seeded random inputs are used")
 @click.option("--calib", metavar="PATH", help="calibration samples for INT8 (same formats; default: the inputs)")
+@click.option("--int8-placement", type=click.Choice(["trt", "ort-all"]), default="trt", show_default=True,
+              help="where ort-int8 puts Q/DQ: trt, as TensorRT's INT8 toolchain (ModelOpt) does; ort-all, in front "
+              "of every Conv, Gemm, MatMul, pooling and Add")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="calibration method for INT8")
 @click.option("--shape", "shapes", multiple=True, metavar="NAME:1x3x224x224",
@@ -91,7 +94,7 @@ def cli() -> None:
 @click.option("--tui", "open_ui", is_flag=True, help="then browse the report in the terminal UI")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar and no summary")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
-def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, output, save_candidate, save_emulation,
+def compare(model, candidate, inputs, calib, int8_placement, calibration, shapes, seed, top, output, save_candidate, save_emulation,
             engine_info, save_engine_info, max_memory, min_cosine, max_abs, min_speedup, max_size_ratio, bench, warmup,
             trt_profile, outputs, divergence_cosine, reference_provider, capture_mode, ort_optimization, cache_dir,
             open_ui, quiet, debug) -> int:
@@ -146,6 +149,7 @@ def compare(model, candidate, inputs, calib, calibration, shapes, seed, top, out
     out, err = make_console(), make_console(stderr=True)
     with progress_bar(err, quiet) as progress:
         session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
+                          int8_placement=int8_placement,
                           reference_provider=reference_provider, max_memory=budget, cache_dir=cache_dir,
                           optimization=ort_optimization, capture_mode=capture_mode,
                           reference_cache=0)  # one comparison per process: keeping every reference tensor saves nothing

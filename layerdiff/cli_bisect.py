@@ -60,6 +60,9 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
               "a quarter to validate each answer (a sample it fails joins the search), and without --holdout the "
               "last quarter held out to check the final answer")
 @click.option("--calib", metavar="PATH", help="calibration samples for INT8 (default: the search samples)")
+@click.option("--int8-placement", type=click.Choice(["trt", "ort-all"]), default="trt", show_default=True,
+              help="where ort-int8 puts Q/DQ: trt, as TensorRT's INT8 toolchain (ModelOpt) does; ort-all, in front "
+              "of every Conv, Gemm, MatMul, pooling and Add")
 @click.option("--calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True)
 @click.option("--holdout", metavar="PATH", help="samples to check the answer on (default: a split of --inputs)")
@@ -83,7 +86,8 @@ def _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, model_
               show_default=True, help="ONNX Runtime graph optimization level of the candidate")
 @click.option("-q", "--quiet", is_flag=True, help="no progress and no summary: the result line only")
 @click.option("--debug", is_flag=True, help="show tracebacks and the libraries' own log messages")
-def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, outputs, inputs, calib, calibration,
+def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, outputs, inputs, calib, int8_placement,
+           calibration,
            holdout, shapes, seed, strategy, objective, bench, warmup, max_pins, max_evals, jobs, resume, output,
            ort_optimization, quiet, debug) -> int:
     """Find the fewest ONNX nodes to keep in FP32 for the candidate to meet a tolerance."""
@@ -105,7 +109,8 @@ def bisect(model, candidate, min_cosine, metric, at_least, at_most, metric_fn, o
     say = (lambda text: None) if quiet else (lambda text: err.print(text, markup=False, highlight=False))
     with progress_bar(err, quiet) as progress:
         session, validation, held = prepare_roles(model, inputs=inputs, calib=calib, holdout=holdout, shapes=shapes,
-                                                  seed=seed, calibration=calibration, optimization=ort_optimization)
+                                                  seed=seed, calibration=calibration, optimization=ort_optimization,
+                                                  int8_placement=int8_placement)
         target = _tolerance(metric, min_cosine, at_least, at_most, metric_fn, outputs, session.model.outputs)
         if session.samples.random:
             say("no --inputs given: searching on seeded random inputs; pins found on random data may not be the "
@@ -331,7 +336,9 @@ def _realise_recipe(r, recipe_path, model, calib, inputs, shapes):
               f"{calib or inputs or 'seeded random inputs (give --calib for real samples)'}", file=sys.stderr)
     session = prepare(model, inputs=inputs, calib=calib, shapes=shapes or (),
                       calibration=calibration.get("method", "minmax"),
-                      optimization=r.candidate.get("ort_optimization", "all"))
+                      optimization=r.candidate.get("ort_optimization", "all"),
+                      # (a recipe from before placements were named used ort-all's)
+                      int8_placement=r.candidate.get("int8_placement", "ort-all"))
     load_recipe(recipe_path, session.model.sha256)  # refuses a recipe made for another model
     if r.precision == "int8" and not calib and r.candidate["spec"] == "ort-int8" and "ranges" in calibration:
         try:

@@ -25,6 +25,7 @@ def compare(
     shapes: tuple[str, ...] | list[str] = (),
     seed: int = 1,
     calibration: str = "minmax",
+    int8_placement: str = "trt",
     plan: PrecisionPlan | None = None,
     engine_info: str | Path | None = None,
     max_memory: int | None = None,
@@ -46,6 +47,7 @@ def compare(
     (onnxruntime-gpu's GPU providers) or 'fake' (injected errors, for tests). `outputs`: the output
     specs `min_cosine` checks (names, or slices such as 'output0[:, 4:]'; default every float output)."""
     session = prepare(model, inputs=inputs, calib=calib, shapes=shapes, seed=seed, calibration=calibration,
+                      int8_placement=int8_placement,
                       reference_provider=reference_provider, max_memory=max_memory, cache_dir=cache_dir,
                       optimization=optimization, capture_mode=capture_mode,
                       reference_cache=0)  # one comparison: a cache of every reference tensor would save nothing

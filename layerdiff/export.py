@@ -156,13 +156,15 @@ def ort(recipe: Recipe) -> str:
     return json.dumps(body, indent=1) + "\n"
 
 
-def ort_quantize_settings(op_types: set[str]) -> dict:
+def ort_quantize_settings(op_types: set[str], nodes: frozenset[str] | None = None) -> dict:
     """quantize_static's arguments for layerdiff's placement (Q/DQ on the inputs of TensorRT's quantized
-    op types, never on outputs), given the op types of the model."""
+    op types, never on outputs), given the op types of the model; `nodes`: the nodes the `trt` placement
+    quantizes (None: every node of those op types)."""
     from layerdiff.backends.int8 import TRT_QDQ_OPS
 
     return {"quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8", "per_channel": True,
             "op_types_to_quantize": list(TRT_QDQ_OPS),
+            **({"nodes_to_quantize": sorted(nodes)} if nodes is not None else {}),
             "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True,
                               "QDQKeepRemovableActivations": True,
                               "OpTypesToExcludeOutputQuantization": sorted(op_types)}}

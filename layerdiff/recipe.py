@@ -127,8 +127,9 @@ def recipe_dict(result, session, model_path: str) -> dict[str, Any]:
         "model": {"path": str(model_path), "sha256": session.model.sha256},
         "candidate": {"spec": result.spec, "precision": result.precision,
                       **({"calibration": dict(result.calibration)} if result.calibration else {}),
-                      **({"ort_quantize": ort_quantize_settings({n.op_type for n in session.model.proto.graph.node})}
-                         if result.spec == "ort-int8" else {}),
+                      **({"ort_quantize": ort_quantize_settings({n.op_type for n in session.model.proto.graph.node},
+                                                                session.quantizer.placed),
+                          "int8_placement": session.int8_placement} if result.spec == "ort-int8" else {}),
                       "ort_optimization": session.optimization},
         "tolerance": result.target.to_dict(),
         "achieved": {"value": _finite(outcome.value), "passed": outcome.passed, "samples": result.samples,

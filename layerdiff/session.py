@@ -28,6 +28,7 @@ from layerdiff.backends.calibrate import RangesCache, activations
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
+from layerdiff.backends.placement import PLACEMENTS
 from layerdiff.candidate_checks import candidate_warnings, exposed_vs_plain
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
@@ -68,13 +69,14 @@ def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = 
             shapes: tuple[str, ...] | list[str] = (), seed: int = 1, calibration: str = "minmax",
             reference_provider: str = "auto", max_memory: int | None = None, cache_dir: str | Path | None = None,
             optimization: str = "all", capture_mode: str = "kernels",
-            reference_cache: int = DEFAULT_REFERENCE_CACHE) -> Session:
+            reference_cache: int = DEFAULT_REFERENCE_CACHE, int8_placement: str = "trt") -> Session:
     """Load `model` and its samples once. `inputs`: an .npz, a directory of .npz files or a Polygraphy
     --save-inputs JSON (without it, one seeded random sample, and reports say so); `calib`: calibration
     samples for INT8 (default: the inputs); `shapes`: NAME:1x3x224x224 for dynamic dimensions;
     `optimization`: ONNX Runtime's graph optimization level of the deployed candidate (all, extended,
     basic, disabled); `capture_mode`: kernels (read what the deployed session computes) or mark-outputs
-    (every tensor an output, which blocks fusions)."""
+    (every tensor an output, which blocks fusions); `int8_placement`: where ort-int8 puts Q/DQ, trt
+    (as TensorRT's INT8 toolchain, ModelOpt, does) or ort-all (backends/placement.py)."""
     for what, value in (("inputs", inputs), ("calib", calib), ("cache_dir", cache_dir)):
         if value is not None and not isinstance(value, (str, Path)):
             raise BadInput(f"{what} is a path (str or Path), not {type(value).__name__}")
@@ -94,7 +96,7 @@ def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = 
     calib_samples = load_samples(calib, loaded.inputs, shape_map, seed, what="--calib") if calib else samples
     return Session(loaded, samples, calib_samples, providers_for(reference_provider), calibration=calibration,
                    max_memory=max_memory, cache_dir=Path(cache_dir) if cache_dir else None, optimization=optimization,
-                   capture_mode=capture_mode, reference_cache=reference_cache)
+                   capture_mode=capture_mode, reference_cache=reference_cache, int8_placement=int8_placement)
 
 
 def _explained(method):
@@ -119,7 +121,11 @@ class Session:
     def __init__(self, model: LoadedModel, samples: Samples, calib: Samples | None = None,
                  reference_providers: list | None = None, *, calibration: str = "minmax",
                  max_memory: int | None = None, cache_dir: Path | None = None, optimization: str = "all",
-                 capture_mode: str = "kernels", reference_cache: int = DEFAULT_REFERENCE_CACHE):
+                 capture_mode: str = "kernels", reference_cache: int = DEFAULT_REFERENCE_CACHE,
+                 int8_placement: str = "trt"):
+        if int8_placement not in PLACEMENTS:
+            raise BadInput(f"unknown INT8 placement '{int8_placement}'; use {' or '.join(PLACEMENTS)}")
+        self.int8_placement = int8_placement
         if capture_mode not in ("kernels", "mark-outputs"):
             raise BadInput(f"unknown capture mode '{capture_mode}'; use kernels or mark-outputs")
         self.model, self.samples = model, samples
@@ -151,7 +157,7 @@ class Session:
         """Calibration ranges and the all-INT8 QDQ model, made once and shared by every backend (the
         ranges read from --cache-dir when it holds them)."""
         return Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory,
-                             self._ranges_cache.load(activations(self.model)))
+                             self._ranges_cache.load(activations(self.model)), placement=self.int8_placement)
 
     def use_ranges(self, ranges) -> None:
         """Quantize with these calibration ranges (a recipe's) instead of calibrating; before any INT8
@@ -160,7 +166,7 @@ class Session:
             if "quantizer" in self.__dict__ or self._backends:
                 raise BadInput("use_ranges comes before the session's first INT8 candidate")
             self.__dict__["quantizer"] = Int8Quantizer(self.model, self.calib, self.calibration, self.max_memory,
-                                                       ranges)
+                                                       ranges, placement=self.int8_placement)
 
     def _make_backend(self, name: str):
         if name == "ort":
@@ -287,7 +293,7 @@ class Session:
         other = Session(self.model, samples, calib if calib is not None else self.calib, self.reference_providers,
                         calibration=self.calibration, max_memory=self.max_memory, cache_dir=self.cache_dir,
                         optimization=self.optimization, capture_mode=self.capture_mode,
-                        reference_cache=self.reference_cache)
+                        reference_cache=self.reference_cache, int8_placement=self.int8_placement)
         if calib is None and "quantizer" in self.__dict__:
             other.__dict__["quantizer"] = self.quantizer
         return other

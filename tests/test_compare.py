@@ -442,7 +442,9 @@ def test_real_model_final_output_matches_plain_run_of_saved_candidate(tmp_path):
     name = report.outputs[0].tensor
     cosines = [cosine64(run_plain(d / "model.onnx", feed)[name], run_plain(saved, feed)[name])
                for feed in session.samples.feeds]
-    assert report.output_metrics(name).cosine == pytest.approx(min(cosines), abs=1e-9)
+    # (the report's FP32 reference runs with ONNX Runtime's optimizations off, run_plain with them on: the
+    # FP32 MatMul+Add fused into one Gemm rounds apart by ~1e-8 in cosine)
+    assert report.output_metrics(name).cosine == pytest.approx(min(cosines), abs=1e-7)
     assert report.counts.compared + report.counts.fused_away == report.counts.float_tensors
     fp32 = [lay for lay in report.layers if lay.kind == "layer" and lay.precision == "fp32" and not lay.dequantized_inputs
             and lay.op in ("BatchNormalization", "Relu", "HardSigmoid")]

@@ -13,9 +13,11 @@ from layerdiff.inputs import load_samples
 from tests.conftest import FIXTURES, MODELS
 
 
-def _quantizer(name="cnn.onnx", inputs="cnn_inputs", method="minmax", budget=None):
+def _quantizer(name="cnn.onnx", inputs="cnn_inputs", method="minmax", budget=None, placement="ort-all"):
+    """(The mechanism's tests run on ort-all, the placement of every op type TensorRT can quantize; the
+    trt placement's own rules are tested in test_placement.py.)"""
     model = load_model(FIXTURES / name)
-    return Int8Quantizer(model, load_samples(FIXTURES / inputs, model.inputs, {}), method, budget)
+    return Int8Quantizer(model, load_samples(FIXTURES / inputs, model.inputs, {}), method, budget, placement=placement)
 
 
 def _semantic_run(model: onnx.ModelProto, feeds) -> list[list[np.ndarray]]:
@@ -47,7 +49,7 @@ def _quantizer_reference(q: Int8Quantizer, pins: set[str]) -> onnx.ModelProto:
 def test_derived_plans_equal_the_quantizers_own_model(name, inputs):
     if inputs is None:
         model = load_model(FIXTURES / name)
-        q = Int8Quantizer(model, load_samples(None, model.inputs, {"images": (2, 3, 16, 16)}, 3))
+        q = Int8Quantizer(model, load_samples(None, model.inputs, {"images": (2, 3, 16, 16)}, 3), placement="ort-all")
     else:
         q = _quantizer(name, inputs)
     names = sorted(q.quantized)
@@ -136,7 +138,7 @@ def _exposed(model, tensor, feed):
 def test_real_model_derived_plans_equal_the_quantizers():
     """PP-OCR's direction classifier (opset 11: ONNX Runtime's own Q/DQ ops carry the per-channel scales)."""
     model = load_model(MODELS / "ppocr_cls" / "model.onnx")
-    q = Int8Quantizer(model, load_samples(MODELS / "ppocr_cls" / "calib", model.inputs, {}))
+    q = Int8Quantizer(model, load_samples(MODELS / "ppocr_cls" / "calib", model.inputs, {}), placement="ort-all")
     assert q.contrib_qdq and len(q.quantized) > 100
     names = sorted(q.quantized)
     pins = set(np.random.default_rng(1).choice(names, 40, replace=False))
@@ -175,7 +177,7 @@ def test_a_constant_read_only_by_a_subgraph_body_survives_folding(tmp_path):
     (tmp_path / "in").mkdir()
     for i in range(4):
         (tmp_path / f"s{i}.npz").rename(tmp_path / "in" / f"s{i}.npz")
-    session = layerdiff.prepare(path, inputs=tmp_path / "in", reference_provider="cpu")
+    session = layerdiff.prepare(path, inputs=tmp_path / "in", reference_provider="cpu", int8_placement="ort-all")
     cand = session.candidate("ort-int8")
     assert cand.details["quantized_nodes"] == 1  # the MatMul
     report = session.compare(cand)
@@ -208,7 +210,7 @@ def test_a_graph_output_that_quantized_nodes_read_stays_fp32():
          helper.make_tensor_value_info("y1", TensorProto.FLOAT, [2, 16])], [wm, wg])
     model = from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     feeds = tuple({"a": rng.standard_normal((2, 16)).astype(np.float32)} for _ in range(3))
-    q = Int8Quantizer(model, Samples(feeds, "test"))
+    q = Int8Quantizer(model, Samples(feeds, "test"), placement="ort-all")
     base = q.base
     producer = {o: n for n in base.graph.node for o in n.output}
     assert producer["y1"].op_type == "Relu"

@@ -25,7 +25,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from layerdiff.backends.calibrate import calibrate
-from layerdiff.errors import BackendError
+from layerdiff.backends.placement import PLACEMENTS, trt_nodes
+from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
 from layerdiff.lazy import once
@@ -105,8 +106,11 @@ class Int8Quantizer:
     """Ranges and the all-INT8 QDQ model of one model and calibration set, made once and kept in memory."""
 
     def __init__(self, model: LoadedModel, calib: Samples, method: str = "minmax", budget: int | None = None,
-                 ranges=None):
+                 ranges=None, placement: str = "trt"):
+        if placement not in PLACEMENTS:
+            raise BadInput(f"unknown INT8 placement '{placement}'; use {' or '.join(PLACEMENTS)}")
         self.model, self.calib, self.method, self.budget = model, calib, method, budget
+        self.placement = placement
         self._ranges = ranges
         self._lock = threading.Lock()
 
@@ -160,10 +164,17 @@ class Int8Quantizer:
         also feeds some other readers of a quantized tensor through its DequantizeLinear)."""
         model = self.quantize()
         _outputs_stay_fp32(model)
-        others = {name for name, op in _dequantized_readers(model).items() if op not in TRT_QDQ_OPS}
+        placed = self.placed
+        others = {name for name, op in _dequantized_readers(model).items()
+                  if op not in TRT_QDQ_OPS or (placed is not None and name not in placed)}
         if others:
             _unquantize(model, self.source, others)
         return model
+
+    @once
+    def placed(self) -> frozenset[str] | None:
+        """The nodes the placement quantizes (None: every node of TRT_QDQ_OPS, `ort-all`)."""
+        return trt_nodes(self.source.graph) if self.placement == "trt" else None
 
     @once
     def quantized(self) -> frozenset[str]:
