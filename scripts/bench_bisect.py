@@ -83,9 +83,10 @@ def main() -> int:
     parser.add_argument("--cases", default="cnn,transformer,ppocr_cls,ppocr_det")
     parser.add_argument("--strategies", default="auto,prefix,suffix,rank")
     parser.add_argument("--jobs", default="1", help="comma-separated --jobs values to run each strategy with")
+    parser.add_argument("--int8-placement", default="trt", help="comma-separated placements (trt, ort-all)")
     args = parser.parse_args()
     rows = []
-    for case in args.cases.split(","):
+    for case, placement in ((c, p) for c in args.cases.split(",") for p in args.int8_placement.split(",")):
         model, inputs, calib, label = CASES[case]
         if not (ROOT / model).is_file():
             print(f"skipping {case}: {model} not found (run python scripts/get_models.py)", file=sys.stderr)
@@ -95,7 +96,8 @@ def main() -> int:
         holdout = ROOT / model.rsplit("/", 1)[0] / "holdout"
         session, held = prepare_split(ROOT / model, inputs=ROOT / inputs if inputs else None,
                                       calib=ROOT / calib if calib and (ROOT / calib).is_dir() else None,
-                                      holdout=holdout if holdout.is_dir() else None, reference_provider="cpu")
+                                      holdout=holdout if holdout.is_dir() else None, reference_provider="cpu",
+                                      int8_placement=placement)
         base = session.candidate("ort-int8")
         ref = session.outputs_on(None)
         probe = Target.parse("cosine", 0.0, [], session.model.outputs)
@@ -114,7 +116,7 @@ def main() -> int:
             holds = "-" if r.holdout is None else ("yes" if r.holdout.holds else "no")
             per_eval = wall / max(r.evaluations, 1)
             fewest = fewest_possible(session, target, ref, len(r.pins)) if r.outcome.passed else "-"
-            rows.append(f"| {label} ({n}) | {baseline:.6f} | {threshold:.6f} | {strategy} | {jobs} | {len(r.pins)} | "
+            rows.append(f"| {label} ({n}) | {placement} | {baseline:.6f} | {threshold:.6f} | {strategy} | {jobs} | {len(r.pins)} | "
                         f"{fewest} | {r.evaluations} / {eval_bound(strategy, n)} | {wall:.1f} | {per_eval:.3f} | "
                         f"{per_eval / plain:.2f} | {holds} | {r.status} |")
             print(rows[-1], file=sys.stderr, flush=True)
@@ -125,9 +127,9 @@ def main() -> int:
                   f"{'target met' if len(results['auto'].pins) <= max(1, best // 2) else 'not half'}"
                   f"{'' if ok else ' (MORE than contiguous)'}", file=sys.stderr)
     print()
-    print("| model (pinnable N) | baseline cosine | tolerance | strategy | jobs | pins | fewest possible | evaluations / bound | wall s | "
+    print("| model (pinnable N) | placement | baseline cosine | tolerance | strategy | jobs | pins | fewest possible | evaluations / bound | wall s | "
           "s per evaluation | x plain ORT run | holds on held-out | status |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)
     return 0
