@@ -191,7 +191,8 @@ def _layer_row(model, unit: Unit, value, pairing, deployment, engine_of, emulate
             if not _is_float(model, t):
                 key = key if deployment.available(key) else REFERENCE + t
             elif not deployment.available(key):
-                no_local = no_local or f"the value it reads in place of '{t}' ({key}) is not exposed by the candidate"
+                no_local = no_local or (f"the value it reads in place of '{t}' ({key}) is not exposed by the candidate"
+                                        if key != t else f"the value it reads, '{t}', is not exposed by the candidate")
             reads.append((lay, slot, t, key))
     if not any(o.candidate for o in outputs):
         no_local = no_local or "no output of it is compared"

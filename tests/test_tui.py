@@ -647,3 +647,12 @@ def test_a_cosine_under_1_is_never_printed_as_1():
     for v in (0.99999995, 0.9999999996, 1 - 2 ** -52):
         assert float(cosine_text(v)) < 1.0 and cosine_text(v).startswith("0.99999")
     assert cosine_text(1.0) == "1.000000"
+
+
+def test_the_summary_line_leads_with_the_output_cosine():
+    """A new user's header cut the output cosine off at 80 columns behind a long model name."""
+    from layerdiff import bench
+    from layerdiff.tui.app import LayerdiffApp
+
+    app = LayerdiffApp(bench.synthetic_report(60))
+    assert str(app._summary()).startswith("output cos ")

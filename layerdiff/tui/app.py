@@ -116,7 +116,8 @@ class LayerdiffApp(RecipeActions, App[None]):
         out = f"output cos {cosine_text(worst)}" if worst is not None else "output -"
         consts = sum(1 for lay in r.layers if lay.kind == "constant")
         rows = f"{len(r.layers) - consts} rows" + (f" +{consts} const" if consts else "")  # as compare counts them
-        return Text(f"{Path(r.model.path).name} · {r.candidate.spec} · {rows} · {out} · "  # text: a name is not markup
+        # the verdict first: a long model name cut at 80 columns must not take the output's cosine with it
+        return Text(f"{out} · {r.candidate.spec} · {Path(r.model.path).name} · {rows} · "  # text: a name is not markup
                     f"{r.inputs.samples} sample(s){' (random)' if r.inputs.random else ''}")
 
     def on_mount(self) -> None:
