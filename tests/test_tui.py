@@ -651,7 +651,6 @@ def test_a_cosine_under_1_is_never_printed_as_1():
 
 def test_the_summary_line_leads_with_the_output_cosine():
     """A new user's header cut the output cosine off at 80 columns behind a long model name."""
-    from layerdiff import bench
     from layerdiff.tui.app import LayerdiffApp
 
     app = LayerdiffApp(bench.synthetic_report(60))
