@@ -21,7 +21,7 @@ candidate does not expose, the reference's value is used (shapes do not depend o
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import onnx
 from onnx import TensorProto

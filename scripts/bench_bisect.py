@@ -84,6 +84,8 @@ def main() -> int:
     parser.add_argument("--strategies", default="auto,prefix,suffix,rank")
     parser.add_argument("--jobs", default="1", help="comma-separated --jobs values to run each strategy with")
     parser.add_argument("--int8-placement", default="trt", help="comma-separated placements (trt, ort-all)")
+    parser.add_argument("--validation", type=int, default=0, help="the first N held-out samples validate each "
+                        "answer instead (a sample an answer fails joins the search); the rest stay held out")
     args = parser.parse_args()
     rows = []
     for case, placement in ((c, p) for c in args.cases.split(",") for p in args.int8_placement.split(",")):
@@ -98,6 +100,13 @@ def main() -> int:
                                       calib=ROOT / calib if calib and (ROOT / calib).is_dir() else None,
                                       holdout=holdout if holdout.is_dir() else None, reference_provider="cpu",
                                       int8_placement=placement)
+        validation = None
+        if args.validation and held is not None and len(held) > args.validation:
+            from dataclasses import replace
+
+            k = args.validation
+            validation = replace(held, feeds=held.feeds[:k], names=held.names[:k])
+            held = replace(held, feeds=held.feeds[k:], names=held.names[k:])
         base = session.candidate("ort-int8")
         ref = session.outputs_on(None)
         probe = Target.parse("cosine", 0.0, [], session.model.outputs)
@@ -110,10 +119,13 @@ def main() -> int:
         # all on one prepared session: calibration once
         for strategy, jobs in ((s, int(j)) for s in args.strategies.split(",") for j in args.jobs.split(",")):
             t = time.perf_counter()
-            r = bisect(session, "ort-int8", target, strategy=strategy, holdout=held, evidence=False, jobs=jobs)
+            r = bisect(session, "ort-int8", target, strategy=strategy, holdout=held, validation=validation,
+                       evidence=False, jobs=jobs)
             wall = time.perf_counter() - t
             results[strategy] = r
             holds = "-" if r.holdout is None else ("yes" if r.holdout.holds else "no")
+            if r.validation is not None:
+                holds += f" (val {'yes' if r.validation.holds else 'no'}, {len(r.validation.counterexamples)} cex)"
             per_eval = wall / max(r.evaluations, 1)
             fewest = fewest_possible(session, target, ref, len(r.pins)) if r.outcome.passed else "-"
             rows.append(f"| {label} ({n}) | {placement} | {baseline:.6f} | {threshold:.6f} | {strategy} | {jobs} | {len(r.pins)} | "

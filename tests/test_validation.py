@@ -5,7 +5,6 @@ plan tried already runs on the new sample alone)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from layerdiff.backends.fake import FakeBackend
 from layerdiff.bisect import bisect, prepare_roles, split_roles
