@@ -296,3 +296,21 @@ def claimed_missing(rows: list[Row], pairing, deployment) -> list[str]:
     return sorted(c for c in {pairing.candidate(o.tensor) or o.tensor for r in rows for o in r.outputs
                               if o.candidate is None and o.reason == deployment.missing}
                   if not deployment.available(c))
+
+
+def checked_rows(plan, pairing, deployment, feeds) -> tuple[list[Row], tuple[str, ...]]:
+    """The rows `plan()` makes, every "no value of it exists" in them checked against the deployed graph's
+    values first (deployment.check_missing): a pairing the check found wrong is gone, one it found is
+    new, and the rows are planned again; with a warning counting the tensors read by their values."""
+    rows = plan()
+    found = deployment.check_missing(claimed_missing(rows, pairing, deployment), feeds)
+    if found is None:
+        return rows, ()
+    rows = plan()
+    if not found:
+        return rows, ()
+    first = next(iter(found))
+    where = "the deployed value of that name" if found[first] == first else f"'{found[first]}'"
+    return rows, (f"{len(found)} tensor(s) were read by their values: ONNX Runtime rewrote the graph beyond what "
+                  f"layerdiff pairs by structure, and a deployed value holds each on the samples checked (e.g. "
+                  f"'{first}' read from {where})",)

@@ -28,7 +28,6 @@ from layerdiff.backends.calibrate import RangesCache, activations
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
-from layerdiff.backends.placement import PLACEMENTS
 from layerdiff.candidate_checks import candidate_warnings, exposed_vs_plain
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
@@ -59,7 +58,7 @@ from layerdiff.plan import PrecisionPlan
 from layerdiff.progress import Progress
 from layerdiff.report import CandidateInfo, OutputDiff, Report
 from layerdiff.rewrite import expose_tensors
-from layerdiff.rows import claimed_missing, exact_sources, plan_rows
+from layerdiff.rows import checked_rows, exact_sources, plan_rows
 from layerdiff.specs import IMPORTED, SPECS
 
 DEFAULT_REFERENCE_CACHE = 512 * 2**20
@@ -75,8 +74,7 @@ def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = 
     samples for INT8 (default: the inputs); `shapes`: NAME:1x3x224x224 for dynamic dimensions;
     `optimization`: ONNX Runtime's graph optimization level of the deployed candidate (all, extended,
     basic, disabled); `capture_mode`: kernels (read what the deployed session computes) or mark-outputs
-    (every tensor an output, which blocks fusions); `int8_placement`: where ort-int8 puts Q/DQ, trt
-    (as TensorRT's INT8 toolchain, ModelOpt, does) or ort-all (backends/placement.py)."""
+    (every tensor an output, which blocks fusions); `int8_placement`: trt or ort-all (backends/placement)."""
     for what, value in (("inputs", inputs), ("calib", calib), ("cache_dir", cache_dir)):
         if value is not None and not isinstance(value, (str, Path)):
             raise BadInput(f"{what} is a path (str or Path), not {type(value).__name__}")
@@ -123,9 +121,7 @@ class Session:
                  max_memory: int | None = None, cache_dir: Path | None = None, optimization: str = "all",
                  capture_mode: str = "kernels", reference_cache: int = DEFAULT_REFERENCE_CACHE,
                  int8_placement: str = "trt"):
-        if int8_placement not in PLACEMENTS:
-            raise BadInput(f"unknown INT8 placement '{int8_placement}'; use {' or '.join(PLACEMENTS)}")
-        self.int8_placement = int8_placement
+        self.int8_placement = int8_placement  # (checked by the quantizer: backends/placement.py)
         if capture_mode not in ("kernels", "mark-outputs"):
             raise BadInput(f"unknown capture mode '{capture_mode}'; use kernels or mark-outputs")
         self.model, self.samples = model, samples
@@ -341,8 +337,7 @@ class Session:
             raise BadInput(f"expected a Candidate (from session.realise or session.candidate), not "
                            f"{type(candidate).__name__}")
         if candidate.of and candidate.of != self.model.key:
-            raise BadInput("this candidate was made from another model (another session's): realise it in this "
-                           "session")
+            raise BadInput("this candidate was made from another model (another session's): realise it in this one")
 
     @_explained
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
@@ -363,23 +358,10 @@ class Session:
         else:
             pairing = identity_pairing(self.model)
         groups = deployment.groups()
-        def planned() -> list:
-            return plan_rows(self.model, pairing, deployment, executed=candidate.executed,
-                             groups=[g for g, _ in groups], engine_of={g[0]: e for g, e in groups if e and g},
-                             emulated=candidate.emulated, requested=dict(candidate.requested))
-
-        rows, doubts = planned(), ()
-        claimed = claimed_missing(rows, pairing, deployment)
-        # every "no value of it exists" is checked against the deployed graph's values before it is said
-        found = deployment.check_missing(claimed, self.samples.feeds)
-        if found is not None:  # (a pairing the check found wrong is gone, one it found is new)
-            rows = planned()
-        if found:
-            first = next(iter(found))
-            where = "the deployed value of that name" if found[first] == first else f"'{found[first]}'"
-            doubts = (f"{len(found)} tensor(s) were read by their values: ONNX Runtime rewrote the graph beyond "
-                      f"what layerdiff pairs by structure, and a deployed value holds each on the samples "
-                      f"checked (e.g. '{first}' read from {where})",)
+        rows, doubts = checked_rows(lambda: plan_rows(
+            self.model, pairing, deployment, executed=candidate.executed, groups=[g for g, _ in groups],
+            engine_of={g[0]: e for g, e in groups if e and g}, emulated=candidate.emulated,
+            requested=dict(candidate.requested)), pairing, deployment, self.samples.feeds)
         held = output_names(self.model, candidate)  # the candidate's graph outputs: compared with its plain run
         graph_outputs = [o for o in dict.fromkeys(held.values()) if o and deployment.available(o)]
         result = capture(self.model, rows, deployment, lambda names: self._reference(names, cancel), self.samples, budget=self.max_memory,

@@ -56,7 +56,7 @@ def test_a_tensor_dropped_as_a_common_subexpression_is_read_from_its_twin(tmp_pa
 def test_a_named_dimension_of_size_one_agrees_with_the_one_onnx_runtime_states():
     """A new user's FP16 silero-vad: the candidate said [unk, 64, unk] where ONNX Runtime stated
     [sequence_length, 64, 1]; dropping the 1s first miscounted, and 13 tensors were said not to exist."""
-    from layerdiff.backends.ortaliases import same_shape
+    from layerdiff.backends.ortstructure import same_shape
 
     assert same_shape(("unk__0", 64, "unk__8"), ["sequence_length", 64, 1])
     assert same_shape((1, 8, 1, 1), [1, 1, 1, 8])  # channels-last [N, C, 1, 1]: the same values in order
@@ -68,7 +68,7 @@ def test_structural_keys_do_not_nest():
     (Mul(x, Sigmoid(x))) and hashing them hung a new user's YOLOX detector for minutes."""
     from onnx import TensorProto, helper
 
-    from layerdiff.backends.ortaliases import _structure
+    from layerdiff.backends.ortstructure import _structure
 
     nodes, x = [], "x"
     for i in range(60):
@@ -84,7 +84,7 @@ def test_structural_keys_do_not_nest():
 def test_two_random_draws_are_never_twins():
     from onnx import TensorProto, helper
 
-    from layerdiff.backends.ortaliases import _structure
+    from layerdiff.backends.ortstructure import _structure
 
     nodes = [helper.make_node("RandomNormalLike", ["x"], ["r1"]), helper.make_node("RandomNormalLike", ["x"], ["r2"]),
              helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["x"], ["b"])]

@@ -30,10 +30,20 @@ import onnx
 
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
+from layerdiff.backends.ortaliases import SIDE, OrtAliases
 from layerdiff.backends.ortclaims import holders, misread
-from layerdiff.backends.ortaliases import SIDE, OrtAliases, same_shape
 from layerdiff.backends.ortlayout import follow_layouts
-from layerdiff.backends.ortops import COMMUTES_WITH_ROUNDING, EXACT_STEPS, FLOATS, INTEGER_KERNELS, LAYOUT, LOW, NCHWC, ORT_TYPES
+from layerdiff.backends.ortops import (
+    COMMUTES_WITH_ROUNDING,
+    EXACT_STEPS,
+    FLOATS,
+    INTEGER_KERNELS,
+    LAYOUT,
+    LOW,
+    NCHWC,
+    ORT_TYPES,
+)
+from layerdiff.backends.ortstructure import same_shape
 from layerdiff.errors import BackendError
 from layerdiff.graph import tensor_info
 from layerdiff.rewrite import with_nodes, with_outputs
