@@ -253,8 +253,8 @@ class OrtKernels(OrtAliases):
         (NCHWc reorders, inserted Transposes), and casts between floats that are not the model's own."""
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type in NCHWC:
             return True
-        if node.op_type in LAYOUT:
-            return not all(o in self.ctypes for o in node.output if o)
+        if node.op_type in LAYOUT:  # one ONNX Runtime made (a name of its own), or writing a value of its own
+            return node.name not in self.cnames or not all(o in self.ctypes for o in node.output if o)
         if node.op_type == "Cast":
             own = node.name in self.cnames and "::cast_" not in node.name
             return self.ktypes.get(node.input[0]) in FLOATS and not own
