@@ -25,7 +25,7 @@ def compare(
     shapes: tuple[str, ...] | list[str] = (),
     seed: int = 1,
     calibration: str = "minmax",
-    int8_placement: str = "trt",
+    int8_placement: str | None = None,
     plan: PrecisionPlan | None = None,
     engine_info: str | Path | None = None,
     max_memory: int | None = None,

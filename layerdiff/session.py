@@ -28,6 +28,7 @@ from layerdiff.backends.calibrate import RangesCache, activations
 from layerdiff.backends.int8 import Int8Quantizer
 from layerdiff.backends.ort import OrtSource, providers_for
 from layerdiff.backends.ort_backend import OnnxFileBackend, OrtBackend
+from layerdiff.backends.placement import default as placement_default
 from layerdiff.candidate_checks import candidate_warnings, exposed_vs_plain
 from layerdiff.capture import REFERENCE_LEVEL, capture, tensor_sizes
 from layerdiff.errors import (
@@ -68,7 +69,7 @@ def prepare(model: str | Path | onnx.ModelProto, *, inputs: str | Path | None = 
             shapes: tuple[str, ...] | list[str] = (), seed: int = 1, calibration: str = "minmax",
             reference_provider: str = "auto", max_memory: int | None = None, cache_dir: str | Path | None = None,
             optimization: str = "all", capture_mode: str = "kernels",
-            reference_cache: int = DEFAULT_REFERENCE_CACHE, int8_placement: str = "trt") -> Session:
+            reference_cache: int = DEFAULT_REFERENCE_CACHE, int8_placement: str | None = None) -> Session:
     """Load `model` and its samples once. `inputs`: an .npz, a directory of .npz files or a Polygraphy
     --save-inputs JSON (without it, one seeded random sample, and reports say so); `calib`: calibration
     samples for INT8 (default: the inputs); `shapes`: NAME:1x3x224x224 for dynamic dimensions;
@@ -120,8 +121,8 @@ class Session:
                  reference_providers: list | None = None, *, calibration: str = "minmax",
                  max_memory: int | None = None, cache_dir: Path | None = None, optimization: str = "all",
                  capture_mode: str = "kernels", reference_cache: int = DEFAULT_REFERENCE_CACHE,
-                 int8_placement: str = "trt"):
-        self.int8_placement = int8_placement  # (checked by the quantizer: backends/placement.py)
+                 int8_placement: str | None = None):
+        self.int8_placement = int8_placement or placement_default()  # (checked by the quantizer)
         if capture_mode not in ("kernels", "mark-outputs"):
             raise BadInput(f"unknown capture mode '{capture_mode}'; use kernels or mark-outputs")
         self.model, self.samples = model, samples

@@ -14,6 +14,14 @@ from layerdiff import PrecisionPlan, compare
 from layerdiff.metrics import diff_metrics
 from tests.conftest import FIXTURES, MODELS, cosine64, run_plain
 
+@pytest.fixture(autouse=True)
+def _every_gemm_quantized(monkeypatch):
+    """These tests exercise INT8 kernels on the CNN's Gemm head, which the default `trt` placement leaves
+    in float as ModelOpt does (a GEMV, N=10): they run on `ort-all`, which quantizes it
+    (test_placement.py tests `trt`)."""
+    monkeypatch.setattr("layerdiff.backends.placement.DEFAULT", "ort-all")
+
+
 CNN = FIXTURES / "cnn.onnx"
 
 
@@ -47,7 +55,7 @@ def _run_disabled(model: onnx.ModelProto, feed, names):
 
 @pytest.fixture(scope="module")
 def int8_cnn():
-    session = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    session = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", reference_provider="cpu", int8_placement="ort-all")
     cand = session.candidate("ort-int8")
     return session.compare(cand), cand, session
 

@@ -18,12 +18,20 @@ from layerdiff.graph import serialize
 from layerdiff.layertimes import attribute, row_of_nodes
 from tests.conftest import FIXTURES, run_plain
 
+@pytest.fixture(autouse=True)
+def _every_gemm_quantized(monkeypatch):
+    """These tests exercise INT8 kernels on the CNN's Gemm head, which the default `trt` placement leaves
+    in float as ModelOpt does (a GEMV, N=10): they run on `ort-all`, which quantizes it
+    (test_placement.py tests `trt`)."""
+    monkeypatch.setattr("layerdiff.backends.placement.DEFAULT", "ort-all")
+
+
 CNN = FIXTURES / "cnn.onnx"
 
 
 @pytest.fixture(scope="module")
 def int8():
-    session = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs")
+    session = layerdiff.prepare(CNN, inputs=FIXTURES / "cnn_inputs", int8_placement="ort-all")
     cand = session.candidate("ort-int8")
     return session, cand, session.compare(cand)
 
@@ -154,7 +162,7 @@ def test_gate_max_abs_is_the_plain_sessions_worst_error(cli, tmp_path, int8):
     out = tmp_path / "r.json"
     for limit, code_expected in ((worst * 1.01, 0), (worst * 0.99, 1)):
         code, _, err = cli("compare", CNN, "--candidate", "ort-int8", "--inputs", FIXTURES / "cnn_inputs",
-                           "--max-abs", limit, "-o", out, "-q")
+                           "--int8-placement", "ort-all", "--max-abs", limit, "-o", out, "-q")
         assert code == code_expected, err
         (check,) = layerdiff.load_report(out).gate
         assert check.value == pytest.approx(worst, rel=1e-6)

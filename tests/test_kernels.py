@@ -9,13 +9,22 @@ import layerdiff
 from tests.conftest import FIXTURES, MODELS
 
 
+@pytest.fixture(autouse=True)
+def _every_gemm_quantized(monkeypatch):
+    """These tests exercise INT8 kernels on the CNN's Gemm head, which the default `trt` placement leaves
+    in float as ModelOpt does (a GEMV, N=10): they run on `ort-all`, which quantizes it
+    (test_placement.py tests `trt`)."""
+    monkeypatch.setattr("layerdiff.backends.placement.DEFAULT", "ort-all")
+
+
 def _plain(model: onnx.ModelProto, feed):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
 @pytest.fixture(scope="module")
 def cnn_session():
-    return layerdiff.prepare(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs", reference_provider="cpu")
+    return layerdiff.prepare(FIXTURES / "cnn.onnx", inputs=FIXTURES / "cnn_inputs", reference_provider="cpu",
+                             int8_placement="ort-all")
 
 
 def test_reading_every_available_tensor_leaves_the_outputs_bit_identical(cnn_session):

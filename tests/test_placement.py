@@ -37,12 +37,21 @@ def _graph():
 
 
 def test_the_rules():
-    assert trt_nodes(_graph()) == {"conv_a", "add_res", "pool_after_conv"}
+    """ModelOpt's: the Conv; the residual Add, its Conv branch read unquantized (slot 0); a MaxPool after the
+    Conv-BN-Relu is the Conv's kernel (not quantized), one after the Add is (its producer is quantized);
+    an Add of two values no quantized op computes, a bias Add and a pooling of the raw input are not."""
+    from layerdiff.backends.placement import Placement
+
+    placement = Placement(_graph())
+    assert placement.nodes == {"conv_a", "add_res", "pool_after_add"}
+    assert placement.float_inputs == {("add_res", 0)}
 
 
 def test_the_fixtures_keep_only_fusible_adds_and_pools():
     cnn = trt_nodes(onnx.load(FIXTURES / "cnn.onnx").graph)
-    assert cnn == {"conv1", "conv2", "conv3", "conv4", "fc", "gap", "residual_add"}  # not the stem's maxpool
+    # the head's Gemm is a GEMV (1x32 by 32x10) and its GlobalAveragePool feeds it: both stay in float;
+    # the MaxPool after the residual Add feeds conv4
+    assert cnn == {"conv1", "conv2", "conv3", "conv4", "maxpool", "residual_add"}
     block = trt_nodes(onnx.load(FIXTURES / "transformer.onnx").graph)
     assert {"residual1", "residual2", "qk", "attn_v"} <= block
     assert not block & {"ff1_bias", "ff2_bias", "gelu_add1"}  # a bias Add and GELU's: fused, not quantized

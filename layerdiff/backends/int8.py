@@ -25,7 +25,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from layerdiff.backends.calibrate import calibrate
-from layerdiff.backends.placement import PLACEMENTS, trt_nodes
+from layerdiff.backends.placement import PLACEMENTS, Placement
+from layerdiff.backends.placement import default as placement_default
 from layerdiff.errors import BackendError, BadInput
 from layerdiff.graph import LoadedModel, max_ir_version
 from layerdiff.inputs import Samples
@@ -106,7 +107,8 @@ class Int8Quantizer:
     """Ranges and the all-INT8 QDQ model of one model and calibration set, made once and kept in memory."""
 
     def __init__(self, model: LoadedModel, calib: Samples, method: str = "minmax", budget: int | None = None,
-                 ranges=None, placement: str = "trt"):
+                 ranges=None, placement: str | None = None):
+        placement = placement or placement_default()
         if placement not in PLACEMENTS:
             raise BadInput(f"unknown INT8 placement '{placement}'; use {' or '.join(PLACEMENTS)}")
         self.model, self.calib, self.method, self.budget = model, calib, method, budget
@@ -169,12 +171,18 @@ class Int8Quantizer:
                   if op not in TRT_QDQ_OPS or (placed is not None and name not in placed)}
         if others:
             _unquantize(model, self.source, others)
+        if self.placement == "trt":
+            _float_inputs(model, self._placement.float_inputs)
         return model
+
+    @once
+    def _placement(self) -> Placement:
+        return Placement(self.source.graph)
 
     @once
     def placed(self) -> frozenset[str] | None:
         """The nodes the placement quantizes (None: every node of TRT_QDQ_OPS, `ort-all`)."""
-        return trt_nodes(self.source.graph) if self.placement == "trt" else None
+        return frozenset(self._placement.nodes) if self.placement == "trt" else None
 
     @once
     def quantized(self) -> frozenset[str]:
@@ -267,18 +275,44 @@ def _unquantize(model: onnx.ModelProto, source: onnx.ModelProto, pinned: set[str
     _prune(model)
 
 
+def _float_inputs(model: onnx.ModelProto, slots: set[tuple[str, int]]) -> None:
+    """The (node, input slot) pairs that read their value unquantized (a residual Add's branch from the
+    Conv TensorRT fuses it with): the Q/DQ pair in front of that slot is bypassed."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    for node in model.graph.node:
+        for name, slot in slots:
+            if node.name != name or slot >= len(node.input):
+                continue
+            dq = producer.get(node.input[slot])
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[slot] = q.input[0]
+    _prune(model)
+
+
+def _reads(nodes) -> set[str]:
+    """Every tensor `nodes` read, inside their subgraphs too (an If branch reads a weight of the graph)."""
+    out: set[str] = set()
+    for n in nodes:
+        out.update(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                out |= _reads(g.node) | {o.name for o in g.output}
+    return out
+
+
 def _prune(model: onnx.ModelProto) -> None:
     """Remove Q/DQ nodes nothing reads any more, then initializers nothing reads."""
     graph = model.graph
     outputs = {o.name for o in graph.output}
     while True:
-        read = {t for n in graph.node for t in n.input} | outputs
+        read = _reads(graph.node) | outputs
         dead = [i for i, n in enumerate(graph.node) if n.op_type in QDQ and not any(o in read for o in n.output)]
         if not dead:
             break
         for i in reversed(dead):
             del graph.node[i]
-    read = {t for n in graph.node for t in n.input} | outputs
+    read = _reads(graph.node) | outputs
     kept = [t for t in graph.initializer if t.name in read]
     if len(kept) != len(graph.initializer):
         del graph.initializer[:]
