@@ -32,6 +32,7 @@ def cases(candidate: str):
     yield "lstm_state", FIXTURES / "lstm_state.onnx", candidate, None
     yield "cse_twins", FIXTURES / "cse_twins.onnx", candidate, None
     yield "split_heads", FIXTURES / "split_heads.onnx", candidate, None
+    yield "nhwc_pool", FIXTURES / "nhwc_pool.onnx", candidate, None
     for name in ("ppocr_cls", "ppocr_rec", "ppocr_det"):
         if (MODELS / name / "model.onnx").is_file():
             yield name, MODELS / name / "model.onnx", candidate, MODELS / name / "inputs"
