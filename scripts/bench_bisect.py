@@ -84,10 +84,12 @@ def main() -> int:
     parser.add_argument("--strategies", default="auto,prefix,suffix,rank")
     parser.add_argument("--jobs", default="1", help="comma-separated --jobs values to run each strategy with")
     parser.add_argument("--int8-placement", default="trt", help="comma-separated placements (trt, ort-all)")
+    parser.add_argument("--peer", choices=["nncf"], help="also run NNCF's quantize_with_accuracy_control on the real "
+                        "models, same samples, metric and tolerance (in its own venv, made under .cache/ if absent)")
     parser.add_argument("--validation", type=int, default=0, help="the first N held-out samples validate each "
                         "answer instead (a sample an answer fails joins the search); the rest stay held out")
     args = parser.parse_args()
-    rows = []
+    rows, peers = [], []
     for case, placement in ((c, p) for c in args.cases.split(",") for p in args.int8_placement.split(",")):
         model, inputs, calib, label = CASES[case]
         if not (ROOT / model).is_file():
@@ -115,7 +117,7 @@ def main() -> int:
         target = Target.parse("cosine", threshold, [], session.model.outputs)
         plain = plain_run_seconds(session, base)
         n = len(session.quantizer.quantized)
-        results = {}
+        results, walls = {}, {}
         # all on one prepared session: calibration once
         for strategy, jobs in ((s, int(j)) for s in args.strategies.split(",") for j in args.jobs.split(",")):
             t = time.perf_counter()
@@ -123,6 +125,7 @@ def main() -> int:
                        evidence=False, jobs=jobs)
             wall = time.perf_counter() - t
             results[strategy] = r
+            walls[strategy] = wall
             holds = "-" if r.holdout is None else ("yes" if r.holdout.holds else "no")
             if r.validation is not None:
                 holds += f" (val {'yes' if r.validation.holds else 'no'}, {len(r.validation.counterexamples)} cex)"
@@ -132,6 +135,9 @@ def main() -> int:
                         f"{fewest} | {r.evaluations} / {eval_bound(strategy, n)} | {wall:.1f} | {per_eval:.3f} | "
                         f"{per_eval / plain:.2f} | {holds} | {r.status} |")
             print(rows[-1], file=sys.stderr, flush=True)
+        if args.peer == "nncf" and holdout.is_dir() and calib and placement == args.int8_placement.split(",")[0]:
+            peers.append(_nncf_row(label, ROOT / model, ROOT / calib, ROOT / inputs, holdout, threshold, results,
+                                   walls))
         if "auto" in results and {"prefix", "suffix"} <= set(results):
             best = min(len(results["prefix"].pins), len(results["suffix"].pins))
             ok = len(results["auto"].pins) <= max(1, best // 2) or len(results["auto"].pins) <= best
@@ -144,7 +150,38 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row)
+    if peers:
+        print()
+        print("| model | tool | all-INT8 cosine | ops kept float | evaluations | wall s | peak MB | held-out cosine (needed) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for row in peers:
+            print(row)
     return 0
+
+
+def _nncf_row(label, model, calib, search, holdout, threshold, results, walls) -> str:
+    """NNCF beside layerdiff's auto answer on one model: two Markdown rows."""
+    import json
+    import subprocess
+
+    venv = ROOT / ".cache" / "nncf-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"], check=True)
+    out = ROOT / ".cache" / f"nncf-{Path(model).parent.name}.onnx"
+    done = subprocess.run([str(python), str(ROOT / "scripts" / "peer_nncf.py"), str(model), "--calib", str(calib),
+                           "--search", str(search), "--holdout", str(holdout), "--min-cosine", repr(threshold),
+                           "--out", str(out)], capture_output=True, text=True, check=True)
+    peer = json.loads(done.stdout.strip().splitlines()[-1])
+    r = results.get("auto")
+    ours = (f"| {label} | layerdiff | {r.baseline.value:.6f} | {len(r.pins)} | {r.evaluations} | "
+            f"{walls.get('auto', float('nan')):.1f} | - | "
+            f"{r.holdout.value:.6f} ({threshold:.6f}) |") if r is not None and r.holdout is not None else ""
+    theirs = (f"| {label} | NNCF {peer['nncf']} | {peer['all_int8']:.6f} | "
+              f"{peer['quantized_ops_all'] - peer['quantized_ops_answer']} | {peer['evaluations']} | "
+              f"{peer['wall_s']:.1f} | {peer['peak_rss_mb']:.0f} | {peer['held_out']:.6f} ({threshold:.6f}) |")
+    return "\n".join(x for x in (ours, theirs) if x)
 
 
 if __name__ == "__main__":
