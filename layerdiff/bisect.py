@@ -14,7 +14,6 @@ The search itself is layerdiff.search.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -40,7 +39,7 @@ from layerdiff.search import (
     Search,
     eval_bound,
 )
-from layerdiff.roles import Pool, Validation, prepare_roles, prepare_split, split_roles, split_samples
+from layerdiff.roles import Pool, Validation, too_few_samples, prepare_roles, prepare_split, split_roles, split_samples
 from layerdiff.session import Session
 from layerdiff.specs import IMPORTED, SPECS
 from layerdiff.target import Target
@@ -275,7 +274,7 @@ def bisect(session: Session, candidate: str, target: Target, *, strategy: str = 
             status, outcome = "max-pins", best
         else:
             outcome = best
-    warnings = list(_warnings(target, baseline, status)) + list(target.mixed_scales(pool.refs[0]))
+    warnings = list(too_few_samples(target, baseline, status)) + list(target.mixed_scales(pool.refs[0]))
     finalists: tuple[Finalist, ...] = ()
     race_runs = bench or DEFAULT_RUNS
     if costs is not None and status == "budget" and reserve == 0:
@@ -392,18 +391,3 @@ def _fastest(search: Search, outcome: Outcome, costs: PinCosts, make, forced, se
               and timed[i].latency_ms_p90 < base.latency_ms_median]
     best = min(faster, key=lambda i: timed[i].latency_ms_median) if faster else 0
     return tuple(finalist(o, t, i == best) for i, (o, t) in enumerate(zip(pool, timed, strict=True))), pool[best]
-
-def _warnings(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]:
-    """Too few inputs to tell: the metric moves more between samples than the gap being closed."""
-    per = [v for v in baseline.per_sample if math.isfinite(v)]
-    if len(per) < 2 or status == "met":
-        return ()
-    spread, gap = max(per) - min(per), abs(target.threshold - baseline.value)
-    if math.isfinite(gap) and spread > gap:
-        # the worst of n samples moves by about the spread / sqrt(n): to bring that under the gap
-        need = math.ceil(len(per) * (spread / gap) ** 2) if gap > 0 else None
-        more = f" (about {need} searched on would bring that under the gap)" if need and need > len(per) else ""
-        return (f"the metric varies more between the {len(per)} samples the verdict rests on ({spread:.3g}) than "
-                f"the gap being closed ({gap:.3g}): too few inputs to tell which pins matter; give more "
-                f"samples{more}",)
-    return ()

@@ -182,3 +182,19 @@ class Pool:
         failing = sum(1 for v in values if not self.target.passes(v))
         return Validation(len(self.waiting), self.validation_source, worst, failing, failing == 0, tuple(rounds),
                           len(self.active))
+
+
+def too_few_samples(target: Target, baseline: Outcome, status: str) -> tuple[str, ...]:
+    """Too few inputs to tell: the metric moves more between samples than the gap being closed."""
+    per = [v for v in baseline.per_sample if math.isfinite(v)]
+    if len(per) < 2 or status == "met":
+        return ()
+    spread, gap = max(per) - min(per), abs(target.threshold - baseline.value)
+    if math.isfinite(gap) and spread > gap:
+        # the worst of n samples moves by about the spread / sqrt(n): to bring that under the gap
+        need = math.ceil(len(per) * (spread / gap) ** 2) if gap > 0 else None
+        more = f" (about {need} searched on would bring that under the gap)" if need and need > len(per) else ""
+        return (f"the metric varies more between the {len(per)} samples the verdict rests on ({spread:.3g}) than "
+                f"the gap being closed ({gap:.3g}): too few inputs to tell which pins matter; give more "
+                f"samples{more}",)
+    return ()

@@ -335,10 +335,9 @@ class Session:
 
     def _check(self, candidate: Candidate) -> None:
         if not isinstance(candidate, Candidate):
-            raise BadInput(f"expected a Candidate (from session.realise or session.candidate), not "
-                           f"{type(candidate).__name__}")
-        if candidate.of and candidate.of != self.model.key:
-            raise BadInput("this candidate was made from another model (another session's): realise it in this one")
+            raise BadInput(f"expected a Candidate (session.realise or session.candidate), not {type(candidate).__name__}")
+        if candidate.of and candidate.of != self.model.key:  # another session's
+            raise BadInput("this candidate was made from another model: realise it in this session")
 
     @_explained
     def compare(self, candidate: Candidate, *, divergence_cosine: float = 0.99, min_cosine: float | None = None,
