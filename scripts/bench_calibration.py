@@ -15,15 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = {
-    "cnn": ("fixtures/cnn.onnx", "fixtures/cnn_inputs", None, None),
-    "ppocr_cls": ("models/ppocr_cls/model.onnx", "models/ppocr_cls/inputs", "models/ppocr_cls/calib",
-                  "models/ppocr_cls/holdout"),
-    "ppocr_rec": ("models/ppocr_rec/model.onnx", "models/ppocr_rec/inputs", "models/ppocr_rec/calib",
-                  "models/ppocr_rec/holdout"),
-    "ppocr_det": ("models/ppocr_det/model.onnx", "models/ppocr_det/inputs", "models/ppocr_det/calib",
-                  "models/ppocr_det/holdout"),
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_bisect import CASES  # noqa: E402  (one list of models for the benchmarks)
+
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -33,18 +27,20 @@ def main() -> int:
     from layerdiff.target import Target
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default="cnn,ppocr_cls,ppocr_rec,ppocr_det")
     parser.add_argument("--int8-placement", default="trt")
     args = parser.parse_args()
-    print("| model | placement | method | all-INT8 cosine, inputs | held out | calibration s |")
+    print("| model | placement | method | all-INT8 cosine, inputs | held out | calibrate and quantize s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for case in args.cases.split(","):
-        model, inputs, calib, holdout = CASES[case]
+        model, inputs, calib, _ = CASES[case]
+        holdout = str(Path(model).parent / "holdout")  # (get_models.py writes one beside each real model)
         if not (ROOT / model).is_file():
             print(f"skipping {case}: {model} not found (run python scripts/get_models.py)", file=sys.stderr)
             continue
         for method in METHODS:
-            session = layerdiff.prepare(ROOT / model, inputs=ROOT / inputs, calib=ROOT / calib if calib else None,
+            session = layerdiff.prepare(ROOT / model, inputs=ROOT / inputs if inputs else None,
+                                        calib=ROOT / calib if calib else None,
                                         calibration=method, reference_provider="cpu",
                                         int8_placement=args.int8_placement)
             target = Target.parse("cosine", 0.0, [], session.model.outputs)
