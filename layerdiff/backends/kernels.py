@@ -31,7 +31,7 @@ import onnx
 from layerdiff.backends.base import Kernel
 from layerdiff.backends.ort import OrtSource, make_session, optimized_model
 from layerdiff.backends.ortaliases import SIDE, OrtAliases
-from layerdiff.backends.ortclaims import holders, misread
+from layerdiff.backends.ortclaims import holders, misread, own_values
 from layerdiff.backends.ortlayout import follow_layouts
 from layerdiff.backends.ortops import (
     COMMUTES_WITH_ROUNDING,
@@ -207,13 +207,16 @@ class OrtKernels(OrtAliases):
         # every read through a permutation is checked too: a layout followed wrongly must not be read
         permuted = [t for t, (_, nodes, _) in self.aliases.items()
                     if any(n.op_type == "Transpose" and n.name.startswith(SIDE) for n in nodes)]
-        wrong = misread(self, permuted, feeds[0]) if permuted and feeds else []
+        # the candidate's own values on the first sample, once for both checks
+        own = own_values(self, sorted(set(permuted) | set(tensors)), feeds[0]) if feeds and (permuted or tensors) \
+            else None
+        wrong = misread(self, permuted, feeds[0], own) if permuted and feeds else []
         with self._lock:
             for tensor in wrong:
                 del self.aliases[tensor]
             self._derivations.clear()
             self._exact.clear()
-        found = holders(self, list(tensors) + wrong, feeds)
+        found = holders(self, list(tensors) + wrong, feeds, own)
         with self._lock:
             aliases = self.aliases
             for tensor, holder in found.items():

@@ -66,17 +66,19 @@ class Holder:
         return tuple(out)
 
 
-def holders(kernels, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, Holder]:
+def holders(kernels, tensors: list[str], feeds: list[dict[str, np.ndarray]],
+            first: dict[str, np.ndarray] | None = None) -> dict[str, Holder]:
     """{tensor of `tensors` (each said to have no value in the deployed graph): the optimized graph's value
-    that holds it on every one of `feeds` (up to SAMPLES of them with the first one's input shapes)}."""
+    that holds it on every one of `feeds` (up to SAMPLES of them with the first one's input shapes)}.
+    `first`: the candidate's own values on feeds[0], where the caller has them (own_values)."""
     if not tensors or not feeds:
         return {}
     shapes = {k: v.shape for k, v in feeds[0].items()}
     feeds = [f for f in feeds if {k: v.shape for k, v in f.items()} == shapes][:SAMPLES]
     found: dict[str, list[tuple[Holder, ...]]] = {t: [] for t in tensors}
     qparams = _candidate_qparams(kernels, tensors)
-    for feed in feeds:
-        wanted = _own_values(kernels, tensors, feed)
+    for k, feed in enumerate(feeds):
+        wanted = first if k == 0 and first is not None else own_values(kernels, tensors, feed)
         deployed = _deployed_values(kernels, feed, {v.size for v in wanted.values()})
         for t in tensors:
             value = wanted.get(t)
@@ -115,7 +117,8 @@ def _candidate_qparams(kernels, tensors: list[str]) -> dict[str, set[tuple[float
     return out
 
 
-def _own_values(kernels, tensors: list[str], feed) -> dict[str, np.ndarray]:
+def own_values(kernels, tensors: list[str], feed) -> dict[str, np.ndarray]:
+    """The candidate's own values of `tensors` on `feed`: its graph as written, optimizations off."""
     source = OrtSource(with_outputs(kernels.cblob, list(tensors), present=set(kernels.coutputs)),
                        {t: t for t in tensors}, kernels.providers, "disabled", "candidate",
                        derived_from=kernels.cblob)
@@ -196,13 +199,14 @@ def _matches(name: str, value: np.ndarray, w: np.ndarray, step: float | None, pa
     return out
 
 
-def misread(kernels, tensors: list[str], feed: dict[str, np.ndarray]) -> list[str]:
+def misread(kernels, tensors: list[str], feed: dict[str, np.ndarray],
+            own: dict[str, np.ndarray] | None = None) -> list[str]:
     """Of `tensors` (each read by structure through a permutation back to the model's layout), those whose
     value as read is not the candidate's own on `feed`: a layout the structure followed wrongly (a square
     value transposed passes every shape check)."""
     if not tensors:
         return []
-    wanted = _own_values(kernels, tensors, feed)
+    wanted = own if own is not None else own_values(kernels, tensors, feed)
     with kernels.open(tensors) as source:
         read = source.infer(feed)
     inits = {i.name: i for i in kernels.graph.initializer}
